@@ -1,0 +1,203 @@
+"""The adapter artifact on disk: PEFT's own files plus the head, the spec and a model card.
+
+    adapter_config.json          PEFT LoraConfig       (plain PEFT loads these two)
+    adapter_model.safetensors    LoRA weights
+    head.safetensors             the task head's weights
+    loradex.json                 the AdapterSpec
+    metrics.json                 evaluation metrics
+    README.md                    model card
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, FingerprintMismatchError, SpecError
+from .spec import AdapterSpec
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HEAD_WEIGHTS = "head.safetensors"
+SPEC_FILE = "loradex.json"
+METRICS_FILE = "metrics.json"
+CARD_FILE = "README.md"
+REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS, SPEC_FILE)
+
+
+def read_spec(folder: Path) -> AdapterSpec:
+    """The AdapterSpec in ``folder/loradex.json``; errors name the file."""
+    path = Path(folder) / SPEC_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {folder} is not a loradex adapter folder")
+    try:
+        return AdapterSpec.from_json(path.read_text(encoding="utf-8"), source=str(path))
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text") from None
+
+
+def read_metrics(folder: Path) -> dict[str, float]:
+    """The metrics stored beside an adapter (empty if there are none)."""
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object of metric names to numbers")
+    return data
+
+
+def save_artifact(
+    model: Any,
+    spec: AdapterSpec,
+    folder: Path,
+    *,
+    adapter_name: str = "default",
+    metrics: Mapping[str, float] | None = None,
+    card: str | None = None,
+) -> Path:
+    """Write the adapter ``adapter_name`` of a TaskModel into ``folder`` (created if needed)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(str(folder), selected_adapters=[adapter_name])
+    if adapter_name != "default":  # PEFT nests non-default adapters in a sub-folder
+        sub = folder / adapter_name
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            (sub / name).replace(folder / name)
+        sub.rmdir()
+    head_state = {k: v.detach().cpu().contiguous() for k, v in model.heads[adapter_name].state_dict().items()}
+    save_file(head_state, str(folder / HEAD_WEIGHTS), metadata={"task": spec.task, "format": "loradex-head"})
+    (folder / SPEC_FILE).write_text(spec.to_json(), encoding="utf-8")
+    (folder / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True) + "\n")
+    (folder / CARD_FILE).write_text(card if card is not None else model_card(spec, metrics or {}), encoding="utf-8")
+    return folder
+
+
+def check_complete(folder: Path) -> None:
+    """Raise ArtifactError naming the first required file that is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: not a folder")
+    for name in REQUIRED_FILES:
+        if not (folder / name).is_file():
+            raise ArtifactError(f"{folder / name}: missing from adapter folder")
+
+
+def check_fingerprint(spec: AdapterSpec, backbone_fingerprint: str, *, where: str, allow_mismatch: bool) -> None:
+    """Refuse an adapter trained on another base unless explicitly allowed."""
+    trained = spec.backbone.fingerprint
+    if trained and trained != backbone_fingerprint and not allow_mismatch:
+        raise FingerprintMismatchError(
+            f"{where} was trained on base {spec.backbone.name!r} with fingerprint {trained[:19]}…, "
+            f"but the loaded base has {backbone_fingerprint[:19]}…; pass --allow-base-mismatch to load it anyway"
+        )
+
+
+def load_head_state(path: Path) -> dict[str, Any]:
+    """Read a head's weights from safetensors (never pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def attach(
+    model_or_backbone: Any,
+    task: Any,
+    folder: Path,
+    *,
+    adapter_name: str = "default",
+    allow_base_mismatch: bool = False,
+) -> Any:
+    """Attach the adapter in ``folder`` to a base; returns the TaskModel.
+
+    Pass a LoadedBackbone for the first adapter, then the returned TaskModel for the others:
+    they share the one base object.
+    """
+    from peft import PeftModel
+
+    from .backbone import LoadedBackbone
+    from .model import TaskModel, new_head
+
+    folder = Path(folder)
+    check_complete(folder)
+    spec = read_spec(folder)
+    if spec.task != task.name:
+        raise ArtifactError(f"{folder}: adapter is for task {spec.task!r}, not {task.name!r}")
+    if isinstance(model_or_backbone, LoadedBackbone):
+        backbone, model = model_or_backbone, None
+    else:
+        model = model_or_backbone
+        backbone = model.backbone
+        if adapter_name in model.heads:
+            raise ArtifactError(f"an adapter named {adapter_name!r} is already attached")
+    check_fingerprint(spec, backbone.ref.fingerprint, where=str(folder), allow_mismatch=allow_base_mismatch)
+    try:
+        if model is None:
+            encoder = PeftModel.from_pretrained(backbone.model, str(folder), adapter_name=adapter_name)
+            model = TaskModel(backbone, encoder)
+        else:
+            model.encoder.load_adapter(str(folder), adapter_name=adapter_name)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        raise ArtifactError(f"{folder}: PEFT could not load the adapter ({exc})") from None
+    head = new_head(task, backbone, spec.head)
+    state = load_head_state(folder / HEAD_WEIGHTS)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{folder / HEAD_WEIGHTS}: does not fit the {spec.task} head ({exc})") from None
+    head.eval()
+    model.add_head(adapter_name, head, spec)
+    model.eval()
+    return model
+
+
+def model_card(spec: AdapterSpec, metrics: Mapping[str, float], *, name: str | None = None) -> str:
+    """A Hub-style README.md for an adapter, with YAML metadata and a metrics table."""
+    title = name or f"{spec.task} adapter"
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {spec.backbone.name}",
+        "tags:",
+        "- loradex",
+        "- lora",
+        f"- {spec.task}",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        f"A [loradex](https://github.com/loradex/loradex) LoRA adapter for **{spec.task}** on "
+        f"`{spec.backbone.name}` ({spec.backbone.architecture or 'unknown architecture'}).",
+        "",
+        f"- base fingerprint: `{spec.backbone.fingerprint or 'unknown'}`",
+        f"- LoRA: rank {spec.lora.rank}, alpha {spec.lora.alpha:g}, dropout {spec.lora.dropout:g}, "
+        f"targets {', '.join(spec.lora.targets)}",
+        f"- input size: {spec.image_size}px",
+        "",
+    ]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))]
+        lines.append("")
+    lines += [
+        "## Use",
+        "",
+        "```bash",
+        f"adapters predict {name or 'NAME'} image.jpg",
+        "```",
+        "",
+        "The LoRA part is plain PEFT: `PeftModel.from_pretrained(base, folder)`.",
+        "",
+    ]
+    return "\n".join(lines)

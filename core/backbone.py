@@ -1,0 +1,223 @@
+"""Backbone: a shared, frozen vision encoder that maps pixels to tokens.
+
+A backbone plugin registers :class:`Backbone` objects. Loading one gives a
+:class:`LoadedBackbone`: the transformers model, its image processor, a fingerprint of the
+base weights, and the mapping from semantic LoRA targets (``attn.q`` ... ``mlp.out``) to the
+architecture's real module names. That mapping is derived from the model itself, so it holds
+across architectures and across transformers versions (``query`` became ``q_proj``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .errors import BackboneError
+from .spec import SEMANTIC_TARGETS, BackboneRef
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """What every head receives: a global token and the patch grid."""
+
+    cls: torch.Tensor
+    """(B, D): the CLS token, or the mean patch token for encoders without one."""
+    patches: torch.Tensor
+    """(B, h, w, D): patch tokens laid out on the image grid."""
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A loadable base model, registered by a plugin through ``register_backbones``."""
+
+    name: str
+    """Registry name (a preset such as ``tiny-vit``, or a loader name such as ``hf``)."""
+    description: str
+    """One line for ``adapters tasks``."""
+
+    def handles(self, source: str) -> bool:
+        """Whether ``source`` (a name, Hub id or path) is something this backbone loads."""
+        ...
+
+    def load(self, source: str, *, revision: str | None = None) -> LoadedBackbone:
+        """Load the base (weights frozen) from ``source`` at ``revision``."""
+        ...
+
+
+# Rules that classify a Linear inside one transformer block by its path relative to the block.
+# Checked in order; names from transformers 5 (q_proj) and earlier releases (query) both match.
+_TARGET_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("attn.q", re.compile(r"(^|\.)(q_proj|query|q)$")),
+    ("attn.k", re.compile(r"(^|\.)(k_proj|key|k)$")),
+    ("attn.v", re.compile(r"(^|\.)(v_proj|value|v)$")),
+    ("attn.o", re.compile(r"(^|\.)(o_proj|out_proj|proj)$|attention\.output\.dense$")),
+    ("mlp.in", re.compile(r"(^|\.)(fc1|up_proj|gate_proj)$|intermediate\.dense$")),
+    ("mlp.out", re.compile(r"(^|\.)(fc2|down_proj)$|^output\.dense$|^mlp\.output\.dense$")),
+)
+
+
+def classify_block_module(relative_name: str) -> str | None:
+    """The semantic target of a module path inside one block (``attention.q_proj`` → ``attn.q``)."""
+    for target, pattern in _TARGET_RULES:
+        if pattern.search(relative_name):
+            return target
+    return None
+
+
+def find_blocks(model: nn.Module) -> tuple[str, int]:
+    """The path of the transformer-block ModuleList in ``model`` and its length."""
+    from torch import nn
+
+    best: tuple[str, int, int] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            size = sum(p.numel() for p in module.parameters())
+            if best is None or size > best[2]:
+                best = (name, len(module), size)
+    if best is None:
+        raise BackboneError(f"{type(model).__name__} has no list of transformer blocks")
+    return best[0], best[1]
+
+
+def resolve_target_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Map each semantic target to the Linear paths, relative to a block, that implement it."""
+    from torch import nn
+
+    prefix, _ = find_blocks(model)
+    block = model.get_submodule(f"{prefix}.0")
+    found: dict[str, list[str]] = {t: [] for t in SEMANTIC_TARGETS}
+    for rel, module in block.named_modules():
+        if isinstance(module, nn.Linear):
+            target = classify_block_module(rel)
+            if target is not None:
+                found[target].append(rel)
+    return {t: tuple(v) for t, v in found.items() if v}
+
+
+@dataclass
+class LoadedBackbone:
+    """A base model ready for LoRA: frozen weights, processor, fingerprint, target names."""
+
+    ref: BackboneRef
+    model: nn.Module
+    processor: Any
+    hidden_size: int
+    patch_size: int
+    image_size: int
+    num_prefix_tokens: int
+    """Tokens before the patch tokens (1 for CLS, 2 for DeiT's CLS + distillation, 0 for SigLIP)."""
+    block_prefix: str = ""
+    target_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    forward_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        processor: Any,
+        *,
+        name: str,
+        revision: str | None,
+        image_size: int,
+        num_prefix_tokens: int,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> LoadedBackbone:
+        """Freeze ``model``, fingerprint it and resolve its LoRA targets."""
+        config = model.config
+        model.eval()
+        model.requires_grad_(False)
+        patch = config.patch_size
+        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+        prefix, _ = find_blocks(model)
+        ref = BackboneRef(
+            name=name, revision=revision, fingerprint=fingerprint(model), architecture=config.model_type
+        )
+        return cls(
+            ref=ref,
+            model=model,
+            processor=processor,
+            hidden_size=config.hidden_size,
+            patch_size=int(patch),
+            image_size=int(image_size),
+            num_prefix_tokens=num_prefix_tokens,
+            block_prefix=prefix,
+            target_names=resolve_target_names(model),
+            forward_kwargs=dict(forward_kwargs or {}),
+        )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (rows, cols) at the backbone's image size."""
+        side = self.image_size // self.patch_size
+        return side, side
+
+    def target_modules(self, targets: Iterable[str]) -> str:
+        """A PEFT ``target_modules`` regex for semantic ``targets`` on this architecture."""
+        rels: list[str] = []
+        for target in targets:
+            names = self.target_names.get(target)
+            if not names:
+                have = ", ".join(self.target_names) or "none"
+                raise BackboneError(
+                    f"backbone {self.ref.name!r} ({self.ref.architecture}) has no {target!r} module; it has {have}"
+                )
+            rels.extend(names)
+        alternatives = "|".join(re.escape(r) for r in rels)
+        return rf"^{re.escape(self.block_prefix)}\.\d+\.({alternatives})$"
+
+    def translate_module_name(self, name: str) -> str:
+        """Rename a module path saved for another naming scheme to this model's names.
+
+        ``encoder.layer.3.attention.attention.query`` (transformers 4 ViT) becomes
+        ``layers.3.attention.q_proj`` on a transformers-5 ViT. Unknown paths are returned unchanged.
+        """
+        match = re.match(r"^(?:base_model\.model\.)?(.*?)\.(\d+)\.(.+)$", name)
+        if not match:
+            return name
+        _, index, rel = match.groups()
+        target = classify_block_module(rel)
+        names = self.target_names.get(target or "", ())
+        if len(names) != 1:
+            return name
+        return f"{self.block_prefix}.{index}.{names[0]}"
+
+    def transform(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image → normalised (3, H, W) tensor at the backbone's resolution."""
+        pixel_values = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        return pixel_values[0]
+
+    def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
+        """Run ``model`` (this base, possibly wrapped by PEFT) and split its tokens."""
+        out = model(pixel_values=pixel_values, **self.forward_kwargs, **kwargs)
+        tokens = out.last_hidden_state
+        batch, _, dim = tokens.shape
+        rows = pixel_values.shape[-2] // self.patch_size
+        cols = pixel_values.shape[-1] // self.patch_size
+        patches = tokens[:, self.num_prefix_tokens : self.num_prefix_tokens + rows * cols]
+        cls = tokens[:, 0] if self.num_prefix_tokens else patches.mean(dim=1)
+        return EncoderOutput(cls=cls, patches=patches.reshape(batch, rows, cols, dim))
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 over the model's weights: names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def _byte_dtype():
+    import torch
+
+    return torch.uint8

@@ -1,0 +1,273 @@
+"""The task-agnostic training engine: LoRA on the frozen base, the head trained in full.
+
+Built on accelerate, so ``accelerate launch -m loradex.registry.cli train ...`` or
+``torchrun`` runs the same loop on several GPUs; mixed precision is chosen from the device.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .backbone import LoadedBackbone
+from .errors import ConfigError, DataError
+from .model import TaskModel, build_model
+from .spec import AdapterSpec
+from .task import EvalResult, Task, TaskData
+
+
+@dataclass
+class EpochLog:
+    """One row of results.csv."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    lr: float
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run hands back."""
+
+    model: TaskModel
+    history: list[EpochLog]
+    best_epoch: int
+    val: EvalResult | None
+    test: EvalResult | None
+    stopped_early: bool
+    seconds: float
+    images_per_second: float
+    mixed_precision: str
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """``auto`` → bf16 (or fp16) on a CUDA GPU, ``no`` elsewhere; explicit values are checked."""
+    has_cuda = torch.cuda.is_available()
+    if setting == "auto":
+        if not has_cuda:
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if setting in ("fp16", "bf16") and not has_cuda:
+        raise ConfigError(f"mixed_precision={setting} needs a CUDA GPU; use 'auto' or 'no' on this machine")
+    return setting
+
+
+def evaluate(
+    task: Task,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    head_config: dict[str, Any],
+    *,
+    accelerator: Any = None,
+) -> tuple[EvalResult, float]:
+    """Metrics and mean loss of ``model`` over ``loader``."""
+    accumulator = task.metrics(head_config)
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            outputs = model(batch["pixel_values"])
+            targets = batch["targets"]
+            n = batch["pixel_values"].shape[0]
+            total += float(task.loss(outputs, targets)) * n
+            count += n
+            if accelerator is not None and accelerator.num_processes > 1:
+                outputs, targets = accelerator.gather_for_metrics((outputs, targets))
+            accumulator.update(outputs, targets)
+    model.train(was_training)
+    return accumulator.compute(), total / max(count, 1)
+
+
+def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=task.collate, generator=generator)
+
+
+def _improved(value: float, best: float | None, greater: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if greater else value < best
+
+
+def train(
+    task: Task,
+    backbone: LoadedBackbone,
+    spec: AdapterSpec,
+    data: TaskData,
+    *,
+    log_dir: Path | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+) -> TrainResult:
+    """Train the adapter ``spec`` describes on ``data``; keep the best epoch's weights."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    settings = spec.train
+    if data.train is None or len(data.train) == 0:
+        raise DataError("the training split is empty")
+    if data.val is None or len(data.val) == 0:
+        raise DataError("the validation split is empty: early stopping and the best epoch need one")
+    mixed_precision = resolve_mixed_precision(settings.mixed_precision)
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=settings.grad_accum,
+        log_with="tensorboard" if log_dir else None,
+        project_dir=str(log_dir) if log_dir else None,
+    )
+    if log_dir:
+        accelerator.init_trackers("tensorboard", config=_flat_config(spec))
+    set_seed(settings.seed)
+    model = build_model(task, backbone, spec)
+    lora_params, head_params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": lora_params, "lr": settings.lr},
+            {"params": head_params, "lr": settings.head_lr or settings.lr},
+        ],
+        weight_decay=settings.weight_decay,
+    )
+    train_loader = _loader(task, data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+    val_loader = _loader(task, data.val, batch_size=settings.batch_size * 2, shuffle=False, seed=settings.seed)
+    steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum)
+    total_steps = steps_per_epoch * settings.epochs
+    scheduler = get_scheduler(
+        settings.scheduler,
+        optimizer,
+        num_warmup_steps=int(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    monitor = settings.monitor or task.primary_metric
+    greater = task.greater_is_better if monitor == task.primary_metric else not monitor.endswith("loss")
+    history: list[EpochLog] = []
+    best_value: float | None = None
+    best_epoch, best_state, best_val = 0, None, None
+    stale, stopped_early = 0, False
+    seen, start = 0, time.perf_counter()
+    bar = _progress(progress and accelerator.is_main_process)
+    with bar:
+        job = bar.add_task("train", total=len(train_loader) * settings.epochs, status="")
+        for epoch in range(1, settings.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            running, batches = 0.0, 0
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    outputs = model(batch["pixel_values"])
+                    loss = task.loss(outputs, batch["targets"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(trainable, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running += float(loss.detach())
+                batches += 1
+                seen += batch["pixel_values"].shape[0]
+                bar.update(job, advance=1, description=f"epoch {epoch}/{settings.epochs}",
+                           status=f"loss {running / batches:.4f}")
+            val_result, val_loss = evaluate(task, model, val_loader, spec.head, accelerator=accelerator)
+            if monitor not in val_result.metrics and monitor != "val_loss":
+                raise ConfigError(
+                    f"monitor metric {monitor!r} is not reported by task {task.name!r}; "
+                    f"it reports {', '.join(sorted(val_result.metrics))}, val_loss"
+                )
+            log = EpochLog(
+                epoch=epoch,
+                train_loss=running / max(batches, 1),
+                val_loss=val_loss,
+                lr=scheduler.get_last_lr()[0],
+                seconds=time.perf_counter() - epoch_start,
+                metrics=val_result.metrics,
+            )
+            history.append(log)
+            accelerator.log(
+                {"train/loss": log.train_loss, "val/loss": val_loss, "lr": log.lr,
+                 **{f"val/{k}": v for k, v in val_result.metrics.items()}},
+                step=epoch,
+            )
+            value = val_loss if monitor == "val_loss" else val_result.metrics[monitor]
+            if _improved(value, best_value, greater):
+                best_value, best_epoch, best_val, stale = value, epoch, val_result, 0
+                best_state = _trainable_state(accelerator.unwrap_model(model))
+            else:
+                stale += 1
+            if on_epoch and accelerator.is_main_process:
+                on_epoch(log)
+            if settings.patience is not None and stale >= settings.patience:
+                stopped_early = True
+                break
+    seconds = time.perf_counter() - start
+    unwrapped: TaskModel = accelerator.unwrap_model(model)
+    if best_state is not None:
+        _load_trainable_state(unwrapped, best_state)
+    test_result = None
+    if data.test is not None and len(data.test):
+        test_loader = accelerator.prepare(_loader(task, data.test, batch_size=settings.batch_size * 2, shuffle=False, seed=0))
+        test_result, _ = evaluate(task, model, test_loader, spec.head, accelerator=accelerator)
+    accelerator.end_training()
+    unwrapped.eval()
+    return TrainResult(
+        model=unwrapped,
+        history=history,
+        best_epoch=best_epoch,
+        val=best_val,
+        test=test_result,
+        stopped_early=stopped_early,
+        seconds=seconds,
+        images_per_second=seen / seconds if seconds else 0.0,
+        mixed_precision=mixed_precision,
+    )
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name].to(param.device))
+
+
+def _flat_config(spec: AdapterSpec) -> dict[str, Any]:
+    flat: dict[str, Any] = {"task": spec.task, "backbone": spec.backbone.name}
+    for section in ("lora", "train"):
+        for key, value in spec.to_dict()[section].items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(file=sys.stderr),
+        disable=not enabled,
+        transient=False,
+    )

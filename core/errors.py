@@ -1,0 +1,80 @@
+"""Every error loradex raises on purpose.
+
+The CLI turns a :class:`LoradexError` into one line on stderr and a non-zero exit; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LoradexError(Exception):
+    """Base of every error that reports a user-facing fault (bad input, missing thing)."""
+
+    exit_code = 1
+
+
+class ConfigError(LoradexError):
+    """A setting, option or configuration file is invalid."""
+
+    exit_code = 2
+
+
+class SpecError(LoradexError):
+    """An AdapterSpec (``loradex.json``) is malformed or inconsistent."""
+
+
+class DataError(LoradexError):
+    """A dataset is missing, empty, unreadable or violates its schema."""
+
+
+class PluginError(LoradexError):
+    """A plugin failed to load, registered a bad object or clashes with another."""
+
+
+class UnknownNameError(LoradexError):
+    """A task, backbone or other registered name does not exist."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        choices = ", ".join(known) if known else "none"
+        super().__init__(f"unknown {kind} {name!r}.{hint} Known: {choices}.")
+        self.kind, self.name, self.known = kind, name, known
+
+
+class BackboneError(LoradexError):
+    """A backbone cannot be loaded or does not have the expected shape."""
+
+
+class FingerprintMismatchError(LoradexError):
+    """An adapter was trained on a different base than the one it is loaded on."""
+
+
+class ArtifactError(LoradexError):
+    """An adapter folder on disk is incomplete, corrupt or not in loradex/PEFT format."""
+
+
+class RegistryError(LoradexError):
+    """Base of the registry's errors (store, versions, aliases)."""
+
+
+class InvalidNameError(RegistryError):
+    """An adapter name, version or alias is not allowed."""
+
+
+class NotFoundError(RegistryError):
+    """An adapter, version or alias does not exist in the registry."""
+
+
+class IntegrityError(RegistryError):
+    """A stored file does not match the hash the registry recorded for it."""
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest known name, or an empty string."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,86 @@
+"""TaskModel: a backbone with one or more LoRA adapters attached, and one head per adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbone import LoadedBackbone
+from .spec import AdapterSpec
+from .task import Task
+
+
+class TaskModel(nn.Module):
+    """The frozen base wrapped by PEFT, plus a head per adapter name.
+
+    With one adapter this is what training builds; with several (``add_adapter``) one base
+    serves many tasks, and a mixed batch runs through it once with ``adapter_names``.
+    """
+
+    def __init__(self, backbone: LoadedBackbone, encoder: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.encoder = encoder
+        self.heads = nn.ModuleDict()
+        self.specs: dict[str, AdapterSpec] = {}
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the attached adapters, in attachment order."""
+        return list(self.heads.keys())
+
+    def add_head(self, name: str, head: nn.Module, spec: AdapterSpec) -> None:
+        """Attach the head of adapter ``name``."""
+        self.heads[name] = head
+        self.specs[name] = spec
+
+    def forward(self, pixel_values: torch.Tensor, adapter: str | None = None) -> Any:
+        """Run one adapter (the only one if ``adapter`` is None) and its head."""
+        name = adapter or self._only()
+        if len(self.heads) > 1:
+            self.encoder.set_adapter(name)
+        features = self.backbone.encode(self.encoder, pixel_values)
+        return self.heads[name](features)
+
+    def forward_mixed(self, pixel_values: torch.Tensor, adapter_names: list[str]) -> dict[str, tuple[list[int], Any]]:
+        """One pass of a mixed batch: image i goes through adapter ``adapter_names[i]``.
+
+        Returns, per adapter, the batch indices it served and its head's outputs on them.
+        """
+        features = self.backbone.encode(self.encoder, pixel_values, adapter_names=adapter_names)
+        results: dict[str, tuple[list[int], Any]] = {}
+        for name in dict.fromkeys(adapter_names):
+            index = [i for i, a in enumerate(adapter_names) if a == name]
+            sel = torch.tensor(index, device=pixel_values.device)
+            sub = type(features)(cls=features.cls[sel], patches=features.patches[sel])
+            results[name] = (index, self.heads[name](sub))
+        return results
+
+    def _only(self) -> str:
+        if len(self.heads) != 1:
+            raise ValueError(f"model holds adapters {self.adapter_names}; name the one to run")
+        return next(iter(self.heads))
+
+    def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(LoRA parameters, head parameters) that require gradients."""
+        lora = [p for n, p in self.encoder.named_parameters() if p.requires_grad]
+        head = [p for p in self.heads.parameters() if p.requires_grad]
+        return lora, head
+
+
+def build_model(task: Task, backbone: LoadedBackbone, spec: AdapterSpec, *, adapter_name: str = "default") -> TaskModel:
+    """A fresh trainable model: new LoRA weights on ``backbone`` and a new head from ``spec``."""
+    from peft import get_peft_model
+
+    encoder = get_peft_model(backbone.model, spec.to_lora_config(), adapter_name=adapter_name)
+    model = TaskModel(backbone, encoder)
+    model.add_head(adapter_name, new_head(task, backbone, spec.head), spec)
+    return model
+
+
+def new_head(task: Task, backbone: LoadedBackbone, head_config: Mapping[str, Any]) -> nn.Module:
+    """The task's head for this backbone's hidden size and patch grid."""
+    return task.build_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_size, head_config=head_config)

@@ -1,0 +1,242 @@
+"""AdapterSpec: the frozen, JSON-serialisable description of one adapter.
+
+An adapter is a LoRA on a shared base plus a task head. Its spec records everything needed
+to rebuild it: the task, the base (with a fingerprint of its weights), the LoRA settings,
+the head configuration and the training hyper-parameters. ``loradex.json`` in an adapter
+folder is ``AdapterSpec.to_json()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import SpecError, suggest
+
+SPEC_FORMAT = 1
+SEMANTIC_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out")
+TARGET_GROUPS = {"attn": SEMANTIC_TARGETS[:4], "mlp": SEMANTIC_TARGETS[4:], "all": SEMANTIC_TARGETS}
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+T = TypeVar("T")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Turn ``"q,v"`` / ``["attn.q", "mlp"]`` into semantic targets (``attn.q``, ...).
+
+    Short forms ``q k v o`` mean ``attn.*``; ``attn``, ``mlp`` and ``all`` expand to groups.
+    """
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for raw in items:
+        item = str(raw).strip()
+        if not item:
+            continue
+        if item in TARGET_GROUPS:
+            expanded = TARGET_GROUPS[item]
+        elif item in ("q", "k", "v", "o"):
+            expanded = (f"attn.{item}",)
+        elif item in SEMANTIC_TARGETS:
+            expanded = (item,)
+        else:
+            raise SpecError(
+                f"unknown LoRA target {item!r}.{suggest(item, SEMANTIC_TARGETS)} "
+                f"Use {', '.join(SEMANTIC_TARGETS)} or attn, mlp, all."
+            )
+        out.extend(t for t in expanded if t not in out)
+    if not out:
+        raise SpecError("LoRA targets are empty: name at least one of " + ", ".join(SEMANTIC_TARGETS))
+    return tuple(t for t in SEMANTIC_TARGETS if t in out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneRef:
+    """Which base an adapter belongs to."""
+
+    name: str = _help("Built-in preset name, Hub repo id or local folder of the base model.")
+    revision: str | None = _help("Pinned Hub revision (commit, tag or branch); None for presets.", None)
+    fingerprint: str = _help("sha256 over the base weights (names, dtypes, shapes, bytes).", "")
+    architecture: str = _help("transformers model_type of the base, e.g. 'vit'.", "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraSettings:
+    """LoRA hyper-parameters, with targets named semantically (``attn.q``, ``mlp.in``, ...)."""
+
+    rank: int = _help("LoRA rank r.", 16)
+    alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", 32.0)
+    dropout: float = _help("Dropout on the LoRA input.", 0.0)
+    targets: tuple[str, ...] = _help("Semantic target modules.", ("attn.q", "attn.v"))
+    target_modules: str | None = _help(
+        "Regex of the real module names, resolved by the backbone; None until resolved.", None
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise SpecError(f"lora rank must be a positive integer, got {self.rank!r}")
+        if not _is_number(self.alpha) or self.alpha <= 0:
+            raise SpecError(f"lora alpha must be a positive number, got {self.alpha!r}")
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise SpecError(f"lora dropout must be in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "dropout", float(self.dropout))
+        object.__setattr__(self, "targets", parse_targets(self.targets))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings:
+    """Training hyper-parameters; the engine reads only these."""
+
+    epochs: int = _help("Maximum number of passes over the training split.", 10)
+    batch_size: int = _help("Images per optimisation step (before accumulation).", 32)
+    lr: float = _help("Peak learning rate of the LoRA weights.", 1e-3)
+    head_lr: float | None = _help("Peak learning rate of the head; None means lr.", None)
+    weight_decay: float = _help("AdamW weight decay.", 0.01)
+    warmup_ratio: float = _help("Fraction of the steps spent warming the learning rate up.", 0.1)
+    scheduler: str = _help("transformers scheduler name: cosine, linear, constant, ...", "cosine")
+    grad_accum: int = _help("Gradient accumulation steps.", 1)
+    mixed_precision: str = _help("auto (bf16/fp16 on a GPU, none on CPU), no, fp16 or bf16.", "auto")
+    patience: int | None = _help("Stop after this many epochs without improvement; None: never.", None)
+    monitor: str | None = _help("Validation metric for early stopping and the best epoch.", None)
+    seed: int = _help("Seed for data order, head init and LoRA init.", 0)
+    image_size: int | None = _help("Input resolution; None uses the backbone's.", None)
+    max_train_samples: int | None = _help("Use at most this many training images.", None)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SpecError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                raise SpecError(f"{name} must be a positive number, got {value!r}")
+        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            raise SpecError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise SpecError(
+                f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+            )
+        for name in ("patience", "image_size", "max_train_samples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise SpecError(f"{name} must be a positive integer or null, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterSpec:
+    """Everything that defines one adapter; round-trips through JSON exactly."""
+
+    task: str = _help("Name of the task plugin that owns the head.")
+    backbone: BackboneRef = _help("The base model the LoRA applies to.")
+    lora: LoraSettings = _help("LoRA settings.", dataclasses.MISSING, default_factory=LoraSettings)
+    head: dict[str, Any] = _help("Task head configuration (labels, keypoints, ...), JSON values only.",
+                                 dataclasses.MISSING, default_factory=dict)
+    train: TrainSettings = _help("Training hyper-parameters.", dataclasses.MISSING, default_factory=TrainSettings)
+    image_size: int = _help("Input resolution the adapter was trained at.", 224)
+    format: int = _help("Spec format version.", SPEC_FORMAT)
+
+    def __post_init__(self) -> None:
+        if not self.task or not isinstance(self.task, str):
+            raise SpecError("spec field 'task' must be a non-empty string")
+        try:  # keep only JSON values so that from_json(to_json()) == self
+            object.__setattr__(self, "head", json.loads(json.dumps(dict(self.head), allow_nan=False)))
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"spec field 'head' must hold JSON values only: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain-JSON dict of the spec."""
+        data = dataclasses.asdict(self)
+        data["lora"]["targets"] = list(self.lora.targets)
+        return data
+
+    def to_json(self) -> str:
+        """The spec as indented JSON text (the content of ``loradex.json``)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "spec") -> AdapterSpec:
+        """Build and validate a spec from a mapping; faults name ``source`` and the field."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{source}: expected a JSON object")
+        data = dict(data)
+        fmt = data.get("format", SPEC_FORMAT)
+        if fmt != SPEC_FORMAT:
+            raise SpecError(f"{source}: spec format {fmt!r} is not supported (this loradex reads {SPEC_FORMAT})")
+        try:
+            for key, sub in (("backbone", BackboneRef), ("lora", LoraSettings), ("train", TrainSettings)):
+                if key in data:
+                    data[key] = settings_from_mapping(sub, data[key], source=f"{source}: {key}")
+            return settings_from_mapping(cls, data, source=source, nested_ok=True)
+        except SpecError as exc:
+            msg = str(exc)
+            raise SpecError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "loradex.json") -> AdapterSpec:
+        """Parse ``loradex.json`` text."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{source}: not valid JSON ({exc})") from None
+        return cls.from_dict(data, source=source)
+
+    def replace(self, **changes: Any) -> AdapterSpec:
+        """A copy with some fields changed (the spec itself is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_lora_config(self, *, inference_mode: bool = False):
+        """The equivalent ``peft.LoraConfig`` (targets must be resolved by the backbone)."""
+        from peft import LoraConfig
+
+        if not self.lora.target_modules:
+            raise SpecError("LoRA targets are not resolved to module names; load the backbone first")
+        alpha = self.lora.alpha
+        return LoraConfig(
+            r=self.lora.rank,
+            lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
+            lora_dropout=self.lora.dropout,
+            target_modules=self.lora.target_modules,
+            bias="none",
+            base_model_name_or_path=self.backbone.name,
+            revision=self.backbone.revision,
+            inference_mode=inference_mode,
+        )
+
+
+def settings_from_mapping(cls: type[T], data: Any, *, source: str, nested_ok: bool = False) -> T:
+    """Build dataclass ``cls`` from ``data``, naming ``source`` and the field on any fault."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{source}: expected a mapping of settings, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            raise SpecError(f"{source}: unknown setting {key!r}.{suggest(str(key), names)}")
+    try:
+        return cls(**dict(data))
+    except SpecError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    except TypeError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of a settings field (used by the CLI for option help)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,1 @@
+"""Built-in task plugins and backbones; each registers through the public hooks."""

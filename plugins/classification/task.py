@@ -1,0 +1,102 @@
+"""The image classification task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from loradex.core.errors import SpecError
+from loradex.core.spec import LoraSettings, TrainSettings
+from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
+
+
+class ClassificationTask(Task):
+    """Single-label image classification with top-k predictions."""
+
+    name = "classification"
+    description = "single-label image classification (ImageFolder, synthetic shapes)"
+    formats = ("imagefolder", "synthetic")
+    primary_metric = "f1_macro"
+
+    def default_lora(self) -> LoraSettings:
+        """r=16 on all attention and MLP projections."""
+        return LoraSettings(rank=16, alpha=32, targets=("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out"))
+
+    def default_train(self, backbone: str) -> TrainSettings:
+        """Settings measured to reach macro-F1 >= 0.9 on synthetic shapes in minutes on a CPU."""
+        return TrainSettings(epochs=8, batch_size=32, lr=2e-3, head_lr=4e-3, warmup_ratio=0.05, patience=3)
+
+    def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
+        """ImageFolder root, or None/``synthetic[:train=N,val=N,test=N,seed=N]``."""
+        from .data import load_classification_data
+
+        return load_classification_data(source, transform=transform, image_size=image_size, seed=seed)
+
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
+        """A linear head over pooled tokens, one output per label."""
+        from .head import ClassificationHead
+
+        labels = head_config.get("labels")
+        if not isinstance(labels, list) or len(labels) < 2:
+            raise SpecError("classification head needs 'labels': a list of at least 2 names")
+        return ClassificationHead(hidden_size, len(labels), pooling=head_config.get("pooling", "cls+mean"))
+
+    def loss(self, outputs: Any, targets: Any):
+        """Cross-entropy on the logits."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(outputs.float(), targets)
+
+    def metrics(self, head_config: Mapping[str, Any]):
+        """Accuracy, macro P/R/F1, top-k, per-class F1, confusion matrix."""
+        from .metrics import ClassificationMetrics
+
+        return ClassificationMetrics(head_config["labels"])
+
+    def postprocess(
+        self, outputs: Any, head_config: Mapping[str, Any], *, image_sizes: Sequence[tuple[int, int]], top_k: int = 5, **options: Any
+    ) -> list[dict[str, Any]]:
+        """``{"label", "score", "top_k": [{"label", "score"}, ...]}`` per image."""
+        labels = head_config["labels"]
+        probs = outputs.detach().float().softmax(-1).cpu()
+        k = max(1, min(top_k, len(labels)))
+        scores, indices = probs.topk(k, dim=-1)
+        results = []
+        for row_scores, row_indices in zip(scores.tolist(), indices.tolist()):
+            ranked = [{"label": labels[i], "score": round(s, 6)} for s, i in zip(row_scores, row_indices)]
+            results.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+        return results
+
+    def draw(self, image, prediction: Mapping[str, Any], head_config: Mapping[str, Any]):
+        """The image with its top label and score written in the corner."""
+        from PIL import ImageDraw
+
+        out = image.convert("RGB").copy()
+        draw = ImageDraw.Draw(out)
+        text = f"{prediction['label']} {prediction['score']:.2f}"
+        box = draw.textbbox((2, 2), text)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text((2, 2), text, fill=(255, 255, 255))
+        return out
+
+    def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        """Confusion matrix and per-class F1 bar chart."""
+        from .plots import plot_classification
+
+        return plot_classification(result, out_dir) if result.details else []
+
+    def report(self, result: EvalResult, head_config: Mapping[str, Any]) -> str:
+        """Headline metrics, then per-class F1 and support, then the confusion matrix."""
+        text = super().report(result, head_config)
+        if not result.details:
+            return text
+        labels = result.details["labels"]
+        width = max(len(label) for label in labels)
+        lines = ["", f"{'class':<{width}}  f1      support"]
+        for label in labels:
+            lines.append(f"{label:<{width}}  {result.details['per_class_f1'][label]:.4f}  {result.details['support'][label]}")
+        lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+        for label, row in zip(labels, result.details["confusion_matrix"]):
+            lines.append(f"{label:<{width}}  " + " ".join(f"{v:5d}" for v in row))
+        return text + "\n".join(lines) + "\n"
