@@ -70,15 +70,16 @@ def evaluate(
     head_config: dict[str, Any],
     *,
     accelerator: Any = None,
+    adapter: str | None = None,
 ) -> tuple[EvalResult, float]:
-    """Metrics and mean loss of ``model`` over ``loader``."""
+    """Metrics and mean loss of ``model`` (its adapter ``adapter``, if several) over ``loader``."""
     accumulator = task.metrics(head_config)
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.inference_mode():
         for batch in loader:
-            outputs = model(batch["pixel_values"])
+            outputs = model(batch["pixel_values"], adapter=adapter) if adapter else model(batch["pixel_values"])
             targets = batch["targets"]
             n = batch["pixel_values"].shape[0]
             total += float(task.loss(outputs, targets)) * n

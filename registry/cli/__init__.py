@@ -1,1 +1,67 @@
-"""The `adapters` command line."""
+"""The `adapters` command line: one root group, one module per command group.
+
+Torch and transformers are imported inside commands only, so ``adapters --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from loradex.core.errors import LoradexError
+
+
+class LoradexGroup(click.Group):
+    """A click group that turns any LoradexError into one ``Error: ...`` line and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        """Run the command; user-facing errors become a single line on stderr."""
+        try:
+            return super().invoke(ctx)
+        except LoradexError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+
+
+@click.group(cls=LoradexGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="loradex", prog_name="adapters")
+@click.option("--home", type=click.Path(file_okay=False), envvar="LORADEX_HOME", default=None,
+              help="Registry folder (default: $LORADEX_HOME or ~/.cache/loradex).")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """loradex: train, version, merge and share LoRA adapters on one shared vision backbone."""
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\b.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _build() -> click.Group:
+    from loradex.core import plugins
+
+    from . import plugins_cmd, store_cmd, train_cmd
+
+    for module in (plugins_cmd, train_cmd, store_cmd):
+        module.register(cli)
+    plugins.load_plugins()
+    plugins.register_commands(cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point of ``adapters``."""
+    _quiet_libraries()
+    _build().main(args=argv if argv is not None else sys.argv[1:], prog_name="adapters")
+
+
+_build()

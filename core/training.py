@@ -1,0 +1,153 @@
+"""One training run end to end: settings → data → engine → run folder → adapter artifact.
+
+This is what ``adapters train`` calls; storing the artifact in the registry is the caller's
+job (core knows nothing of the registry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import plugins
+from .artifact import model_card, save_artifact
+from .backbone import LoadedBackbone
+from .engine import EpochLog, TrainResult, train
+from .runs import new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
+from .spec import AdapterSpec, LoraSettings, TrainSettings, settings_from_mapping
+from .task import Task, TaskData
+
+DEFAULT_BACKBONE = "tiny-vit"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """What the user asked for; anything left out comes from the task's defaults."""
+
+    task: str
+    data: str | None = None
+    backbone: str | None = None
+    revision: str | None = None
+    lora: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    head: Mapping[str, Any] = field(default_factory=dict)
+    project: Path = Path("runs")
+    run_name: str = "train"
+
+
+@dataclass
+class TrainOutcome:
+    """A finished run: where it was written, the adapter's spec and its metrics."""
+
+    run_dir: Path
+    artifact_dir: Path
+    spec: AdapterSpec
+    metrics: dict[str, float]
+    result: TrainResult
+    data_description: str
+    primary_metric: str
+
+
+def build_spec(task: Task, backbone: LoadedBackbone, data: TaskData, request: TrainRequest) -> AdapterSpec:
+    """The spec of the adapter to train: task defaults overridden by the request."""
+    lora_defaults = dataclasses.asdict(task.default_lora())
+    lora = settings_from_mapping(LoraSettings, {**lora_defaults, **request.lora}, source="lora settings")
+    lora = dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets))
+    train_defaults = dataclasses.asdict(task.default_train(backbone.ref.name))
+    settings = settings_from_mapping(TrainSettings, {**train_defaults, **request.train}, source="train settings")
+    return AdapterSpec(
+        task=task.name,
+        backbone=backbone.ref,
+        lora=lora,
+        head={**data.head_config, **request.head},
+        train=settings,
+        image_size=backbone.image_size,
+    )
+
+
+def check_settings(task: Task, request: TrainRequest) -> None:
+    """Validate the LoRA and training settings before anything is loaded or written."""
+    settings_from_mapping(LoraSettings, {**dataclasses.asdict(task.default_lora()), **request.lora}, source="lora settings")
+    backbone_name = request.backbone or DEFAULT_BACKBONE
+    defaults = dataclasses.asdict(task.default_train(backbone_name))
+    settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
+
+
+def flat_metrics(result: TrainResult) -> dict[str, float]:
+    """Validation metrics of the best epoch, and test metrics prefixed ``test_``."""
+    metrics = dict(result.val.metrics) if result.val else {}
+    if result.test:
+        metrics.update({f"test_{k}": v for k, v in result.test.metrics.items()})
+    return metrics
+
+
+def train_adapter(
+    request: TrainRequest,
+    *,
+    progress: bool = True,
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> TrainOutcome:
+    """Run one training job and write its run folder and adapter artifact."""
+    task = plugins.get_task(request.task)
+    check_settings(task, request)
+    backbone_name = request.backbone or DEFAULT_BACKBONE
+    if request.backbone is None:
+        say(f"backbone: none given, using the built-in preset {DEFAULT_BACKBONE!r}")
+    backbone = plugins.resolve_backbone(backbone_name).load(backbone_name, revision=request.revision)
+    seed = int(request.train.get("seed", task.default_train(backbone_name).seed))
+    data = task.load_data(request.data, transform=backbone.transform, image_size=backbone.image_size, seed=seed)
+    if request.data is None:
+        say(f"data: none given, using built-in {data.description}")
+    else:
+        say(f"data: {data.description}")
+    spec = build_spec(task, backbone, data, request)
+
+    run_dir = new_run_dir(request.project, task.name, request.run_name)
+    say(f"run folder: {run_dir}")
+    write_yaml(run_dir / "args.yaml", {
+        "task": task.name, "data": request.data or "synthetic", "backbone": backbone_name,
+        "revision": request.revision, **spec.to_dict()["lora"], **spec.to_dict()["train"],
+        "head": spec.head,
+    })
+
+    def on_epoch(log: EpochLog) -> None:
+        shown = {k: v for k, v in log.metrics.items() if k == task.primary_metric or k in ("accuracy",)}
+        parts = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        say(f"epoch {log.epoch}/{spec.train.epochs}  train_loss {log.train_loss:.4f}  "
+            f"val_loss {log.val_loss:.4f}  {parts}  {log.seconds:.1f}s")
+
+    result = train(task, backbone, spec, data, log_dir=run_dir / "tensorboard", progress=progress, on_epoch=on_epoch)
+    metrics = flat_metrics(result)
+    write_results_csv(run_dir / "results.csv", result.history)
+    write_json(run_dir / "metrics.json", {
+        "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
+        "seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1),
+        "mixed_precision": result.mixed_precision, "metrics": metrics,
+    })
+    report = [f"task: {task.name}", f"data: {data.description}", f"backbone: {backbone_name} ({spec.backbone.fingerprint})",
+              f"best epoch: {result.best_epoch} of {len(result.history)}"
+              + (" (stopped early)" if result.stopped_early else ""), ""]
+    if result.val:
+        report += ["validation", "----------", task.report(result.val, spec.head)]
+        task.plot(result.val, spec.head, run_dir)
+    if result.test:
+        report += ["test", "----", task.report(result.test, spec.head)]
+    (run_dir / "report.txt").write_text("\n".join(report), encoding="utf-8")
+    plot_training_curves(result.history, run_dir, metric=task.primary_metric)
+
+    artifact_dir = save_artifact(
+        result.model, spec, run_dir / "adapter", metrics=metrics, card=model_card(spec, metrics)
+    )
+    return TrainOutcome(
+        run_dir=run_dir,
+        artifact_dir=artifact_dir,
+        spec=spec,
+        metrics=metrics,
+        result=result,
+        data_description=data.description,
+        primary_metric=task.primary_metric,
+    )

@@ -1,0 +1,108 @@
+"""Shared CLI helpers: options generated from the settings dataclasses, config files, output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loradex.core.errors import ConfigError, suggest
+from loradex.core.spec import LoraSettings, TrainSettings, field_help
+
+LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "image_size")
+RUN_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "head")
+CONFIG_KEYS = RUN_KEYS + LORA_FIELDS + TRAIN_FIELDS
+
+
+def _click_type(cls: type, name: str) -> Any:
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+    if name == "targets":
+        return str
+    return {int: int, float: float, str: str}.get(base, str)
+
+
+def settings_options(func: Callable) -> Callable:
+    """Add ``--rank --alpha ... --epochs --batch-size --lr ...`` with help from the dataclasses."""
+    for cls, names in ((TrainSettings, TRAIN_FIELDS[::-1]), (LoraSettings, LORA_FIELDS[::-1])):
+        for name in names:
+            help_text = field_help(cls, name)
+            if name == "targets":
+                help_text += " Comma list: q,k,v,o, attn.q, mlp.in, mlp.out, attn, mlp, all."
+            func = click.option(f"--{name.replace('_', '-')}", name, type=_click_type(cls, name), default=None,
+                                help=help_text)(func)
+    return func
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A YAML config file of train options; errors name the file and the key."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
+    config: dict[str, Any] = {}
+    for key, value in data.items():
+        norm = str(key).replace("-", "_")
+        if norm not in CONFIG_KEYS:
+            raise ConfigError(f"{path}: unknown key {key!r}.{suggest(norm, CONFIG_KEYS)}")
+        if norm == "head" and not isinstance(value, dict):
+            raise ConfigError(f"{path}: key 'head' must be a mapping (e.g. pooling: mean)")
+        config[norm] = value
+    return config
+
+
+def split_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LoRA overrides, training overrides) from a flat mapping; None values are dropped."""
+    lora = {k: values[k] for k in LORA_FIELDS if values.get(k) is not None}
+    train = {k: values[k] for k in TRAIN_FIELDS if values.get(k) is not None}
+    return lora, train
+
+
+def registry_home() -> str | None:
+    """The ``--home`` given to the root command (None: default location)."""
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx else None
+    return (obj or {}).get("home")
+
+
+def open_registry():
+    """The registry the command line points at."""
+    from loradex.registry.store import Registry
+
+    return Registry.open(registry_home())
+
+
+def print_json(data: Any) -> None:
+    """Data to stdout as JSON."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def stderr_console():
+    """A rich console on stderr for progress and logs."""
+    from rich.console import Console
+
+    return Console(file=sys.stderr)

@@ -1,0 +1,121 @@
+"""`adapters plugins`, `tasks`, `install` and `uninstall`."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+import subprocess
+import sys
+
+import click
+
+from loradex.core.errors import LoradexError
+
+from .options import print_json
+
+
+@click.command(name="plugins")
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_command(show_all: bool, as_json: bool) -> None:
+    """List installed plugins (and those that failed to load)."""
+    from loradex.core import plugins
+
+    infos = plugins.plugin_infos(include_builtin=show_all)
+    if as_json:
+        print_json([dataclasses.asdict(info) for info in infos])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "package", "hooks", "status")
+    for info in infos:
+        package = f"{info.package} {info.version}" if info.package else ("built-in" if info.builtin else "")
+        status = f"[red]failed: {info.error}[/red]" if info.error else "[green]ok[/green]"
+        table.add_row(info.name, package, ", ".join(info.hooks), status)
+    Console().print(table if infos else "No plugins installed. (--all shows the built-in ones.)")
+
+
+@click.command(name="tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tasks_command(as_json: bool) -> None:
+    """List the tasks and backbones, and which plugin gives each."""
+    from loradex.core import plugins
+
+    tasks = [
+        {"name": r.name, "plugin": r.plugin, "description": r.obj.description, "formats": list(r.obj.formats),
+         "primary_metric": r.obj.primary_metric}
+        for r in plugins.get_tasks().values()
+    ]
+    backbones = [{"name": r.name, "plugin": r.plugin, "description": r.obj.description}
+                 for r in plugins.get_backbones().values()]
+    if as_json:
+        print_json({"tasks": tasks, "backbones": backbones})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table("task", "plugin", "formats", "metric", "description", title="Tasks")
+    for t in tasks:
+        table.add_row(t["name"], t["plugin"], ", ".join(t["formats"]), t["primary_metric"], t["description"])
+    console.print(table)
+    table = Table("backbone", "plugin", "description", title="Backbones")
+    for b in backbones:
+        table.add_row(b["name"], b["plugin"], b["description"])
+    console.print(table)
+
+
+def _installer() -> list[str]:
+    """pip of the running interpreter, or uv pointed at it (uv environments have no pip)."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    uv = shutil.which("uv")
+    if uv:
+        return [uv, "pip"]
+    raise LoradexError("neither pip nor uv is available to install packages into this environment")
+
+
+def _run_installer(verb: str, args: list[str]) -> None:
+    command = _installer()
+    full = [*command, verb, *args]
+    if command[0] != sys.executable:
+        full += ["--python", sys.executable]
+    result = subprocess.run(full, check=False)
+    if result.returncode != 0:
+        raise LoradexError(f"{' '.join(command[-2:] if command[0] == sys.executable else command)} {verb} failed "
+                           f"with exit code {result.returncode}")
+
+
+@click.command(name="install")
+@click.argument("packages", nargs=-1)
+@click.option("-U", "--upgrade", is_flag=True, help="Upgrade packages that are already installed.")
+@click.option("-e", "--editable", type=click.Path(exists=True, file_okay=False), help="Install a local project in editable mode.")
+def install_command(packages: tuple[str, ...], upgrade: bool, editable: str | None) -> None:
+    """Install plugin packages into the environment loradex runs in."""
+    if not packages and not editable:
+        raise click.UsageError("name at least one package, or --editable PATH")
+    args = list(packages)
+    if upgrade:
+        args.insert(0, "--upgrade")
+    if editable:
+        args += ["--editable", editable]
+    _run_installer("install", args)
+
+
+@click.command(name="uninstall")
+@click.argument("packages", nargs=-1, required=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (pip only).")
+def uninstall_command(packages: tuple[str, ...], yes: bool) -> None:
+    """Uninstall plugin packages from the environment loradex runs in."""
+    args = list(packages)
+    if yes and _installer()[0] == sys.executable:
+        args.insert(0, "-y")
+    _run_installer("uninstall", args)
+
+
+def register(cli: click.Group) -> None:
+    """Add these commands to the root group."""
+    for command in (plugins_command, tasks_command, install_command, uninstall_command):
+        cli.add_command(command)

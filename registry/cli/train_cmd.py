@@ -1,0 +1,167 @@
+"""`adapters train`, `eval` and `predict`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loradex.core.errors import ConfigError
+
+from .options import open_registry, print_json, read_config, settings_options, split_settings, stderr_console
+
+
+@click.command(name="train")
+@click.argument("task")
+@click.option("--data", help="Dataset folder/file, or synthetic[:train=N,val=N,test=N,seed=N] (default: synthetic).")
+@click.option("--backbone", help="Built-in preset, Hub id (org/name) or local folder (default: tiny-vit).")
+@click.option("--revision", help="Hub revision of the backbone to pin.")
+@click.option("--name", help="Adapter name in the registry (default: the task name).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML file with any of these options; command-line flags win.")
+@settings_options
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of run folders (default: runs).")
+@click.option("--run-name", default=None, help="Run folder name inside PROJECT/TASK (default: train, train2, ...).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def train_command(task: str, config_file: Path | None, no_progress: bool, as_json: bool, **options: Any) -> None:
+    """Train a LoRA adapter for TASK on the shared backbone and store it as NAME@vN."""
+    from loradex.core import plugins
+    from loradex.core.training import TrainRequest, train_adapter
+    from loradex.registry.names import validate_name
+
+    task_obj = plugins.get_task(task)  # unknown task: fail before reading anything
+    config = read_config(config_file) if config_file else {}
+    values = {**config, **{k: v for k, v in options.items() if v is not None}}
+    name = values.get("name") or task_obj.name
+    validate_name(name)
+    lora, train = split_settings(values)
+    registry = open_registry()
+    request = TrainRequest(
+        task=task_obj.name,
+        data=values.get("data"),
+        backbone=values.get("backbone"),
+        revision=values.get("revision"),
+        lora=lora,
+        train=train,
+        head=values.get("head") or {},
+        project=Path(values.get("project") or "runs"),
+        run_name=values.get("run_name") or "train",
+    )
+    outcome = train_adapter(request, progress=not no_progress)
+    record = registry.put(
+        outcome.artifact_dir,
+        name=name,
+        kind="trained",
+        args={"primary_metric": outcome.primary_metric, "run_dir": str(outcome.run_dir.resolve()),
+              "data": request.data or "synthetic", "config": str(config_file) if config_file else None},
+        metrics=outcome.metrics,
+    )
+    summary = {
+        "adapter": record.ref,
+        "task": task_obj.name,
+        "run_dir": str(outcome.run_dir),
+        "primary_metric": outcome.primary_metric,
+        "metrics": outcome.metrics,
+        "best_epoch": outcome.result.best_epoch,
+        "seconds": round(outcome.result.seconds, 1),
+        "size_bytes": record.size,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    console = stderr_console()
+    value = outcome.metrics.get(outcome.primary_metric)
+    shown = f"{outcome.primary_metric} {value:.4f}" if value is not None else "no metrics"
+    console.print(f"[green]saved[/green] {record.ref}  ({shown}, {record.size / 1e6:.2f} MB) — run folder {outcome.run_dir}")
+    click.echo(record.ref)
+
+
+@click.command(name="eval")
+@click.argument("ref")
+@click.option("--data", help="Dataset to evaluate on (default: the task's synthetic data).")
+@click.option("--split", type=click.Choice(["val", "test", "train"]), default=None,
+              help="Split to evaluate (default: test if the data has one, else val).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--allow-base-mismatch", is_flag=True, help="Load even if the base fingerprint differs.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
+def eval_command(ref: str, data: str | None, split: str | None, batch_size: int, project: Path,
+                 allow_base_mismatch: bool, as_json: bool) -> None:
+    """Evaluate adapter REF (NAME[@VERSION]) and write a report folder."""
+    from loradex.core.inference import evaluate_dataset
+    from loradex.core.runs import new_run_dir, write_json
+    from loradex.registry.loading import load_versions
+
+    loaded = load_versions(open_registry(), [ref], allow_base_mismatch=allow_base_mismatch)
+    (full_ref, record), = loaded.records.items()
+    task, key = loaded.tasks[full_ref], loaded.keys[full_ref]
+    backbone = loaded.model.backbone
+    task_data = task.load_data(data, transform=backbone.transform, image_size=backbone.image_size,
+                               seed=record.spec.train.seed)
+    chosen = split or ("test" if task_data.test is not None else "val")
+    dataset = getattr(task_data, chosen)
+    if dataset is None or len(dataset) == 0:
+        raise ConfigError(f"the data has no {chosen} split")
+    labels_now = task_data.head_config.get("labels")
+    labels_then = record.spec.head.get("labels")
+    if labels_now is not None and labels_then is not None and labels_now != labels_then:
+        raise ConfigError(f"{data}: labels {labels_now} differ from the labels {full_ref} was trained on ({labels_then})")
+    result, loss = evaluate_dataset(task, loaded.model, dataset, adapter=key, batch_size=batch_size)
+    run_dir = new_run_dir(project, task.name, "eval")
+    write_json(run_dir / "metrics.json", {"adapter": full_ref, "split": chosen, "loss": loss, "metrics": result.metrics})
+    (run_dir / "report.txt").write_text(
+        f"adapter: {full_ref}\ndata: {task_data.description}\nsplit: {chosen}\n\n" + task.report(result, record.spec.head)
+    )
+    task.plot(result, record.spec.head, run_dir)
+    if as_json:
+        print_json({"adapter": full_ref, "split": chosen, "loss": loss, "metrics": result.metrics, "run_dir": str(run_dir)})
+        return
+    stderr_console().print(f"{full_ref} on {chosen} ({len(dataset)} images) — report in {run_dir}")
+    width = max(len(k) for k in result.metrics)
+    for k, v in sorted(result.metrics.items()):
+        click.echo(f"{k:<{width}}  {v:.4f}")
+
+
+@click.command(name="predict")
+@click.argument("ref")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Labels to return per image.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), help="Write drawn predictions here.")
+@click.option("--allow-base-mismatch", is_flag=True, help="Load even if the base fingerprint differs.")
+@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
+def predict_command(ref: str, images: tuple[Path, ...], top_k: int, batch_size: int, save_dir: Path | None,
+                    allow_base_mismatch: bool, as_json: bool) -> None:
+    """Predict with adapter REF (NAME[@VERSION]) on IMAGE files."""
+    from loradex.core.data import open_image
+    from loradex.core.errors import DataError
+    from loradex.core.inference import predict_images
+    from loradex.registry.loading import load_versions
+
+    for path in images:
+        if not path.is_file():
+            raise DataError(f"{path}: no such image file")
+    loaded = load_versions(open_registry(), [ref], allow_base_mismatch=allow_base_mismatch)
+    (full_ref, record), = loaded.records.items()
+    task, key = loaded.tasks[full_ref], loaded.keys[full_ref]
+    predictions = predict_images(task, loaded.model, images, adapter=key, batch_size=batch_size, top_k=top_k)
+    if save_dir:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for path, prediction in zip(images, predictions):
+            task.draw(open_image(path), prediction, record.spec.head).save(save_dir / f"{path.stem}.png")
+    if as_json:
+        print_json({"adapter": full_ref, "predictions": predictions})
+        return
+    for prediction in predictions:
+        rest = {k: v for k, v in prediction.items() if k not in ("image", "top_k")}
+        click.echo(f"{prediction['image']}\t{json.dumps(rest)}")
+
+
+def register(cli: click.Group) -> None:
+    """Add these commands to the root group."""
+    for command in (train_command, eval_command, predict_command):
+        cli.add_command(command)

@@ -1,0 +1,129 @@
+"""The plugin manager: built-ins through the public hooks, entry points, broken plugins."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from loradex.core import hookspecs, plugins
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def install_fake_plugin(site: Path, dist: str, module: str, source: str) -> None:
+    """A real installed distribution (dist-info with an entry point) on ``site``."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[loradex]\n{module} = {module}\n")
+
+
+@pytest.fixture
+def fresh_plugins(monkeypatch):
+    """Reload plugins from scratch for this test, and again afterwards."""
+    plugins.reset()
+    yield monkeypatch
+    plugins.reset()
+
+
+def test_builtins_register_through_the_hooks(fresh_plugins):
+    tasks = plugins.get_tasks()
+    assert tasks["classification"].plugin == "loradex.plugins.classification"
+    backbones = plugins.get_backbones()
+    assert {"tiny-vit", "vit-base", "hf"} <= set(backbones)
+    assert backbones["tiny-vit"].plugin == "loradex.plugins.backbones"
+    for name in plugins.BUILTIN_PLUGINS:
+        assert plugins.pm.get_plugin(name) is not None
+
+
+def test_example_plugin_is_an_installed_entry_point(fresh_plugins):
+    infos = {info.name: info for info in plugins.plugin_infos()}
+    assert infos["brightness"].package == "loradex-example-task"
+    assert "register_tasks" in infos["brightness"].hooks
+    assert plugins.get_tasks()["brightness"].plugin == "brightness"
+
+
+def test_load_plugins_env_limits_third_party(fresh_plugins):
+    fresh_plugins.setenv("LORADEX_LOAD_PLUGINS", "")
+    assert "brightness" not in plugins.get_tasks()
+    assert "classification" in plugins.get_tasks()
+    plugins.reset()
+    fresh_plugins.setenv("LORADEX_LOAD_PLUGINS", "loradex-example-task")
+    assert "brightness" in plugins.get_tasks()
+
+
+def test_plugin_that_raises_on_import_is_reported_and_isolated(fresh_plugins, tmp_path, capsys):
+    install_fake_plugin(tmp_path / "site", "loradex-broken", "broken_plugin", "raise RuntimeError('boom at import')\n")
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    tasks = plugins.get_tasks()
+    assert "classification" in tasks
+    assert "boom at import" in plugins.failures()["broken_plugin"]
+    assert "plugin 'broken_plugin' is disabled: RuntimeError: boom at import" in capsys.readouterr().err
+    infos = {info.name: info for info in plugins.plugin_infos()}
+    assert infos["broken_plugin"].error.startswith("RuntimeError")
+
+
+def test_unknown_hook_is_refused_loudly(fresh_plugins, tmp_path):
+    source = "from loradex.core.hookspecs import hookimpl\n\n@hookimpl\ndef register_taskz(register):\n    pass\n"
+    install_fake_plugin(tmp_path / "site", "loradex-typo", "typo_plugin", source)
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    plugins.load_plugins()
+    assert plugins.pm.get_plugin("typo_plugin") is None
+    assert "register_taskz" in plugins.failures()["typo_plugin"]
+
+
+def test_hook_that_raises_is_isolated(fresh_plugins, tmp_path):
+    source = ("from loradex.core.hookspecs import hookimpl\n\n@hookimpl\ndef register_tasks(register):\n"
+              "    raise ValueError('bad task')\n")
+    install_fake_plugin(tmp_path / "site", "loradex-badtask", "badtask_plugin", source)
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    assert "classification" in plugins.get_tasks()
+    assert "ValueError: bad task" in plugins.failures()["badtask_plugin"]
+
+
+def test_duplicate_task_name_is_refused(fresh_plugins, tmp_path):
+    source = ("from loradex.core.hookspecs import hookimpl\nfrom loradex.plugins.classification.task import ClassificationTask\n\n"
+              "@hookimpl\ndef register_tasks(register):\n    register(ClassificationTask())\n")
+    install_fake_plugin(tmp_path / "site", "loradex-dupe", "dupe_plugin", source)
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    assert plugins.get_tasks()["classification"].plugin == "loradex.plugins.classification"
+    assert "already registered" in plugins.failures()["dupe_plugin"]
+
+
+def test_broken_plugin_does_not_break_the_cli(fresh_plugins, tmp_path):
+    install_fake_plugin(tmp_path / "site", "loradex-broken", "broken_plugin", "import no_such_module_xyz\n")
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    from loradex.registry.cli import cli
+
+    result = CliRunner().invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {p["name"]: p for p in json.loads(result.stdout)}
+    assert "No module named 'no_such_module_xyz'" in listed["broken_plugin"]["error"]
+    result = CliRunner().invoke(cli, ["list", "--json"])
+    assert result.exit_code == 0, result.output
+
+
+def test_every_hook_is_documented_and_tested():
+    """datasette's rule: each hookspec has a docstring and is documented with its signature."""
+    guide = (ROOT / "docs" / "writing-plugins.md").read_text()
+    hooks = [name for name, obj in inspect.getmembers(hookspecs, inspect.isfunction)
+             if hasattr(obj, "loradex_spec")]
+    assert set(hooks) == {"register_tasks", "register_backbones", "register_commands"}
+    for name in hooks:
+        func = getattr(hookspecs, name)
+        assert func.__doc__, name
+        signature = f"{name}{inspect.signature(func)}"
+        assert re.search(re.escape(signature), guide), f"{signature} is not in docs/writing-plugins.md"
+
+
+def test_register_commands_hook_adds_a_command():
+    from loradex.registry.cli import cli
+
+    assert "brightness-of" in cli.commands  # added by the example plugin's register_commands

@@ -1,0 +1,103 @@
+"""The engine and a whole training run: run folder, artifact, determinism, plain PEFT loading."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loradex.core import plugins
+from loradex.core.errors import ConfigError
+from loradex.core.training import TrainRequest, train_adapter
+
+SMALL = "synthetic:train=40,val=20,test=10"
+
+
+def small_run(tmp_path, name="train", **train):
+    request = TrainRequest(task="classification", data=SMALL, project=tmp_path / "runs", run_name=name,
+                           train={"epochs": 2, "batch_size": 16, **train})
+    return train_adapter(request, progress=False, say=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    return small_run(tmp_path_factory.mktemp("run"))
+
+
+def test_run_folder_holds_everything(outcome):
+    run = outcome.run_dir
+    assert run.name == "train" and run.parent.name == "classification"
+    for name in ("args.yaml", "results.csv", "metrics.json", "report.txt", "loss_curves.png",
+                 "confusion_matrix.png", "per_class_f1.png"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and "val_f1_macro" in rows[0]
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert {"f1_macro", "accuracy", "test_f1_macro"} <= set(metrics)
+    assert "confusion matrix" in (run / "report.txt").read_text()
+    adapter = outcome.artifact_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "head.safetensors", "loradex.json", "README.md"):
+        assert (adapter / name).is_file(), name
+
+
+def test_numbered_run_folders(tmp_path):
+    from loradex.core.runs import new_run_dir
+
+    names = [new_run_dir(tmp_path, "pose").name for _ in range(3)]
+    assert names == ["train", "train2", "train3"]
+
+
+def test_same_seed_same_metrics(tmp_path, outcome):
+    again = small_run(tmp_path)
+    assert again.metrics == outcome.metrics
+    a = load_file(str(outcome.artifact_dir / "adapter_model.safetensors"))
+    b = load_file(str(again.artifact_dir / "adapter_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_plain_peft_loads_the_adapter_with_identical_weights(outcome):
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+
+    base = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    peft_model = PeftModel.from_pretrained(base.model, str(outcome.artifact_dir))
+    loaded = get_peft_model_state_dict(peft_model)
+    saved = load_file(str(outcome.artifact_dir / "adapter_model.safetensors"))
+    assert set(loaded) == set(saved) and len(saved) > 0
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    trained = get_peft_model_state_dict(outcome.result.model.encoder)
+    assert all(torch.equal(trained[k], saved[k]) for k in saved)
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # LoRA actually trained
+
+
+def test_attached_adapter_predicts_like_the_trained_model(outcome):
+    from loradex.core.artifact import attach
+
+    task = plugins.get_task("classification")
+    base = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    model = attach(base, task, outcome.artifact_dir)
+    pixels = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        expected = outcome.result.model(pixels)
+        assert torch.allclose(model(pixels), expected, atol=1e-5)
+
+
+def test_early_stopping(tmp_path):
+    run = small_run(tmp_path, epochs=6, patience=1, lr=1e-12, head_lr=1e-12)
+    assert run.result.stopped_early and len(run.result.history) == 2
+
+
+def test_gradient_accumulation_and_schedulers_run(tmp_path):
+    run = small_run(tmp_path, epochs=1, grad_accum=2, scheduler="linear")
+    assert len(run.result.history) == 1
+
+
+def test_mixed_precision_needs_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present, fp16 is allowed")
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        small_run(tmp_path, mixed_precision="fp16")
