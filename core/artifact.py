@@ -150,7 +150,7 @@ def attach(
             model.encoder.load_adapter(str(folder), adapter_name=adapter_name)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise ArtifactError(f"{folder}: PEFT could not load the adapter ({exc})") from None
-    head = new_head(task, backbone, spec.head)
+    head = new_head(task, backbone, spec)
     state = load_head_state(folder / HEAD_WEIGHTS)
     try:
         head.load_state_dict(state)

@@ -9,9 +9,10 @@ across architectures and across transformers versions (``query`` became ``q_proj
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -117,6 +118,8 @@ class LoadedBackbone:
     block_prefix: str = ""
     target_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
+    interpolates: bool = False
+    """Whether the model takes ``interpolate_pos_encoding`` (to run at other resolutions)."""
 
     @classmethod
     def from_model(
@@ -134,9 +137,12 @@ class LoadedBackbone:
         config = model.config
         model.eval()
         model.requires_grad_(False)
+        import inspect
+
         patch = config.patch_size
         patch = patch[0] if isinstance(patch, (tuple, list)) else patch
         prefix, _ = find_blocks(model)
+        interpolates = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
         ref = BackboneRef(
             name=name, revision=revision, fingerprint=fingerprint(model), architecture=config.model_type
         )
@@ -151,13 +157,25 @@ class LoadedBackbone:
             block_prefix=prefix,
             target_names=resolve_target_names(model),
             forward_kwargs=dict(forward_kwargs or {}),
+            interpolates=interpolates,
         )
 
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patch grid (rows, cols) at the backbone's image size."""
-        side = self.image_size // self.patch_size
+        return self.grid_at(self.image_size)
+
+    def grid_at(self, image_size: int) -> tuple[int, int]:
+        """Patch grid (rows, cols) at ``image_size`` pixels."""
+        side = image_size // self.patch_size
         return side, side
+
+    def check_image_size(self, image_size: int) -> None:
+        """Refuse resolutions this backbone cannot run at."""
+        if image_size % self.patch_size:
+            raise BackboneError(f"image size {image_size} is not a multiple of the patch size {self.patch_size}")
+        if image_size != self.image_size and not self.interpolates and self.ref.architecture != "dinov2":
+            raise BackboneError(f"backbone {self.ref.name!r} runs at {self.image_size}px only, not {image_size}px")
 
     def target_modules(self, targets: Iterable[str]) -> str:
         """A PEFT ``target_modules`` regex for semantic ``targets`` on this architecture."""
@@ -194,8 +212,26 @@ class LoadedBackbone:
         pixel_values = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
         return pixel_values[0]
 
+    def transform_at(self, image_size: int | None) -> Callable[[Image.Image], torch.Tensor]:
+        """The image transform for ``image_size`` pixels (the backbone's own when None)."""
+        if image_size is None or image_size == self.image_size:
+            return self.transform
+        self.check_image_size(image_size)
+        return functools.partial(self._resized, size=image_size)
+
+    def _resized(self, image: Image.Image, *, size: int) -> torch.Tensor:
+        from PIL import Image as PILImage
+
+        image = image.convert("RGB").resize((size, size), PILImage.BILINEAR)
+        options = {"do_resize": False}
+        if getattr(self.processor, "do_center_crop", None) is not None:
+            options["do_center_crop"] = False
+        return self.processor(images=image, return_tensors="pt", **options)["pixel_values"][0]
+
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
         """Run ``model`` (this base, possibly wrapped by PEFT) and split its tokens."""
+        if self.interpolates and pixel_values.shape[-1] != self.image_size:
+            kwargs.setdefault("interpolate_pos_encoding", True)
         out = model(pixel_values=pixel_values, **self.forward_kwargs, **kwargs)
         tokens = out.last_hidden_state
         batch, _, dim = tokens.shape

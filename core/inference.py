@@ -26,11 +26,12 @@ def predict_images(
     """Plain predictions (JSON-ready) for image files, in order; each carries its ``image`` path."""
     name = adapter or model.adapter_names[0]
     head_config = model.specs[name].head
+    transform = model.backbone.transform_at(model.specs[name].image_size)
     results: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         images = [open_image(p) for p in chunk]
-        pixels = torch.stack([model.backbone.transform(im) for im in images])
+        pixels = torch.stack([transform(im) for im in images])
         with torch.inference_mode():
             outputs = model(pixels, adapter=name)
         preds = task.postprocess(outputs, head_config, image_sizes=[im.size for im in images], **options)
@@ -46,3 +47,39 @@ def evaluate_dataset(task: Task, model: TaskModel, dataset: Any, *, adapter: str
     name = adapter or model.adapter_names[0]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
     return evaluate(task, model, loader, model.specs[name].head, adapter=name)
+
+
+def dataset_image(dataset: Any, index: int):
+    """The original PIL image of item ``index``, if the dataset keeps one (None otherwise)."""
+    images = getattr(dataset, "images", None)
+    if images is not None:
+        return images[index]
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return open_image(paths[index])
+    return None
+
+
+def draw_samples(task: Task, model: TaskModel, dataset: Any, out_dir: Path, *, count: int = 8,
+                 adapter: str | None = None) -> list[Path]:
+    """Draw predictions on the first ``count`` images of ``dataset`` into ``out_dir``."""
+    name = adapter or model.adapter_names[0]
+    spec = model.specs[name]
+    transform = model.backbone.transform_at(spec.image_size)
+    images = [im for im in (dataset_image(dataset, i) for i in range(min(count, len(dataset)))) if im is not None]
+    if not images:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pixels = torch.stack([transform(im) for im in images])
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        outputs = model(pixels, adapter=name)
+    model.train(was_training)
+    predictions = task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images])
+    written = []
+    for index, (image, prediction) in enumerate(zip(images, predictions)):
+        path = out_dir / f"val_{index}.png"
+        task.draw(image, prediction, spec.head).save(path)
+        written.append(path)
+    return written

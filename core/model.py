@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -77,10 +76,11 @@ def build_model(task: Task, backbone: LoadedBackbone, spec: AdapterSpec, *, adap
 
     encoder = get_peft_model(backbone.model, spec.to_lora_config(), adapter_name=adapter_name)
     model = TaskModel(backbone, encoder)
-    model.add_head(adapter_name, new_head(task, backbone, spec.head), spec)
+    model.add_head(adapter_name, new_head(task, backbone, spec), spec)
     return model
 
 
-def new_head(task: Task, backbone: LoadedBackbone, head_config: Mapping[str, Any]) -> nn.Module:
-    """The task's head for this backbone's hidden size and patch grid."""
-    return task.build_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_size, head_config=head_config)
+def new_head(task: Task, backbone: LoadedBackbone, spec: AdapterSpec) -> nn.Module:
+    """The task's head for this backbone's hidden size and the spec's patch grid."""
+    return task.build_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(spec.image_size),
+                           head_config=spec.head)

@@ -25,6 +25,8 @@ from .errors import PluginError, UnknownNameError
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "loradex.plugins.backbones",
     "loradex.plugins.classification",
+    "loradex.plugins.detection",
+    "loradex.plugins.pose",
 )
 ENTRY_POINT_GROUP = "loradex"
 LOAD_ENV = "LORADEX_LOAD_PLUGINS"

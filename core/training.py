@@ -17,6 +17,7 @@ from . import plugins
 from .artifact import model_card, save_artifact
 from .backbone import LoadedBackbone
 from .engine import EpochLog, TrainResult, train
+from .inference import draw_samples
 from .runs import new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
 from .spec import AdapterSpec, LoraSettings, TrainSettings, settings_from_mapping
 from .task import Task, TaskData
@@ -43,8 +44,9 @@ class TrainRequest:
 class TrainOutcome:
     """A finished run: where it was written, the adapter's spec and its metrics."""
 
-    run_dir: Path
-    artifact_dir: Path
+    run_dir: Path | None
+    """None on the non-main processes of a multi-process (accelerate/torchrun) run."""
+    artifact_dir: Path | None
     spec: AdapterSpec
     metrics: dict[str, float]
     result: TrainResult
@@ -65,7 +67,7 @@ def build_spec(task: Task, backbone: LoadedBackbone, data: TaskData, request: Tr
         lora=lora,
         head={**data.head_config, **request.head},
         train=settings,
-        image_size=backbone.image_size,
+        image_size=settings.image_size or backbone.image_size,
     )
 
 
@@ -75,6 +77,13 @@ def check_settings(task: Task, request: TrainRequest) -> None:
     backbone_name = request.backbone or DEFAULT_BACKBONE
     defaults = dataclasses.asdict(task.default_train(backbone_name))
     settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def flat_metrics(result: TrainResult) -> dict[str, float]:
@@ -98,13 +107,19 @@ def train_adapter(
     if request.backbone is None:
         say(f"backbone: none given, using the built-in preset {DEFAULT_BACKBONE!r}")
     backbone = plugins.resolve_backbone(backbone_name).load(backbone_name, revision=request.revision)
-    seed = int(request.train.get("seed", task.default_train(backbone_name).seed))
-    data = task.load_data(request.data, transform=backbone.transform, image_size=backbone.image_size, seed=seed)
+    defaults = task.default_train(backbone_name)
+    seed = int(request.train.get("seed", defaults.seed))
+    image_size = int(request.train.get("image_size") or defaults.image_size or backbone.image_size)
+    data = task.load_data(request.data, transform=backbone.transform_at(image_size), image_size=image_size, seed=seed)
     if request.data is None:
         say(f"data: none given, using built-in {data.description}")
     else:
         say(f"data: {data.description}")
     spec = build_spec(task, backbone, data, request)
+    if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
+        result = train(task, backbone, spec, data, progress=False)
+        return TrainOutcome(run_dir=None, artifact_dir=None, spec=spec, metrics=flat_metrics(result), result=result,
+                            data_description=data.description, primary_metric=task.primary_metric)
 
     run_dir = new_run_dir(request.project, task.name, request.run_name)
     say(f"run folder: {run_dir}")
@@ -138,6 +153,7 @@ def train_adapter(
         report += ["test", "----", task.report(result.test, spec.head)]
     (run_dir / "report.txt").write_text("\n".join(report), encoding="utf-8")
     plot_training_curves(result.history, run_dir, metric=task.primary_metric)
+    draw_samples(task, result.model, data.val, run_dir / "predictions")
 
     artifact_dir = save_artifact(
         result.model, spec, run_dir / "adapter", metrics=metrics, card=model_card(spec, metrics)

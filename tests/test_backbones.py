@@ -132,3 +132,16 @@ def test_pickle_only_checkpoint_is_refused(tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(BackboneError, match="cannot load backbone"):
         plugins.resolve_backbone(str(folder)).load(str(folder))
+
+
+def test_other_resolution_interpolates_position_embeddings(tiny_backbone):
+    from PIL import Image
+
+    transform = tiny_backbone.transform_at(96)
+    pixels = transform(Image.new("RGB", (50, 30), (200, 10, 10)))
+    assert pixels.shape == (3, 96, 96)
+    with torch.inference_mode():
+        features = tiny_backbone.encode(tiny_backbone.model, pixels[None])
+    assert features.patches.shape[1:3] == tiny_backbone.grid_at(96) == (12, 12)
+    with pytest.raises(BackboneError, match="not a multiple of the patch size"):
+        tiny_backbone.transform_at(97)

@@ -30,6 +30,7 @@ def outcome(tmp_path_factory):
 def test_run_folder_holds_everything(outcome):
     run = outcome.run_dir
     assert run.name == "train" and run.parent.name == "classification"
+    assert len(list((run / "predictions").glob("val_*.png"))) == 8
     for name in ("args.yaml", "results.csv", "metrics.json", "report.txt", "loss_curves.png",
                  "confusion_matrix.png", "per_class_f1.png"):
         assert (run / name).is_file(), name

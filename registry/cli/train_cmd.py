@@ -52,6 +52,8 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
         run_name=values.get("run_name") or "train",
     )
     outcome = train_adapter(request, progress=not no_progress)
+    if outcome.artifact_dir is None:  # a non-main process of a distributed launch
+        return
     record = registry.put(
         outcome.artifact_dir,
         name=name,
@@ -100,8 +102,8 @@ def eval_command(ref: str, data: str | None, split: str | None, batch_size: int,
     (full_ref, record), = loaded.records.items()
     task, key = loaded.tasks[full_ref], loaded.keys[full_ref]
     backbone = loaded.model.backbone
-    task_data = task.load_data(data, transform=backbone.transform, image_size=backbone.image_size,
-                               seed=record.spec.train.seed)
+    size = record.spec.image_size
+    task_data = task.load_data(data, transform=backbone.transform_at(size), image_size=size, seed=record.spec.train.seed)
     chosen = split or ("test" if task_data.test is not None else "val")
     dataset = getattr(task_data, chosen)
     if dataset is None or len(dataset) == 0:

@@ -1,0 +1,1 @@
+"""Built-in object detection task plugin (being written)."""

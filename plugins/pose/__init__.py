@@ -1,0 +1,1 @@
+"""Built-in pose / keypoint task plugin (being written)."""
