@@ -52,6 +52,9 @@ def finish_loading(model, processor, *, name: str, revision: str | None) -> Load
     import torch
     from PIL import Image
 
+    model.name_or_path = name  # PEFT records it as base_model_name_or_path
+    model.config._name_or_path = name
+
     pixel_values = processor(images=Image.new("RGB", (64, 64)), return_tensors="pt")["pixel_values"]
     height, width = pixel_values.shape[-2:]
     patch = model.config.patch_size
