@@ -204,3 +204,10 @@ def test_help_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
     result = subprocess.run([sys.executable, "-m", "loradex.registry.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_cli_reference_is_up_to_date():
+    from loradex.registry.cli.reference import render_reference
+
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert reference == render_reference(cli), "regenerate: python -m loradex.registry.cli.reference > docs/cli.md"
