@@ -1,1 +1,5 @@
-"""loradex.registry — the local adapter store, merge/export, Hub push/pull and the `adapters` CLI."""
+"""loradex.registry — the local adapter store, loading onto a shared base, and the `adapters` CLI."""
+
+from .store import AdapterSummary, FileEntry, Registry, VersionRecord, default_home
+
+__all__ = ["AdapterSummary", "FileEntry", "Registry", "VersionRecord", "default_home"]

@@ -123,7 +123,13 @@ def test_every_hook_is_documented_and_tested():
         assert re.search(re.escape(signature), guide), f"{signature} is not in docs/writing-plugins.md"
 
 
-def test_register_commands_hook_adds_a_command():
+def test_register_commands_hook_adds_a_command(tmp_path):
+    from PIL import Image
+
     from loradex.registry.cli import cli
 
-    assert "brightness-of" in cli.commands  # added by the example plugin's register_commands
+    Image.new("L", (4, 4), 51).save(tmp_path / "grey.png")
+    result = CliRunner().invoke(cli, ["brightness-of", str(tmp_path / "grey.png")])  # the example plugin's command
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("0.2000")
+    assert "brightness-of" in cli.list_commands(None)

@@ -14,7 +14,34 @@ from loradex.core.errors import LoradexError
 
 
 class LoradexGroup(click.Group):
-    """A click group that turns any LoradexError into one ``Error: ...`` line and its exit code."""
+    """The root group: LoradexErrors become one ``Error: ...`` line; plugin commands load lazily.
+
+    Built-in commands never wait for plugins to load; a command name that is not built in, or a
+    listing of all commands (``--help``), loads the plugins and their ``register_commands``.
+    """
+
+    plugins_loaded = False
+
+    def load_plugin_commands(self) -> None:
+        """Let every plugin add its commands (once)."""
+        if not self.plugins_loaded:
+            from loradex.core import plugins
+
+            self.plugins_loaded = True
+            plugins.register_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        """A built-in command, or else one a plugin adds."""
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self.load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context):
+        """Every command, plugins' included."""
+        self.load_plugin_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context):
         """Run the command; user-facing errors become a single line on stderr."""
@@ -47,14 +74,10 @@ def _quiet_libraries() -> None:
 
 
 def _build() -> click.Group:
-    from loradex.core import plugins
-
     from . import plugins_cmd, store_cmd, train_cmd
 
     for module in (plugins_cmd, train_cmd, store_cmd):
         module.register(cli)
-    plugins.load_plugins()
-    plugins.register_commands(cli)
     return cli
 
 

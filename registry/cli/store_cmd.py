@@ -46,9 +46,13 @@ def human_size(n: int | None) -> str:
 
 
 def _console(*, stderr: bool = False):
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() else 200  # piped output: do not wrap tables at 80 columns
+    return Console(file=stream, highlight=False, soft_wrap=False, width=wide)
 
 
 def _note(message: str) -> None:

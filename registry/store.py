@@ -1,0 +1,676 @@
+"""The local adapter registry: immutable numbered versions, moving aliases, lineage, integrity.
+
+Layout of a registry root (``$LORADEX_HOME``, by default ``~/.cache/loradex``)::
+
+    index.db            SQLite (WAL): adapters, versions, files, parents, aliases
+    blobs/ab/cdef...    every stored file once, named by its sha256, read-only
+    versions/NAME/vN/   materialised versions (hard links to blobs), what PEFT reads
+    tmp/                files being written
+    lock                held shared by writers, exclusively by garbage collection
+
+A version is written in two steps: its blobs are put in place (temporary file, fsync,
+rename), then one transaction adds its rows. A writer killed at any point leaves at most
+unreferenced blobs, which the next garbage collection removes; never half a version.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from loradex.core.artifact import (
+    ADAPTER_CONFIG,
+    CARD_FILE,
+    METRICS_FILE,
+    SPEC_FILE,
+    check_complete,
+    check_fingerprint,
+    model_card,
+    read_metrics,
+    read_spec,
+)
+from loradex.core.errors import ArtifactError, IntegrityError, NotFoundError, RegistryError
+from loradex.core.spec import AdapterSpec
+
+from . import names
+from .blobs import BlobStore, sha256_file
+from .index import Index, NewVersion, VersionRow
+from .locks import file_lock
+from .weights import check_safetensors
+
+HOME_ENV = "LORADEX_HOME"
+HEADLINE_METRICS = ("f1_macro", "map50", "pck@0.1")
+KINDS = ("trained", "merged", "compressed", "imported", "pulled")
+STORED_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "head.safetensors", SPEC_FILE, METRICS_FILE, CARD_FILE)
+
+
+def default_home() -> Path:
+    """The registry root used when none is given: ``$LORADEX_HOME``, else the user's cache folder.
+
+    Like ``HF_HOME``: ``$XDG_CACHE_HOME/loradex`` or ``~/.cache/loradex``.
+    """
+    env = os.environ.get(HOME_ENV)
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(cache).expanduser() / "loradex"
+
+
+class FileEntry(NamedTuple):
+    """One stored file of a version: its sha256 (hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One immutable version of an adapter, as the registry holds it."""
+
+    name: str
+    version: int
+    task: str
+    spec: AdapterSpec
+    metrics: dict[str, float]
+    files: dict[str, FileEntry]
+    size: int
+    created: str
+    """ISO 8601, UTC."""
+    kind: str
+    """How it came to be: trained, merged, compressed, imported, pulled."""
+    parents: tuple[str, ...] = ()
+    """``name@vN`` of the versions it was made from."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """The arguments of the step that made it (hyper-parameters, merge weights, source path…)."""
+    aliases: tuple[str, ...] = ()
+    """User aliases pointing at this version (``latest`` is implicit)."""
+    headline_metric: str | None = None
+    headline_value: float | None = None
+
+    @property
+    def ref(self) -> str:
+        """``name@vN``."""
+        return names.version_ref(self.name, self.version)
+
+    @property
+    def base(self) -> str:
+        """Name of the base model the adapter belongs to."""
+        return self.spec.backbone.name
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of that base's weights ("" if unknown)."""
+        return self.spec.backbone.fingerprint
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (the spec as its dict, files as ``{name: {sha256, size}}``)."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "kind": self.kind,
+            "created": self.created,
+            "size": self.size,
+            "aliases": list(self.aliases),
+            "parents": list(self.parents),
+            "args": self.args,
+            "metrics": self.metrics,
+            "headline": {"metric": self.headline_metric, "value": self.headline_value},
+            "spec": self.spec.to_dict(),
+            "files": {k: {"sha256": v.sha256, "size": v.size} for k, v in self.files.items()},
+        }
+
+
+@dataclass(frozen=True)
+class AdapterSummary:
+    """One line of ``adapters list``: an adapter and its latest version."""
+
+    name: str
+    task: str
+    versions: int
+    latest: int
+    aliases: dict[str, int]
+    base: str
+    size: int
+    """Bytes of the latest version."""
+    headline_metric: str | None
+    headline_value: float | None
+    updated: str
+    """When the latest version was created (ISO 8601, UTC)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return {
+            "name": self.name, "task": self.task, "versions": self.versions, "latest": self.latest,
+            "aliases": self.aliases, "base": self.base, "size": self.size,
+            "headline": {"metric": self.headline_metric, "value": self.headline_value}, "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """A version and the versions it was made from (``record`` is None if that parent is gone)."""
+
+    ref: str
+    record: VersionRecord | None
+    parents: tuple[LineageNode, ...] = ()
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC, e.g. ``2025-01-31T12:00:00Z``."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def headline(metrics: Mapping[str, float], args: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    """The metric ``adapters list`` shows: ``args['primary_metric']``, else a known one present."""
+    primary = args.get("primary_metric")
+    if isinstance(primary, str) and primary:
+        return primary, metrics.get(primary)
+    for name in HEADLINE_METRICS:
+        if name in metrics:
+            return name, metrics[name]
+    return None, None
+
+
+def numeric_metrics(metrics: Mapping[str, Any], *, source: str, strict: bool) -> dict[str, float]:
+    """Keep the finite numbers of ``metrics`` as floats (NaN and infinities are dropped).
+
+    With ``strict``, a value that is not a number at all is refused.
+    """
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                out[str(key)] = float(value)
+        elif strict:
+            raise RegistryError(f"{source}: metric {key!r} is {value!r}, not a number")
+    return out
+
+
+class Registry:
+    """A registry root on disk. Open one with :meth:`Registry.open`."""
+
+    def __init__(self, root: Path) -> None:
+        """Use (and create) the registry at ``root``; prefer :meth:`open`."""
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryError(f"cannot create the registry folder {self.root}: {exc.strerror or exc}") from None
+        self.blobs = BlobStore(self.root)
+        self.cache = self.root / "versions"
+        self.cache.mkdir(exist_ok=True)
+        self._lock_path = self.root / "lock"
+        self.index = Index(self.root / "index.db")
+
+    @classmethod
+    def open(cls, root: str | Path | None = None) -> Registry:
+        """Open the registry at ``root``; None means ``$LORADEX_HOME`` or :func:`default_home`."""
+        return cls(Path(root).expanduser() if root is not None else default_home())
+
+    def close(self) -> None:
+        """Close the index connection."""
+        self.index.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    # -- writing versions ------------------------------------------------------------------
+
+    def put(
+        self,
+        folder: Path,
+        *,
+        name: str,
+        kind: str = "trained",
+        parents: Sequence[str] = (),
+        args: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> VersionRecord:
+        """Store the complete loradex adapter folder ``folder`` as the next version of ``name``.
+
+        ``metrics`` defaults to the folder's ``metrics.json``; ``parents`` are references to
+        the versions it was made from; ``args`` record how it was made. Returns the new record.
+        """
+        names.validate_name(name)
+        folder = Path(folder)
+        check_complete(folder)
+        spec = read_spec(folder)
+        _check_config(folder / ADAPTER_CONFIG)
+        sources: dict[str, Path | bytes] = {}
+        for fname in STORED_FILES:
+            if (folder / fname).is_file():
+                sources[fname] = folder / fname
+        for fname, path in sources.items():
+            if fname.endswith(".safetensors"):
+                check_safetensors(path)  # type: ignore[arg-type]
+        folder_metrics = read_metrics(folder)
+        return self._store(
+            name=name, spec=spec, sources=sources, kind=kind, parents=parents, args=args,
+            metrics=metrics, folder_metrics=folder_metrics, where=str(folder),
+        )
+
+    def import_folder(
+        self,
+        path: Path,
+        *,
+        task: str,
+        name: str | None = None,
+        base: str | None = None,
+        kind: str = "imported",
+        parents: Sequence[str] = (),
+        args: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> VersionRecord:
+        """Import a plain PEFT adapter folder (``adapter_config.json`` + safetensors weights).
+
+        ``name`` defaults to the folder's name made valid; ``base`` names the base model when
+        the config's ``base_model_name_or_path`` is empty or wrong. Pickled weights are refused.
+        """
+        from .importer import plan_import
+
+        path = Path(path)
+        if name is None:
+            name = names.slugify(path.resolve().name)
+        names.validate_name(name)
+        if not task:
+            raise RegistryError("import needs a task (--task)")
+        plan = plan_import(path, task=task, base=base)
+        sources: dict[str, Path | bytes] = dict(plan.files)
+        if SPEC_FILE not in sources:
+            sources[SPEC_FILE] = plan.spec.to_json().encode("utf-8")
+        record_args = {"imported_from": str(path.resolve()), **dict(args or {})}
+        return self._store(
+            name=name, spec=plan.spec, sources=sources, kind=kind, parents=parents, args=record_args,
+            metrics=metrics, folder_metrics=plan.metrics, where=str(path),
+        )
+
+    def _store(
+        self,
+        *,
+        name: str,
+        spec: AdapterSpec,
+        sources: dict[str, Path | bytes],
+        kind: str,
+        parents: Sequence[str],
+        args: Mapping[str, Any] | None,
+        metrics: Mapping[str, float] | None,
+        folder_metrics: Mapping[str, Any],
+        where: str,
+    ) -> VersionRecord:
+        if kind not in KINDS:
+            raise RegistryError(f"unknown version kind {kind!r}; use one of {', '.join(KINDS)}")
+        new = self._prepare(
+            name=name, spec=spec, sources=sources, kind=kind, parents=parents, args=args,
+            metrics=metrics, folder_metrics=folder_metrics, where=where,
+        )
+        with file_lock(self._lock_path, exclusive=False):
+            files = self._store_blobs(sources)
+            new = _with_files(new, files)
+            try:
+                number = self.index.insert_version(new)
+            except ValueError as exc:
+                raise RegistryError(str(exc)) from None
+        return self.resolve(names.version_ref(name, number))
+
+    def _prepare(
+        self,
+        *,
+        name: str,
+        spec: AdapterSpec,
+        sources: dict[str, Path | bytes],
+        kind: str,
+        parents: Sequence[str],
+        args: Mapping[str, Any] | None,
+        metrics: Mapping[str, float] | None,
+        folder_metrics: Mapping[str, Any],
+        where: str,
+    ) -> NewVersion:
+        """Validate everything about a new version except its blobs (no writes)."""
+        args = dict(args or {})
+        try:
+            json.dumps(args, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RegistryError(f"version args must be JSON values: {exc}") from None
+        if metrics is None:
+            final = numeric_metrics(folder_metrics, source=f"{where}/{METRICS_FILE}", strict=False)
+        else:
+            final = numeric_metrics(metrics, source="metrics", strict=True)
+            sources[METRICS_FILE] = (json.dumps(final, indent=2, sort_keys=True) + "\n").encode()
+        if METRICS_FILE not in sources:
+            sources[METRICS_FILE] = (json.dumps(final, indent=2, sort_keys=True) + "\n").encode()
+        if CARD_FILE not in sources:
+            sources[CARD_FILE] = model_card(spec, final, name=name).encode("utf-8")
+        parent_refs = tuple(self.resolve(p).ref for p in parents)
+        head_name, head_value = headline(final, args)
+        return NewVersion(
+            name=name, task=spec.task, spec_json=spec.to_json(), metrics=final, base=spec.backbone.name,
+            fingerprint=spec.backbone.fingerprint, files=(), created=utc_now(), kind=kind, args=args,
+            parents=parent_refs, headline_name=head_name, headline_value=head_value,
+        )
+
+    def _store_blobs(self, sources: Mapping[str, Path | bytes]) -> list[tuple[str, str, int]]:
+        files = []
+        for fname, src in sorted(sources.items()):
+            try:
+                sha, size = self.blobs.add_bytes(src) if isinstance(src, bytes) else self.blobs.add_file(src)
+            except OSError as exc:
+                raise ArtifactError(f"{src}: could not be stored ({exc.strerror or exc})") from None
+            files.append((fname, sha, size))
+        return files
+
+    # -- aliases ---------------------------------------------------------------------------
+
+    def tag(self, ref: str, alias: str) -> VersionRecord:
+        """Point ``NAME@alias`` at the version ``ref`` resolves to (moving it if it existed)."""
+        names.validate_alias(alias)
+        record = self.resolve(ref)
+        if not self.index.set_alias(record.name, alias, record.version):
+            raise NotFoundError(f"{record.ref} was removed while it was being tagged")
+        return self.resolve(record.ref)
+
+    def untag(self, name: str, alias: str) -> None:
+        """Remove the alias ``name@alias`` (the version stays)."""
+        names.validate_name(name)
+        if alias == names.LATEST:
+            raise RegistryError("'latest' is automatic and cannot be removed")
+        names.validate_name(alias, kind="alias")
+        if not self.index.drop_alias(name, alias):
+            self._require_adapter(name)
+            known = self.index.alias_names(name)
+            raise NotFoundError(
+                f"{name} has no alias {alias!r}.{_suggest(alias, known)} Aliases: {', '.join(known) or 'none'}."
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def resolve(self, ref: str | VersionRecord) -> VersionRecord:
+        """The version ``ref`` names: ``name`` / ``name@latest`` (newest), ``name@v3``, ``name@prod``."""
+        if isinstance(ref, VersionRecord):
+            ref = ref.ref
+        parsed = names.parse_ref(ref)
+        if parsed.version is not None:
+            version: int | None = parsed.version
+        elif parsed.alias is None or parsed.alias == names.LATEST:
+            version = self.index.latest(parsed.name)
+        else:
+            version = self.index.alias_target(parsed.name, parsed.alias)
+        rows = self.index.versions(name=parsed.name, version=version) if version is not None else []
+        if not rows:
+            self._not_found(parsed)
+        return _record(rows[0])
+
+    get = resolve
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        """Every version of ``name``, oldest first."""
+        names.validate_name(name)
+        self._require_adapter(name)
+        return [_record(row) for row in self.index.versions(name=name)]
+
+    def list(self, *, task: str | None = None) -> list[AdapterSummary]:
+        """One summary per adapter (optionally only those of ``task``), by name."""
+        return [
+            AdapterSummary(
+                name=n, task=t, versions=count, latest=latest, aliases=aliases, base=base, size=size,
+                headline_metric=hname, headline_value=hvalue, updated=updated,
+            )
+            for n, t, count, latest, base, size, hname, hvalue, updated, aliases in self.index.summaries(task=task)
+        ]
+
+    def lineage(self, ref: str | VersionRecord) -> LineageNode:
+        """The tree of versions ``ref`` was made from (parents that were removed have no record)."""
+        record = self.resolve(ref)
+        return self._lineage(record, depth=0)
+
+    def _lineage(self, record: VersionRecord, *, depth: int) -> LineageNode:
+        nodes = []
+        for parent in record.parents:
+            try:
+                found = self.resolve(parent)
+            except (NotFoundError, RegistryError):
+                nodes.append(LineageNode(parent, None))
+                continue
+            nodes.append(self._lineage(found, depth=depth + 1) if depth < 32 else LineageNode(parent, found))
+        return LineageNode(record.ref, record, tuple(nodes))
+
+    def _require_adapter(self, name: str) -> None:
+        if self.index.latest(name) is None:
+            known = self.index.adapter_names()
+            raise NotFoundError(f"no adapter named {name!r} in the registry at {self.root}.{_suggest(name, known)}")
+
+    def _not_found(self, parsed: names.Ref) -> None:
+        self._require_adapter(parsed.name)
+        numbers = self.index.version_numbers(parsed.name)
+        have = _ranges(numbers)
+        if parsed.version is not None:
+            raise NotFoundError(f"{parsed.name} has no version v{parsed.version}; it has {have}")
+        aliases = self.index.alias_names(parsed.name)
+        raise NotFoundError(
+            f"{parsed.name} has no alias {parsed.alias!r}.{_suggest(parsed.alias or '', aliases)} "
+            f"Aliases: {', '.join(aliases) or 'none'}; versions: {have}"
+        )
+
+    # -- files -----------------------------------------------------------------------------
+
+    def materialize(self, ref: str | VersionRecord) -> Path:
+        """A folder holding the version's files, each hash checked; PEFT and ``attach`` read it.
+
+        Raises IntegrityError naming the version and the file if a stored file is corrupt.
+        """
+        record = self.resolve(ref)
+        target = self.cache / record.name / f"v{record.version}"
+        if target.is_dir() and _folder_matches(target, record):
+            return target
+        with file_lock(self._lock_path, exclusive=False):
+            building = Path(tempfile.mkdtemp(prefix="materialize-", dir=self.blobs.tmp))
+            try:
+                for fname, entry in record.files.items():
+                    dest = building / fname
+                    if self.blobs.path(entry.sha256).is_file():
+                        self.blobs.link_or_copy(entry.sha256, dest)
+                        fault = _check_file(dest, entry)
+                    else:
+                        fault = "blob is missing"
+                    if fault:
+                        raise IntegrityError(
+                            f"{record.ref}: {fname} is corrupt in the registry ({fault}); "
+                            "run `adapters verify` and re-import or remove this version"
+                        )
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():
+                    shutil.rmtree(target, ignore_errors=True)
+                try:
+                    os.rename(building, target)
+                except OSError:  # another process put an identical folder there first
+                    if not (target.is_dir() and _folder_matches(target, record)):
+                        raise
+            finally:
+                if building.exists():
+                    shutil.rmtree(building, ignore_errors=True)
+        return target
+
+    def export(self, ref: str | VersionRecord, dest: Path) -> Path:
+        """Write the version as a self-contained PEFT-format folder at ``dest`` (new or empty)."""
+        record = self.resolve(ref)
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise RegistryError(f"{dest}: exists and is not an empty folder; export needs a new or empty folder")
+        source = self.materialize(record)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            for fname in record.files:
+                shutil.copyfile(source / fname, staging / fname)
+            if dest.exists():
+                dest.rmdir()
+            os.rename(staging, dest)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return dest
+
+    def check_base(self, ref: str | VersionRecord, fingerprint: str, *, allow_mismatch: bool = False) -> None:
+        """Refuse (FingerprintMismatchError) a version trained on another base than ``fingerprint``."""
+        record = self.resolve(ref)
+        check_fingerprint(record.spec, fingerprint, where=record.ref, allow_mismatch=allow_mismatch)
+
+    # -- removal and integrity -------------------------------------------------------------
+
+    def remove(self, ref: str, *, force: bool = False) -> list[VersionRecord]:
+        """Remove one version (``name@vN``, ``name@alias``) or a whole adapter (bare ``name``).
+
+        Refused while an alias points at a version being removed unless ``force``. Blobs no
+        version references any more are deleted. Returns the removed records.
+        """
+        parsed = names.parse_ref(ref)
+        if parsed.is_bare:
+            records = self.versions(parsed.name)
+        else:
+            records = [self.resolve(ref)]
+        blocking = self.index.delete_versions(parsed.name, [r.version for r in records], force=force)
+        if blocking:
+            raise RegistryError(
+                f"{ref} is in use by alias {', '.join(blocking)}; untag it first or pass --force"
+            )
+        for record in records:
+            shutil.rmtree(self.cache / record.name / f"v{record.version}", ignore_errors=True)
+        self.gc()
+        return records
+
+    def gc(self) -> tuple[int, int]:
+        """Delete blobs no version references and leftovers of interrupted writes.
+
+        Returns (blobs removed, bytes freed). Waits for writers in progress to finish.
+        """
+        removed = freed = 0
+        with file_lock(self._lock_path, exclusive=True):
+            referenced = self.index.referenced_blobs()
+            for sha in list(self.blobs.all()):
+                if sha not in referenced:
+                    freed += self.blobs.remove(sha)
+                    removed += 1
+            self.blobs.clear_tmp()
+            live = {(r.name, r.version) for r in self._all_rows()}
+            for adapter_dir in list(self.cache.iterdir()):
+                for vdir in list(adapter_dir.iterdir()) if adapter_dir.is_dir() else []:
+                    number = names.parse_version(vdir.name)
+                    if number is None or (adapter_dir.name, number) not in live:
+                        shutil.rmtree(vdir, ignore_errors=True)
+                if adapter_dir.is_dir() and not any(adapter_dir.iterdir()):
+                    adapter_dir.rmdir()
+        return removed, freed
+
+    def _all_rows(self) -> list[VersionRow]:
+        return self.index.versions()
+
+    def verify(self, ref: str | None = None) -> list[str]:
+        """Re-hash every blob of every version (or of ``ref``: a version, or all of a bare name).
+
+        Returns one line per problem found; an empty list means the registry is intact.
+        """
+        problems: list[str] = []
+        if ref is None:
+            problems += [f"index: {p}" for p in self.index.quick_check()]
+            records = [_record(row) for row in self._all_rows()]
+        else:
+            parsed = names.parse_ref(ref)
+            records = self.versions(parsed.name) if parsed.is_bare else [self.resolve(ref)]
+        seen: dict[tuple[str, int], str | None] = {}
+        for record in records:
+            for fname, entry in record.files.items():
+                key = (entry.sha256, entry.size)
+                if key not in seen:
+                    seen[key] = self.blobs.check(entry.sha256, entry.size)
+                if seen[key]:
+                    problems.append(f"{record.ref}: {fname}: {seen[key]} (blob {entry.sha256[:12]}…)")
+        return problems
+
+
+def _with_files(new: NewVersion, files: list[tuple[str, str, int]]) -> NewVersion:
+    from dataclasses import replace
+
+    return replace(new, files=tuple(files))
+
+
+def _record(row: VersionRow) -> VersionRecord:
+    return VersionRecord(
+        name=row.name,
+        version=row.version,
+        task=row.task,
+        spec=AdapterSpec.from_json(row.spec, source=f"{names.version_ref(row.name, row.version)} spec"),
+        metrics=json.loads(row.metrics),
+        files={path: FileEntry(sha, size) for path, sha, size in row.files},
+        size=row.size,
+        created=row.created,
+        kind=row.kind,
+        parents=row.parents,
+        args=json.loads(row.args),
+        aliases=row.aliases,
+        headline_metric=row.headline_name,
+        headline_value=row.headline_value,
+    )
+
+
+def _check_config(path: Path) -> None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+
+
+def _check_file(path: Path, entry: FileEntry) -> str | None:
+    sha, size = sha256_file(path)
+    if size != entry.size:
+        return f"size is {size} bytes, expected {entry.size}"
+    if sha != entry.sha256:
+        return f"content hash is {sha[:12]}…, expected {entry.sha256[:12]}…"
+    return None
+
+
+def _folder_matches(folder: Path, record: VersionRecord) -> bool:
+    try:
+        present = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    if present != set(record.files):
+        return False
+    return all(_check_file(folder / fname, entry) is None for fname, entry in record.files.items())
+
+
+def _suggest(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    if not numbers:
+        return "no versions"
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(f"v{start}" if start == prev else f"v{start}–v{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)
