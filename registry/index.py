@@ -348,11 +348,12 @@ class Index:
         ]
 
     def summaries(self, *, task: str | None = None) -> list[tuple[Any, ...]]:
-        """Per adapter: name, task, count, latest, base, size, headline name and value, updated."""
+        """Per adapter: name, task, count, latest, base, size, headline name and value, updated,
+        the latest version's metrics (JSON text), aliases."""
         sql = (
             "WITH agg AS (SELECT adapter_id, COUNT(*) AS n, MAX(version) AS latest FROM versions GROUP BY adapter_id) "
             "SELECT a.id, a.name, a.task, agg.n, agg.latest, v.base, v.size, v.headline_name, v.headline_value, "
-            "v.created FROM adapters a JOIN agg ON agg.adapter_id = a.id "
+            "v.created, v.metrics FROM adapters a JOIN agg ON agg.adapter_id = a.id "
             "JOIN versions v ON v.adapter_id = a.id AND v.version = agg.latest"
         )
         params: tuple[Any, ...] = ()

@@ -147,6 +147,8 @@ class AdapterSummary:
     headline_value: float | None
     updated: str
     """When the latest version was created (ISO 8601, UTC)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """All metrics of the latest version."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""
@@ -154,6 +156,7 @@ class AdapterSummary:
             "name": self.name, "task": self.task, "versions": self.versions, "latest": self.latest,
             "aliases": self.aliases, "base": self.base, "size": self.size,
             "headline": {"metric": self.headline_metric, "value": self.headline_value}, "updated": self.updated,
+            "metrics": self.metrics,
         }
 
 
@@ -429,9 +432,10 @@ class Registry:
         return [
             AdapterSummary(
                 name=n, task=t, versions=count, latest=latest, aliases=aliases, base=base, size=size,
-                headline_metric=hname, headline_value=hvalue, updated=updated,
+                headline_metric=hname, headline_value=hvalue, updated=updated, metrics=json.loads(metrics),
             )
-            for n, t, count, latest, base, size, hname, hvalue, updated, aliases in self.index.summaries(task=task)
+            for n, t, count, latest, base, size, hname, hvalue, updated, metrics, aliases
+            in self.index.summaries(task=task)
         ]
 
     def lineage(self, ref: str | VersionRecord) -> LineageNode:

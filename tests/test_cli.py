@@ -49,6 +49,7 @@ def test_train_stores_a_version_and_list_shows_it(trained):
     (entry,) = json.loads(run("list", "--json", home=home).stdout)
     assert entry["name"] == "shapes" and entry["task"] == "classification" and entry["latest"] == 1
     assert entry["headline"]["metric"] == "f1_macro" and 0 <= entry["headline"]["value"] <= 1
+    assert entry["metrics"]["f1_macro"] == entry["headline"]["value"] and "test_accuracy" in entry["metrics"]
     shown = json.loads(run("show", "shapes@v1", "--json", home=home).stdout)
     assert {"f1_macro", "accuracy", "test_f1_macro"} <= set(shown["metrics"])
     assert (root / "runs" / "classification" / "train" / "results.csv").is_file()
