@@ -30,7 +30,7 @@ def main() -> int:
     lora = LoraSettings(rank=16, alpha=16, targets=("attn.q", "attn.v"),
                         target_modules=backbone.target_modules(("attn.q", "attn.v")))
     spec = AdapterSpec(task="classification", backbone=backbone.ref, lora=lora,
-                       head={"labels": ["circle", "square", "triangle", "star", "cross"], "pooling": "cls"},
+                       head={"labels": ["circle", "square", "triangle", "star", "cross"], **task.default_head()},
                        image_size=backbone.image_size)
     model = build_model(task, backbone, spec)
     lora_params, head_params = model.trainable_parameters()

@@ -80,6 +80,10 @@ class Task(abc.ABC):
         """Training settings used when the user gives none, for this backbone name."""
         return TrainSettings()
 
+    def default_head(self) -> dict[str, Any]:
+        """Head settings recorded in every new spec (so later default changes cannot alter old adapters)."""
+        return {}
+
     @abc.abstractmethod
     def load_data(
         self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0

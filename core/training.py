@@ -65,7 +65,7 @@ def build_spec(task: Task, backbone: LoadedBackbone, data: TaskData, request: Tr
         task=task.name,
         backbone=backbone.ref,
         lora=lora,
-        head={**data.head_config, **request.head},
+        head={**task.default_head(), **data.head_config, **request.head},
         train=settings,
         image_size=settings.image_size or backbone.image_size,
     )

@@ -20,7 +20,7 @@ from ..shapes import SHAPES, single_shape_image
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-SYNTHETIC_DEFAULTS = {"train": 1000, "val": 250, "test": 250, "seed": 0}
+SYNTHETIC_DEFAULTS = {"train": 3000, "val": 250, "test": 250, "seed": 0}
 VAL_FRACTION = 0.2
 
 
