@@ -66,7 +66,8 @@ def save_artifact(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(str(folder), selected_adapters=[adapter_name])
+    # no embedding layers are ever trained; "auto" would look the base up on the Hub
+    model.encoder.save_pretrained(str(folder), selected_adapters=[adapter_name], save_embedding_layers=False)
     if adapter_name != "default":  # PEFT nests non-default adapters in a sub-folder
         sub = folder / adapter_name
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):

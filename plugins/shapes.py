@@ -18,21 +18,16 @@ def rng_for(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def background(rng: np.random.Generator, size: int) -> tuple[Image.Image, np.ndarray]:
-    """A noisy background and its mean colour."""
-    base = rng.integers(0, 256, size=3)
+def background(rng: np.random.Generator, size: int) -> Image.Image:
+    """A dark background of random tint with a little pixel noise."""
+    base = rng.integers(0, 90, size=3)
     noise = rng.normal(0, 12, size=(size, size, 3))
-    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB"), base
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
 
 
-def contrasting_colour(rng: np.random.Generator, against: np.ndarray) -> tuple[int, int, int]:
-    """A random colour far enough from ``against`` to be visible."""
-    for _ in range(100):
-        colour = rng.integers(0, 256, size=3)
-        if np.abs(colour - against).sum() > 180:
-            break
-    return tuple(int(c) for c in colour)
+def bright_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A random light colour, always well visible on a :func:`background`."""
+    return tuple(int(c) for c in rng.integers(150, 256, size=3))
 
 
 def shape_polygon(shape: str, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -72,28 +67,75 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radi
     return (min(xs), min(ys), max(xs), max(ys))
 
 
-def dark_background(rng, size):
-    base = rng.integers(0, 90, size=3)
-    noise = rng.normal(0, 12, size=(size, size, 3))
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB"), base
-
-
 def single_shape_image(seed: int, index: int, size: int, label: int) -> Image.Image:
-    """One image with one shape of class ``SHAPES[label]``, random colour, size, place and angle."""
+    """One image with one shape of class ``SHAPES[label]``.
+
+    A bright shape of random colour, size, place and angle on a dark, noisy background of
+    random tint; the image is a pure function of (seed, index, size, label).
+    """
     rng = rng_for(seed, index)
-    import os
-    if os.environ.get("DARK"):
-        image, bg = dark_background(rng, size)
-        radius = rng.uniform(0.22, 0.42) * size
-        margin = radius * 0.75
-        cx, cy = rng.uniform(margin, size - margin, size=2)
-        angle = rng.uniform(0, 2 * math.pi)
-        draw_shape(ImageDraw.Draw(image), SHAPES[label], cx, cy, radius, angle, tuple(int(c) for c in rng.integers(150, 256, size=3)))
-        return image
-    image, bg = background(rng, size)
+    image = background(rng, size)
     radius = rng.uniform(0.22, 0.42) * size
     margin = radius * 0.75
     cx, cy = rng.uniform(margin, size - margin, size=2)
     angle = rng.uniform(0, 2 * math.pi)
-    draw_shape(ImageDraw.Draw(image), SHAPES[label], cx, cy, radius, angle, contrasting_colour(rng, bg))
+    draw_shape(ImageDraw.Draw(image), SHAPES[label], cx, cy, radius, angle, bright_colour(rng))
     return image
+
+
+SCENE_SHAPES = ("circle", "square", "triangle")
+"""The classes of :func:`scene_image` (detection's synthetic scenes)."""
+
+
+def _box_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection of two boxes over the area of the smaller one."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+def scene_image(
+    seed: int,
+    index: int,
+    size: int,
+    *,
+    max_objects: int = 4,
+    radius_range: tuple[float, float] = (0.08, 0.2),
+    max_overlap: float = 0.3,
+) -> tuple[Image.Image, list[tuple[float, float, float, float]], list[int]]:
+    """A scene of 1..``max_objects`` shapes of :data:`SCENE_SHAPES` with their boxes.
+
+    Returns ``(image, boxes, labels)``: boxes are tight ``(x0, y0, x1, y1)`` pixel boxes of
+    the drawn shapes (fully inside the image), labels index :data:`SCENE_SHAPES`. Shapes have
+    random class, colour, angle and a radius in ``radius_range`` times ``size``; they may
+    overlap, but no box is covered by another for more than ``max_overlap`` of its area,
+    so every shape stays visible. The scene is a pure function
+    of (seed, index, size) and the options.
+    """
+    rng = rng_for(seed, 1_000_000_007 + index)
+    image = background(rng, size)
+    draw = ImageDraw.Draw(image)
+    count = int(rng.integers(1, max_objects + 1))
+    boxes: list[tuple[float, float, float, float]] = []
+    labels: list[int] = []
+    for _ in range(count):
+        for _attempt in range(20):
+            label = int(rng.integers(0, len(SCENE_SHAPES)))
+            radius = rng.uniform(*radius_range) * size
+            cx, cy = rng.uniform(radius, size - radius, size=2)
+            angle = rng.uniform(0, 2 * math.pi)
+            colour = bright_colour(rng)
+            shape = SCENE_SHAPES[label]
+            if shape == "circle":
+                box = (cx - radius, cy - radius, cx + radius, cy + radius)
+            else:
+                points = shape_polygon(shape, cx, cy, radius, angle)
+                box = (min(p[0] for p in points), min(p[1] for p in points),
+                       max(p[0] for p in points), max(p[1] for p in points))
+            if all(_box_overlap(box, other) <= max_overlap for other in boxes):
+                draw_shape(draw, shape, cx, cy, radius, angle, colour)
+                boxes.append(tuple(float(v) for v in box))
+                labels.append(label)
+                break
+    return image, boxes, labels

@@ -1,1 +1,11 @@
-"""Built-in pose / keypoint task plugin (being written)."""
+"""Built-in pose / keypoint task plugin (top-down heatmap keypoints)."""
+
+from loradex.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_tasks(register):
+    """Register the pose task."""
+    from .task import PoseTask
+
+    register(PoseTask())

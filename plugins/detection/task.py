@@ -1,0 +1,113 @@
+"""The object detection task."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from loradex.core.errors import SpecError
+from loradex.core.spec import LoraSettings, TrainSettings
+from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
+
+DEFAULT_MIN_SCORE = 0.3
+"""Detections below this score are left out of ``postprocess`` (metrics use every detection)."""
+
+
+class DetectionTask(Task):
+    """Object detection with a dense anchor-free head on the patch grid (boxes + class scores)."""
+
+    name = "detection"
+    description = "object detection, boxes per class (COCO JSON, YOLO txt, synthetic scenes)"
+    formats = ("coco", "yolo", "synthetic")
+    primary_metric = "map50"
+
+    def default_lora(self) -> LoraSettings:
+        """r=16 on all attention and MLP projections."""
+        return LoraSettings(rank=16, alpha=32, targets=("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out"))
+
+    def default_train(self, backbone: str) -> TrainSettings:
+        """96px input (a 12x12 patch grid on tiny-vit, upsampled to 24x24 by the head), 4 epochs.
+
+        Measured on synthetic scenes with tiny-vit: 96px reached a higher mAP@.5 than 64px and
+        nearly that of 128px in half the time of 128px; the default run takes a few minutes on
+        two CPU cores.
+        """
+        return TrainSettings(epochs=4, batch_size=16, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05, image_size=96)
+
+    def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
+        """COCO JSON file/folder, YOLO folder, or None/``synthetic[:train=N,val=N,test=N,seed=N]``."""
+        from .data import load_detection_data
+
+        return load_detection_data(source, transform=transform, image_size=image_size, seed=seed)
+
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
+        """The dense head; ``head_config`` may set ``width``, ``depth`` and ``upsample``."""
+        from .head import DetectionHead
+
+        labels = head_config.get("labels")
+        if not isinstance(labels, list) or not labels:
+            raise SpecError("detection head needs 'labels': a non-empty list of class names")
+        options = {k: int(head_config[k]) for k in ("width", "depth", "upsample") if k in head_config}
+        return DetectionHead(hidden_size, len(labels), **options)
+
+    def loss(self, outputs: Any, targets: Any):
+        """Focal loss on the class heat maps plus a Gaussian-weighted GIoU loss on the boxes."""
+        from .loss import detection_loss
+
+        return detection_loss(outputs, targets)
+
+    def metrics(self, head_config: Mapping[str, Any]):
+        """COCO mAP@[.5:.95], mAP@.5, mAP@.75, AR@100 and per-class AP through pycocotools."""
+        from .metrics import DetectionMetrics
+
+        return DetectionMetrics(head_config["labels"])
+
+    def postprocess(
+        self, outputs: Any, head_config: Mapping[str, Any], *, image_sizes: Sequence[tuple[int, int]],
+        min_score: float | None = None, max_detections: int = 100, **options: Any,
+    ) -> list[dict[str, Any]]:
+        """``{"detections": [{"label", "score", "box": [x0, y0, x1, y1]}, ...]}`` per image, in original pixels.
+
+        ``image_sizes`` are the original (width, height) of the images; detections scoring below
+        ``min_score`` (default :data:`DEFAULT_MIN_SCORE`) are left out, best first otherwise.
+        """
+        from .boxes import scale_boxes
+        from .decode import detections
+
+        labels = head_config["labels"]
+        results = []
+        for (boxes, scores, classes), (width, height) in zip(
+            detections(outputs, max_detections=max_detections,
+                       min_score=DEFAULT_MIN_SCORE if min_score is None else min_score), image_sizes
+        ):
+            pixel = scale_boxes(boxes, width, height)
+            results.append({"detections": [
+                {"label": labels[int(c)], "score": round(float(s), 4), "box": [round(float(v), 1) for v in box]}
+                for box, s, c in zip(pixel, scores, classes)
+            ]})
+        return results
+
+    def draw(self, image, prediction: Mapping[str, Any], head_config: Mapping[str, Any]):
+        """The image with each detection's box, label and score drawn on it."""
+        from .plots import draw_detections
+
+        return draw_detections(image, prediction.get("detections", []), head_config.get("labels", []))
+
+    def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        """PR curves per class at IoU .5 and .75, and per-class AP bars."""
+        from .plots import plot_detection
+
+        return plot_detection(result, out_dir) if result.details.get("pr50") else []
+
+    def report(self, result: EvalResult, head_config: Mapping[str, Any]) -> str:
+        """Headline metrics, then a per-class AP table."""
+        headline = {k: v for k, v in result.metrics.items() if not k.startswith(("ap50_", "ap_"))}
+        text = super().report(EvalResult(metrics=headline), head_config)
+        ap50, ap = result.details.get("ap50", {}), result.details.get("ap", {})
+        if not ap50:
+            return text
+        width = max(len(label) for label in ap50)
+        lines = ["", f"{'class':<{width}}  AP@.5   AP@[.5:.95]"]
+        lines += [f"{label:<{width}}  {ap50[label]:.4f}  {ap[label]:.4f}" for label in ap50]
+        return text + "\n".join(lines) + "\n"

@@ -1,0 +1,97 @@
+"""Keypoint head: patch tokens → heatmaps (ViTPose "simple decoder" style) → coordinates.
+
+The patch grid (B, h, w, D) is normalised, projected to a few channels, upsampled by 2x
+transposed convolutions (two by default) and refined by a 3x3 convolution into one heatmap
+per keypoint at (4h, 4w). Coordinates come out of the heatmaps by a soft-argmax (the expectation of the
+spatial softmax), which is differentiable and gives sub-cell precision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loradex.core.backbone import EncoderOutput
+
+
+def soft_argmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, H, W) logits → (coords (B, K, 2) as x, y in 0..1 of the image, scores (B, K) in 0..1).
+
+    Cell (i, j) stands for the point ((j + 0.5) / W, (i + 0.5) / H). The score is the softmax
+    mass within one cell of the expected position: high when the heatmap has one sharp peak.
+    """
+    b, k, h, w = heatmaps.shape
+    probs = heatmaps.float().flatten(2).softmax(-1).view(b, k, h, w)
+    xs = (torch.arange(w, device=heatmaps.device, dtype=probs.dtype) + 0.5) / w
+    ys = (torch.arange(h, device=heatmaps.device, dtype=probs.dtype) + 0.5) / h
+    x = (probs.sum(2) * xs).sum(-1)
+    y = (probs.sum(3) * ys).sum(-1)
+    coords = torch.stack([x, y], dim=-1)
+    near_x = ((xs.view(1, 1, 1, w) - x[..., None, None]).abs() <= 1.5 / w)
+    near_y = ((ys.view(1, 1, h, 1) - y[..., None, None]).abs() <= 1.5 / h)
+    scores = (probs * (near_x & near_y)).sum((2, 3)).clamp(0, 1)
+    return coords, scores
+
+
+class KeypointHead(nn.Module):
+    """Heatmap decoder over the patch grid; ``forward`` returns heatmaps, coordinates and scores.
+
+    ``channels`` is the decoder width and ``upsample`` the number of 2x transposed-convolution
+    stages (2: heatmaps at 4x the patch grid).
+    """
+
+    def __init__(self, hidden_size: int, num_keypoints: int, *, channels: int = 64, upsample: int = 2) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden_size)
+        self.project = nn.Conv2d(hidden_size, channels, kernel_size=1)
+        stages: list[nn.Module] = []
+        for _ in range(upsample):
+            stages += [nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(channels), nn.GELU()]
+        self.upsample = nn.Sequential(*stages)
+        self.refine = nn.Sequential(nn.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),
+                                    nn.BatchNorm2d(channels), nn.GELU())
+        self.out = nn.Conv2d(channels, num_keypoints, kernel_size=1)
+
+    def forward(self, features: EncoderOutput) -> dict[str, torch.Tensor]:
+        """``{"heatmaps": (B, K, H, W) logits, "coords": (B, K, 2) in 0..1, "scores": (B, K)}``."""
+        grid = self.norm(features.patches).permute(0, 3, 1, 2)
+        heatmaps = self.out(self.refine(self.upsample(self.project(grid))))
+        coords, scores = soft_argmax(heatmaps)
+        return {"heatmaps": heatmaps, "coords": coords, "scores": scores}
+
+
+COORD_WEIGHT = 10.0
+"""Scale of the L1 coordinate term (coordinates are in 0..1 of the image)."""
+
+
+def gaussian_targets(points: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """(B, K, 2) points in 0..1 → (B, K, H, W) Gaussians of ``sigma`` cells, each summing to 1."""
+    xs = (torch.arange(width, device=points.device, dtype=points.dtype) + 0.5) / width
+    ys = (torch.arange(height, device=points.device, dtype=points.dtype) + 0.5) / height
+    dx = (xs.view(1, 1, 1, width) - points[..., 0, None, None]) * width
+    dy = (ys.view(1, 1, height, 1) - points[..., 1, None, None]) * height
+    g = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+    return g / g.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
+
+
+def keypoint_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], *,
+                  heatmap_weight: float = 1.0, sigma: float = 1.0) -> torch.Tensor:
+    """L1 on soft-argmax coordinates plus cross-entropy of the heatmap softmax against a Gaussian.
+
+    Only labelled keypoints (``targets["visible"] > 0``) count.
+    """
+    coords = outputs["coords"].float()
+    points = targets["keypoints"].to(coords)
+    weight = (targets["visible"] > 0).to(coords)
+    denom = weight.sum().clamp_min(1.0)
+    loss = COORD_WEIGHT * ((coords - points).abs().sum(-1) * weight).sum() / denom
+    if heatmap_weight:
+        heatmaps = outputs["heatmaps"].float()
+        b, k, h, w = heatmaps.shape
+        target = gaussian_targets(points, h, w, sigma)
+        log_probs = heatmaps.flatten(2).log_softmax(-1).view(b, k, h, w)
+        ce = -(target * log_probs).sum((2, 3))
+        loss = loss + heatmap_weight * (ce * weight).sum() / denom
+    return loss

@@ -1,0 +1,121 @@
+"""The pose (keypoint) task: top-down, one person per sample image."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from loradex.core.spec import LoraSettings, TrainSettings
+from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
+
+HEATMAP_WEIGHT = 1.0
+"""Weight of the heatmap cross-entropy next to the L1 coordinate loss."""
+HEATMAP_SIGMA = 1.0
+"""Standard deviation, in heatmap cells, of the Gaussian the heatmaps are trained towards."""
+
+
+class PoseTask(Task):
+    """Keypoints of one person per image: heatmaps from the patch grid, soft-argmax coordinates.
+
+    Head configuration: ``keypoints`` (names), ``skeleton`` (index pairs), ``flip_pairs``
+    (left/right index pairs), optional ``sigmas`` (OKS), ``channels`` and ``upsample`` (decoder).
+    """
+
+    name = "pose"
+    description = "keypoints / pose, top-down heatmaps (COCO keypoints JSON, synthetic stick figures)"
+    formats = ("coco-keypoints", "synthetic")
+    primary_metric = "pck@0.1"
+
+    def default_lora(self) -> LoraSettings:
+        """r=16 on all attention and MLP projections."""
+        return LoraSettings(rank=16, alpha=32, targets=("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out"))
+
+    def default_train(self, backbone: str) -> TrainSettings:
+        """4 epochs at the backbone's own resolution (64px on tiny-vit).
+
+        Measured on the default synthetic split (2000 train) with tiny-vit on 2 shared CPU cores:
+        PCK@0.1 0.92 on val and test, under 5 minutes even with the cores contended.
+        """
+        return TrainSettings(epochs=4, batch_size=32, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05)
+
+    def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
+        """None/``synthetic[:train=N,val=N,test=N,seed=N]``, a COCO keypoints JSON, or a folder of them.
+
+        The training split is flipped horizontally at random (left/right keypoints swapped).
+        """
+        from .data import FlipDataset, load_pose_data
+
+        data = load_pose_data(source, transform=transform, seed=seed)
+        pairs = data.head_config.get("flip_pairs")
+        if pairs and data.train is not None:
+            data.train = FlipDataset(data.train, pairs)
+        return data
+
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
+        """A heatmap decoder with one map per keypoint at 4x the patch grid (``upsample`` 2x stages, default 2)."""
+        from .head import KeypointHead
+        from .schema import check_schema
+
+        names, _, _ = check_schema(head_config)
+        return KeypointHead(hidden_size, len(names), channels=int(head_config.get("channels", 64)),
+                            upsample=int(head_config.get("upsample", 2)))
+
+    def loss(self, outputs: Any, targets: Any):
+        """L1 on the soft-argmax coordinates plus heatmap cross-entropy to a Gaussian."""
+        from .head import keypoint_loss
+
+        return keypoint_loss(outputs, targets, heatmap_weight=HEATMAP_WEIGHT, sigma=HEATMAP_SIGMA)
+
+    def metrics(self, head_config: Mapping[str, Any]):
+        """PCK@0.05, PCK@0.1, mean pixel error, OKS AP, per-keypoint error."""
+        from .metrics import PoseMetrics
+
+        return PoseMetrics(head_config)
+
+    def collate(self, items):
+        """Stack pixels and each target field (targets are dicts of tensors)."""
+        from .data import collate_pose
+
+        return collate_pose(items)
+
+    def postprocess(
+        self, outputs: Any, head_config: Mapping[str, Any], *, image_sizes: Sequence[tuple[int, int]], **options: Any
+    ) -> list[dict[str, Any]]:
+        """``{"keypoints": [{"name", "x", "y", "score"}], "score"}`` per image, x/y in original pixels."""
+        names = head_config["keypoints"]
+        coords = outputs["coords"].detach().float().cpu()
+        scores = outputs["scores"].detach().float().cpu()
+        results = []
+        for i, (width, height) in enumerate(image_sizes):
+            points = [
+                {"name": name, "x": round(float(coords[i, j, 0]) * width, 2),
+                 "y": round(float(coords[i, j, 1]) * height, 2), "score": round(float(scores[i, j]), 4)}
+                for j, name in enumerate(names)
+            ]
+            results.append({"keypoints": points, "score": round(float(scores[i].mean()), 4)})
+        return results
+
+    def draw(self, image, prediction: Mapping[str, Any], head_config: Mapping[str, Any]):
+        """The image with the predicted skeleton and keypoints."""
+        from .plots import draw_skeleton
+
+        return draw_skeleton(image, prediction, head_config)
+
+    def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
+        """per_keypoint_error.png (loss curves are drawn by the run itself)."""
+        from .plots import plot_pose
+
+        return plot_pose(result, out_dir) if result.details else []
+
+    def report(self, result: EvalResult, head_config: Mapping[str, Any]) -> str:
+        """Headline metrics, then mean pixel error and PCK@0.1 per keypoint."""
+        text = super().report(result, head_config)
+        per = result.details.get("per_keypoint")
+        if not per:
+            return text
+        width = max(len(n) for n in per)
+        lines = ["", f"{'keypoint':<{width}}  error_px  pck@0.1  count"]
+        for name, row in per.items():
+            lines.append(f"{name:<{width}}  {row['mean_pixel_error']:8.2f}  {row['pck@0.1']:7.4f}  {row['count']}")
+        return text + "\n".join(lines) + "\n"
