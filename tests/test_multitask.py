@@ -58,10 +58,11 @@ def test_each_adapter_on_the_shared_base_matches_it_alone(registry):
 
 
 def test_mixed_batch_matches_one_adapter_at_a_time(registry):
-    refs = [r for r in TASKS if registry.resolve(r).spec.image_size == registry.resolve("classification").spec.image_size]
+    size = registry.resolve("classification").spec.image_size
+    refs = [r for r in TASKS if registry.resolve(r).spec.image_size == size]
+    assert len(refs) >= 2, "a mixed batch needs two adapters at one input size"
     loaded = load_versions(registry, refs)
-    keys = [loaded.keys[r] for r in refs]
-    size = loaded.records[refs[0]].spec.image_size
+    keys = list(loaded.keys.values())
     pixels = torch.randn(2 * len(keys), 3, size, size)
     order = [keys[i % len(keys)] for i in range(len(pixels))]
     with torch.inference_mode():

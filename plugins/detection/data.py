@@ -25,7 +25,7 @@ from loradex.core.task import ImageTransform, TaskData
 
 from ..shapes import SCENE_SHAPES, scene_image
 
-SYNTHETIC_DEFAULTS = {"train": 1000, "val": 200, "test": 0, "seed": 0}
+SYNTHETIC_DEFAULTS = {"train": 1000, "val": 200, "test": 200, "seed": 0}
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 VAL_FRACTION = 0.2

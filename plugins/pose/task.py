@@ -32,12 +32,12 @@ class PoseTask(Task):
         return LoraSettings(rank=16, alpha=32, targets=("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out"))
 
     def default_train(self, backbone: str) -> TrainSettings:
-        """4 epochs at the backbone's own resolution (64px on tiny-vit).
+        """6 epochs at the backbone's own resolution (64px on tiny-vit).
 
         Measured on the default synthetic split (2000 train) with tiny-vit on 2 shared CPU cores:
-        PCK@0.1 0.92 on val and test, under 5 minutes even with the cores contended.
+        PCK@0.1 0.95 on val in about 1m45s on an idle machine (0.92 after 4 epochs).
         """
-        return TrainSettings(epochs=4, batch_size=32, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05)
+        return TrainSettings(epochs=6, batch_size=32, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05)
 
     def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
         """None/``synthetic[:train=N,val=N,test=N,seed=N]``, a COCO keypoints JSON, or a folder of them.
