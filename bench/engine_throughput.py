@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -96,13 +97,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=640)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each; the median is compared")
     args = parser.parse_args()
     pixels, labels = make_data(args.images)
-    baseline = trainer_baseline(pixels, labels, args.epochs)
-    ours = loradex_engine(pixels, labels, args.epochs)
-    print(f"PEFT + Trainer : {baseline:7.1f} images/s")
-    print(f"loradex engine : {ours:7.1f} images/s (including validation)")
-    print(f"ratio loradex / Trainer: {ours / baseline:.2f}x")
+    trainer_baseline(pixels[:64], labels[:64], 1)  # warm both code paths up once
+    loradex_engine(pixels[:64], labels[:64], 1)
+    baseline, ours = [], []
+    for round_ in range(1, args.rounds + 1):
+        baseline.append(trainer_baseline(pixels, labels, args.epochs))
+        ours.append(loradex_engine(pixels, labels, args.epochs))
+        print(f"round {round_}: Trainer {baseline[-1]:6.1f} images/s, loradex {ours[-1]:6.1f} images/s", flush=True)
+    b, o = statistics.median(baseline), statistics.median(ours)
+    print(f"PEFT + Trainer : {b:7.1f} images/s (median of {args.rounds})")
+    print(f"loradex engine : {o:7.1f} images/s (median of {args.rounds}, including validation)")
+    print(f"ratio loradex / Trainer: {o / b:.2f}x")
 
 
 if __name__ == "__main__":
