@@ -43,7 +43,7 @@ def test_synthetic_scenes_are_deterministic(task):
     boxes = torch.cat([t["boxes"] for _, t in a.train])
     assert boxes.min() >= 0 and boxes.max() <= 1 and (boxes[:, 2:] > boxes[:, :2]).all()
     assert a.train[0][1]["size"].tolist() == [64.0, 64.0]
-    c = task.load_data("synthetic:train=6,val=3,seed=1", transform=identity, image_size=64)
+    c = task.load_data("synthetic:train=6,val=3,test=0,seed=1", transform=identity, image_size=64)
     assert not torch.equal(a.train[0][0], c.train[0][0]) and c.test is None
 
 
