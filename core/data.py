@@ -93,3 +93,14 @@ def require_folder(source: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path}: expected a data folder, found a file")
     return path
+
+
+SPLIT_OFFSETS = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+"""Index offsets of the synthetic splits: the same (seed, index) never lands in two splits."""
+
+
+def synthetic_splits(make: Callable[[int, int], Any], *, train: int, val: int, test: int) -> tuple[Any, Any, Any]:
+    """(train, val, test) datasets from ``make(offset, count)``; a split of 0 images is None."""
+    counts = {"train": train, "val": val, "test": test}
+    train_set, val_set, test_set = (make(SPLIT_OFFSETS[name], n) if n else None for name, n in counts.items())
+    return train_set, val_set, test_set

@@ -43,6 +43,7 @@ from loradex.core.spec import AdapterSpec
 
 from . import names
 from .blobs import BlobStore, sha256_file
+from .importer import read_config
 from .index import Index, NewVersion, VersionRow
 from .locks import file_lock
 from .weights import check_safetensors
@@ -255,7 +256,7 @@ class Registry:
         folder = Path(folder)
         check_complete(folder)
         spec = read_spec(folder)
-        _check_config(folder / ADAPTER_CONFIG)
+        read_config(folder)  # a JSON object, or a clear error naming the file
         sources: dict[str, Path | bytes] = {}
         for fname in STORED_FILES:
             if (folder / fname).is_file():
@@ -630,15 +631,6 @@ def _record(row: VersionRow) -> VersionRecord:
         headline_metric=row.headline_name,
         headline_value=row.headline_value,
     )
-
-
-def _check_config(path: Path) -> None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: expected a JSON object")
 
 
 def _check_file(path: Path, entry: FileEntry) -> str | None:

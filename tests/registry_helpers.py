@@ -86,27 +86,7 @@ def tree_snapshot(root: Path) -> dict[str, bytes]:
 
 
 def cli_group():
-    """A throwaway root group with ``--home`` and the registry commands, like ``adapters``."""
-    import click
+    """The real ``adapters`` root group (it takes ``--home``)."""
+    from loradex.registry.cli import cli
 
-    from loradex.core.errors import LoradexError
-    from loradex.registry.cli.store_cmd import register
-
-    class Group(click.Group):
-        def invoke(self, ctx: click.Context):
-            try:
-                return super().invoke(ctx)
-            except LoradexError as exc:
-                error = click.ClickException(str(exc))
-                error.exit_code = exc.exit_code
-                raise error from None
-
-    @click.group(cls=Group)
-    @click.option("--home", default=None)
-    @click.pass_context
-    def root(ctx: click.Context, home: str | None) -> None:
-        ctx.ensure_object(dict)
-        ctx.obj["home"] = home
-
-    register(root)
-    return root
+    return cli

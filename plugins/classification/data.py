@@ -11,6 +11,7 @@ from loradex.core.data import (
     is_image_file,
     parse_synthetic,
     require_folder,
+    synthetic_splits,
     verify_image,
 )
 from loradex.core.errors import DataError
@@ -42,10 +43,11 @@ def synthetic_shapes(*, transform: ImageTransform, image_size: int, train: int, 
 
     if train < len(SHAPES) or val < len(SHAPES):
         raise DataError(f"synthetic shapes need at least {len(SHAPES)} train and val images")
+    train_set, val_set, test_set = synthetic_splits(split, train=train, val=val, test=test)
     return TaskData(
-        train=split(0, train),
-        val=split(10_000_000, val),
-        test=split(20_000_000, test) if test else None,
+        train=train_set,
+        val=val_set,
+        test=test_set,
         head_config={"labels": list(SHAPES)},
         description=f"synthetic shapes: {len(SHAPES)} classes, {train}/{val}/{test} train/val/test images at {image_size}px",
     )

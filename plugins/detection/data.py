@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from loradex.core.data import ImageDataset, TensorListDataset, parse_synthetic
+from loradex.core.data import ImageDataset, TensorListDataset, parse_synthetic, synthetic_splits
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
@@ -86,10 +86,11 @@ def synthetic_scenes(*, transform: ImageTransform, image_size: int, train: int, 
 
     if train < 1 or val < 1:
         raise DataError("synthetic scenes need at least 1 train and 1 val image")
+    train_set, val_set, test_set = synthetic_splits(split, train=train, val=val, test=test)
     return TaskData(
-        train=split(0, train),
-        val=split(10_000_000, val),
-        test=split(20_000_000, test) if test else None,
+        train=train_set,
+        val=val_set,
+        test=test_set,
         head_config=head_config(SCENE_SHAPES),
         description=(f"synthetic scenes: {len(SCENE_SHAPES)} classes, 1-4 objects per image, "
                      f"{train}/{val}/{test} train/val/test images at {image_size}px"),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loradex.core.data import TensorListDataset, open_image, parse_synthetic
+from loradex.core.data import TensorListDataset, open_image, parse_synthetic, synthetic_splits
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
@@ -116,10 +116,11 @@ def synthetic_figures(*, transform: ImageTransform, train: int, val: int, test: 
 
     if train < 1 or val < 1:
         raise DataError("synthetic stick figures need at least 1 train and 1 val image")
+    train_set, val_set, test_set = synthetic_splits(split, train=train, val=val, test=test)
     return TaskData(
-        train=split(0, train),
-        val=split(10_000_000, val),
-        test=split(20_000_000, test) if test else None,
+        train=train_set,
+        val=val_set,
+        test=test_set,
         head_config=stick_figure_schema(),
         description=f"synthetic stick figures: 5 keypoints, {train}/{val}/{test} train/val/test images "
                     f"of {SYNTHETIC_SIZE}px",
