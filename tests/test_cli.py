@@ -212,3 +212,17 @@ def test_cli_reference_is_up_to_date():
 
     reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     assert reference == render_reference(cli), "regenerate: python -m loradex.registry.cli.reference > docs/cli.md"
+
+
+def test_install_resolves_into_this_environment(capfd):
+    """A real (dry-run) install of the example plugin with this environment's pip or uv."""
+    root = Path(__file__).resolve().parents[1]
+    result = run("install", "--dry-run", "-e", root / "docs" / "example-plugin")
+    assert result.exit_code == 0, result.output
+    captured = capfd.readouterr()
+    assert "loradex-example-task" in captured.out + captured.err
+
+
+def test_install_needs_a_package():
+    result = run("install")
+    assert result.exit_code == 2 and "name at least one package" in result.output

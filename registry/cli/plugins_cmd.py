@@ -84,21 +84,24 @@ def _run_installer(verb: str, args: list[str]) -> None:
         full += ["--python", sys.executable]
     result = subprocess.run(full, check=False)
     if result.returncode != 0:
-        raise LoradexError(f"{' '.join(command[-2:] if command[0] == sys.executable else command)} {verb} failed "
-                           f"with exit code {result.returncode}")
+        tool = "python -m pip" if command[0] == sys.executable else "uv pip"
+        raise LoradexError(f"{tool} {verb} {' '.join(args)} failed with exit code {result.returncode}")
 
 
 @click.command(name="install")
 @click.argument("packages", nargs=-1)
 @click.option("-U", "--upgrade", is_flag=True, help="Upgrade packages that are already installed.")
 @click.option("-e", "--editable", type=click.Path(exists=True, file_okay=False), help="Install a local project in editable mode.")
-def install_command(packages: tuple[str, ...], upgrade: bool, editable: str | None) -> None:
-    """Install plugin packages into the environment loradex runs in."""
+@click.option("--dry-run", is_flag=True, help="Resolve and report what would be installed, change nothing.")
+def install_command(packages: tuple[str, ...], upgrade: bool, editable: str | None, dry_run: bool) -> None:
+    """Install plugin packages into the environment loradex runs in (pip, or uv where there is no pip)."""
     if not packages and not editable:
         raise click.UsageError("name at least one package, or --editable PATH")
     args = list(packages)
     if upgrade:
         args.insert(0, "--upgrade")
+    if dry_run:
+        args.insert(0, "--dry-run")
     if editable:
         args += ["--editable", editable]
     _run_installer("install", args)
