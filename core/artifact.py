@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,14 +145,16 @@ def attach(
         if adapter_name in model.heads:
             raise ArtifactError(f"an adapter named {adapter_name!r} is already attached")
     check_fingerprint(spec, backbone.ref.fingerprint, where=str(folder), allow_mismatch=allow_base_mismatch)
-    try:
-        if model is None:
-            encoder = PeftModel.from_pretrained(backbone.model, str(folder), adapter_name=adapter_name)
-            model = TaskModel(backbone, encoder)
-        else:
-            model.encoder.load_adapter(str(folder), adapter_name=adapter_name)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
-        raise ArtifactError(f"{folder}: PEFT could not load the adapter ({exc})") from None
+    with tempfile.TemporaryDirectory(prefix="loradex-renamed-") as scratch:
+        source = native_names(folder, backbone, Path(scratch))
+        try:
+            if model is None:
+                encoder = PeftModel.from_pretrained(backbone.model, str(source), adapter_name=adapter_name)
+                model = TaskModel(backbone, encoder)
+            else:
+                model.encoder.load_adapter(str(source), adapter_name=adapter_name)
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            raise ArtifactError(f"{folder}: PEFT could not load the adapter ({exc})") from None
     head = new_head(task, backbone, spec)
     state = load_head_state(folder / HEAD_WEIGHTS)
     try:
@@ -161,6 +165,39 @@ def attach(
     model.add_head(adapter_name, head, spec)
     model.eval()
     return model
+
+
+def native_names(folder: Path, backbone: Any, scratch: Path) -> Path:
+    """``folder``, or a renamed copy in ``scratch`` if its LoRA keys use another naming scheme.
+
+    Adapters saved before transformers 5 name ViT modules ``attention.attention.query``; the
+    same modules are ``attention.q_proj`` now. The backbone knows the mapping; the weights are
+    renamed and ``target_modules`` re-resolved, so PEFT loads them as if saved today.
+    """
+    from safetensors.torch import load_file, save_file
+
+    state = load_head_state(folder / ADAPTER_WEIGHTS)
+    modules = {name for name, _ in backbone.model.named_modules()}
+
+    def module_of(key: str) -> str:
+        stem = key.removeprefix("base_model.model.")
+        return stem.split(".lora_", 1)[0]
+
+    if all(module_of(key) in modules for key in state):
+        return folder
+    renamed = {backbone.translate_adapter_key(key): value for key, value in state.items()}
+    missing = sorted({module_of(key) for key in renamed} - modules)
+    if missing:
+        raise ArtifactError(
+            f"{folder / ADAPTER_WEIGHTS}: module {missing[0]!r} does not exist in base {backbone.ref.name!r} "
+            f"({backbone.ref.architecture}); is this adapter for another architecture?"
+        )
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    targets = sorted({module_of(key) for key in renamed})
+    config["target_modules"] = "^(" + "|".join(re.escape(t) for t in targets) + ")$"
+    (scratch / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    save_file(renamed, str(scratch / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    return scratch
 
 
 def model_card(spec: AdapterSpec, metrics: Mapping[str, float], *, name: str | None = None) -> str:

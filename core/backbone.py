@@ -207,6 +207,15 @@ class LoadedBackbone:
             return name
         return f"{self.block_prefix}.{index}.{names[0]}"
 
+    def translate_adapter_key(self, key: str) -> str:
+        """Rename one LoRA weight key (``...query.lora_A.weight``) to this model's module names."""
+        match = re.match(r"^(.*?)(\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)(?:\..*)?)$", key)
+        if not match:
+            return key
+        module, rest = match.groups()
+        prefix = "base_model.model." if module.startswith("base_model.model.") else ""
+        return prefix + self.translate_module_name(module) + rest
+
     def transform(self, image: Image.Image) -> torch.Tensor:
         """One PIL image → normalised (3, H, W) tensor at the backbone's resolution."""
         pixel_values = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]

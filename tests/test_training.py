@@ -102,3 +102,38 @@ def test_mixed_precision_needs_a_gpu(tmp_path):
         pytest.skip("a GPU is present, fp16 is allowed")
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         small_run(tmp_path, mixed_precision="fp16")
+
+
+def test_adapter_saved_with_pre_transformers_5_names_loads(outcome, tmp_path):
+    """An adapter whose keys say attention.attention.query (transformers 4 ViT) loads on q_proj."""
+    import json
+    import re
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from loradex.core.artifact import attach
+
+    old = tmp_path / "old-names"
+    shutil.copytree(outcome.artifact_dir, old)
+    legacy = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+              "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense",
+              "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+
+    def old_name(key):
+        match = re.match(r"^base_model\.model\.layers\.(\d+)\.(.+?)(\.lora_.*)$", key)
+        index, module, rest = match.groups()
+        return f"base_model.model.encoder.layer.{index}.{legacy[module]}{rest}"
+
+    saved = load_file(str(outcome.artifact_dir / "adapter_model.safetensors"))
+    save_file({old_name(k): v for k, v in saved.items()}, str(old / "adapter_model.safetensors"))
+    config = json.loads((old / "adapter_config.json").read_text())
+    config["target_modules"] = ["query", "key", "value", "dense"]
+    (old / "adapter_config.json").write_text(json.dumps(config))
+
+    task = plugins.get_task("classification")
+    base = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    model = attach(base, task, old)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(model(pixels), outcome.result.model(pixels), atol=1e-5)
