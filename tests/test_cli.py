@@ -226,3 +226,14 @@ def test_install_resolves_into_this_environment(capfd):
 def test_install_needs_a_package():
     result = run("install")
     assert result.exit_code == 2 and "name at least one package" in result.output
+
+
+def test_eval_refuses_data_with_other_labels(trained, tmp_path):
+    home, _ = trained
+    for name in ("cat", "dog"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (i * 60, 0, 0)).save(tmp_path / "d" / name / f"{i}.png")
+    result = run("eval", "shapes", "--data", tmp_path / "d", home=home)
+    assert result.exit_code != 0
+    assert "labels ['cat', 'dog'] differ from the labels shapes@v1 was trained on" in result.stderr

@@ -108,10 +108,11 @@ def eval_command(ref: str, data: str | None, split: str | None, batch_size: int,
     dataset = getattr(task_data, chosen)
     if dataset is None or len(dataset) == 0:
         raise ConfigError(f"the data has no {chosen} split")
-    labels_now = task_data.head_config.get("labels")
-    labels_then = record.spec.head.get("labels")
-    if labels_now is not None and labels_then is not None and labels_now != labels_then:
-        raise ConfigError(f"{data}: labels {labels_now} differ from the labels {full_ref} was trained on ({labels_then})")
+    for field, now in task_data.head_config.items():  # labels, keypoint names, skeleton, ...
+        then = record.spec.head.get(field)
+        if then is not None and now != then:
+            raise ConfigError(f"{data or 'synthetic data'}: {field} {now} differ from the {field} {full_ref} "
+                              f"was trained on ({then})")
     result, loss = evaluate_dataset(task, loaded.model, dataset, adapter=key, batch_size=batch_size)
     run_dir = new_run_dir(project, task.name, "eval")
     write_json(run_dir / "metrics.json", {"adapter": full_ref, "split": chosen, "loss": loss, "metrics": result.metrics})
