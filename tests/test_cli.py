@@ -237,3 +237,18 @@ def test_eval_refuses_data_with_other_labels(trained, tmp_path):
     result = run("eval", "shapes", "--data", tmp_path / "d", home=home)
     assert result.exit_code != 0
     assert "labels ['cat', 'dog'] differ from the labels shapes@v1 was trained on" in result.stderr
+
+
+def test_accelerate_launch_runs_the_same_command_on_two_processes(tmp_path):
+    """Two CPU processes (gloo DDP): one run folder, one registry version, written by rank 0."""
+    home = tmp_path / "home"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "loradex.registry.cli", "--home", str(home), "train", "classification",
+               "--data", "synthetic:train=20,val=10,test=0", "--epochs", "1", "--no-progress"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["classification@v1"]
+    assert [p.name for p in (tmp_path / "runs" / "classification").iterdir()] == ["train"]
+    (entry,) = json.loads(run("list", "--json", home=home).stdout)
+    assert entry["versions"] == 1 and "f1_macro" in entry["metrics"]
