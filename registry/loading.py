@@ -53,6 +53,7 @@ def load_versions(registry: Any, refs: Sequence[str], *, allow_base_mismatch: bo
         if record.ref in by_name:
             continue
         task = plugins.get_task(record.spec.task)
+        registry.check_base(record, backbone.ref.fingerprint, allow_mismatch=allow_base_mismatch)  # names name@vN
         key = module_key(record.ref)
         model = attach(model, task, registry.materialize(record), adapter_name=key,
                        allow_base_mismatch=allow_base_mismatch)

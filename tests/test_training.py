@@ -137,3 +137,22 @@ def test_adapter_saved_with_pre_transformers_5_names_loads(outcome, tmp_path):
     pixels = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(model(pixels), outcome.result.model(pixels), atol=1e-5)
+
+
+def test_adapter_for_another_base_is_refused_unless_allowed(outcome, tmp_path):
+    import json
+    import shutil
+
+    from loradex.core.artifact import attach
+    from loradex.core.errors import FingerprintMismatchError
+
+    other = tmp_path / "other-base"
+    shutil.copytree(outcome.artifact_dir, other)
+    spec = json.loads((other / "loradex.json").read_text())
+    spec["backbone"]["fingerprint"] = "sha256:" + "0" * 64
+    (other / "loradex.json").write_text(json.dumps(spec))
+    task = plugins.get_task("classification")
+    base = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    with pytest.raises(FingerprintMismatchError, match="pass --allow-base-mismatch"):
+        attach(base, task, other)
+    assert attach(base, task, other, allow_base_mismatch=True).adapter_names == ["default"]
