@@ -103,8 +103,8 @@ def check_fingerprint(spec: AdapterSpec, backbone_fingerprint: str, *, where: st
         )
 
 
-def load_head_state(path: Path) -> dict[str, Any]:
-    """Read a head's weights from safetensors (never pickle)."""
+def load_weights(path: Path) -> dict[str, Any]:
+    """Read a safetensors file (never pickle); a clear error names the file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -156,7 +156,7 @@ def attach(
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             raise ArtifactError(f"{folder}: PEFT could not load the adapter ({exc})") from None
     head = new_head(task, backbone, spec)
-    state = load_head_state(folder / HEAD_WEIGHTS)
+    state = load_weights(folder / HEAD_WEIGHTS)
     try:
         head.load_state_dict(state)
     except RuntimeError as exc:
@@ -174,22 +174,28 @@ def native_names(folder: Path, backbone: Any, scratch: Path) -> Path:
     same modules are ``attention.q_proj`` now. The backbone knows the mapping; the weights are
     renamed and ``target_modules`` re-resolved, so PEFT loads them as if saved today.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save_file
 
-    state = load_head_state(folder / ADAPTER_WEIGHTS)
+    path = folder / ADAPTER_WEIGHTS
     modules = {name for name, _ in backbone.model.named_modules()}
 
     def module_of(key: str) -> str:
         stem = key.removeprefix("base_model.model.")
         return stem.split(".lora_", 1)[0]
 
-    if all(module_of(key) in modules for key in state):
+    try:  # the header alone says whether renaming is needed; tensors are read only if it is
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except (SafetensorError, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+    if all(module_of(key) in modules for key in keys):
         return folder
-    renamed = {backbone.translate_adapter_key(key): value for key, value in state.items()}
+    renamed = {backbone.translate_adapter_key(key): value for key, value in load_weights(path).items()}
     missing = sorted({module_of(key) for key in renamed} - modules)
     if missing:
         raise ArtifactError(
-            f"{folder / ADAPTER_WEIGHTS}: module {missing[0]!r} does not exist in base {backbone.ref.name!r} "
+            f"{path}: module {missing[0]!r} does not exist in base {backbone.ref.name!r} "
             f"({backbone.ref.architecture}); is this adapter for another architecture?"
         )
     config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))

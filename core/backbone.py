@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -117,7 +117,6 @@ class LoadedBackbone:
     """Tokens before the patch tokens (1 for CLS, 2 for DeiT's CLS + distillation, 0 for SigLIP)."""
     block_prefix: str = ""
     target_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    forward_kwargs: dict[str, Any] = field(default_factory=dict)
     interpolates: bool = False
     """Whether the model takes ``interpolate_pos_encoding`` (to run at other resolutions)."""
 
@@ -131,7 +130,6 @@ class LoadedBackbone:
         revision: str | None,
         image_size: int,
         num_prefix_tokens: int,
-        forward_kwargs: Mapping[str, Any] | None = None,
     ) -> LoadedBackbone:
         """Freeze ``model``, fingerprint it and resolve its LoRA targets."""
         config = model.config
@@ -156,7 +154,6 @@ class LoadedBackbone:
             num_prefix_tokens=num_prefix_tokens,
             block_prefix=prefix,
             target_names=resolve_target_names(model),
-            forward_kwargs=dict(forward_kwargs or {}),
             interpolates=interpolates,
         )
 
@@ -241,7 +238,7 @@ class LoadedBackbone:
         """Run ``model`` (this base, possibly wrapped by PEFT) and split its tokens."""
         if self.interpolates and pixel_values.shape[-1] != self.image_size:
             kwargs.setdefault("interpolate_pos_encoding", True)
-        out = model(pixel_values=pixel_values, **self.forward_kwargs, **kwargs)
+        out = model(pixel_values=pixel_values, **kwargs)
         tokens = out.last_hidden_state
         batch, _, dim = tokens.shape
         rows = pixel_values.shape[-2] // self.patch_size

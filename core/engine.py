@@ -251,8 +251,9 @@ def _load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]
 
 def _flat_config(spec: AdapterSpec) -> dict[str, Any]:
     flat: dict[str, Any] = {"task": spec.task, "backbone": spec.backbone.name}
+    data = spec.to_dict()
     for section in ("lora", "train"):
-        for key, value in spec.to_dict()[section].items():
+        for key, value in data[section].items():
             flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
 

@@ -14,6 +14,18 @@ from .model import TaskModel
 from .task import EvalResult, Task
 
 
+def predict_pil(task: Task, model: TaskModel, images: Sequence[Any], *, adapter: str | None = None,
+                **options: Any) -> list[dict[str, Any]]:
+    """Plain predictions for PIL images (one batch), in their original pixels."""
+    name = adapter or model.adapter_names[0]
+    spec = model.specs[name]
+    transform = model.backbone.transform_at(spec.image_size)
+    pixels = torch.stack([transform(im) for im in images])
+    with torch.inference_mode():
+        outputs = model(pixels, adapter=name)
+    return task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images], **options)
+
+
 def predict_images(
     task: Task,
     model: TaskModel,
@@ -24,19 +36,11 @@ def predict_images(
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Plain predictions (JSON-ready) for image files, in order; each carries its ``image`` path."""
-    name = adapter or model.adapter_names[0]
-    head_config = model.specs[name].head
-    transform = model.backbone.transform_at(model.specs[name].image_size)
     results: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
-        images = [open_image(p) for p in chunk]
-        pixels = torch.stack([transform(im) for im in images])
-        with torch.inference_mode():
-            outputs = model(pixels, adapter=name)
-        preds = task.postprocess(outputs, head_config, image_sizes=[im.size for im in images], **options)
-        for path, pred in zip(chunk, preds):
-            results.append({"image": str(path), **pred})
+        preds = predict_pil(task, model, [open_image(p) for p in chunk], adapter=adapter, **options)
+        results.extend({"image": str(path), **pred} for path, pred in zip(chunk, preds))
     return results
 
 
@@ -63,23 +67,14 @@ def dataset_image(dataset: Any, index: int):
 def draw_samples(task: Task, model: TaskModel, dataset: Any, out_dir: Path, *, count: int = 8,
                  adapter: str | None = None) -> list[Path]:
     """Draw predictions on the first ``count`` images of ``dataset`` into ``out_dir``."""
-    name = adapter or model.adapter_names[0]
-    spec = model.specs[name]
-    transform = model.backbone.transform_at(spec.image_size)
     images = [im for im in (dataset_image(dataset, i) for i in range(min(count, len(dataset)))) if im is not None]
     if not images:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    pixels = torch.stack([transform(im) for im in images])
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        outputs = model(pixels, adapter=name)
-    model.train(was_training)
-    predictions = task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images])
+    head_config = model.specs[adapter or model.adapter_names[0]].head
     written = []
-    for index, (image, prediction) in enumerate(zip(images, predictions)):
+    for index, (image, prediction) in enumerate(zip(images, predict_pil(task, model, images, adapter=adapter))):
         path = out_dir / f"val_{index}.png"
-        task.draw(image, prediction, spec.head).save(path)
+        task.draw(image, prediction, head_config).save(path)
         written.append(path)
     return written

@@ -54,29 +54,29 @@ class TrainOutcome:
     primary_metric: str
 
 
-def build_spec(task: Task, backbone: LoadedBackbone, data: TaskData, request: TrainRequest) -> AdapterSpec:
-    """The spec of the adapter to train: task defaults overridden by the request."""
-    lora_defaults = dataclasses.asdict(task.default_lora())
-    lora = settings_from_mapping(LoraSettings, {**lora_defaults, **request.lora}, source="lora settings")
-    lora = dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets))
-    train_defaults = dataclasses.asdict(task.default_train(backbone.ref.name))
-    settings = settings_from_mapping(TrainSettings, {**train_defaults, **request.train}, source="train settings")
+def resolve_settings(task: Task, request: TrainRequest) -> tuple[LoraSettings, TrainSettings]:
+    """The task's defaults overridden by the request, validated before anything is loaded."""
+    lora = settings_from_mapping(
+        LoraSettings, {**dataclasses.asdict(task.default_lora()), **request.lora}, source="lora settings"
+    )
+    defaults = dataclasses.asdict(task.default_train(request.backbone or DEFAULT_BACKBONE))
+    train = settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
+    return lora, train
+
+
+def build_spec(
+    task: Task, backbone: LoadedBackbone, data: TaskData, request: TrainRequest,
+    lora: LoraSettings, train: TrainSettings,
+) -> AdapterSpec:
+    """The spec of the adapter to train, with LoRA targets resolved on ``backbone``."""
     return AdapterSpec(
         task=task.name,
         backbone=backbone.ref,
-        lora=lora,
+        lora=dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets)),
         head={**task.default_head(), **data.head_config, **request.head},
-        train=settings,
-        image_size=settings.image_size or backbone.image_size,
+        train=train,
+        image_size=train.image_size or backbone.image_size,
     )
-
-
-def check_settings(task: Task, request: TrainRequest) -> None:
-    """Validate the LoRA and training settings before anything is loaded or written."""
-    settings_from_mapping(LoraSettings, {**dataclasses.asdict(task.default_lora()), **request.lora}, source="lora settings")
-    backbone_name = request.backbone or DEFAULT_BACKBONE
-    defaults = dataclasses.asdict(task.default_train(backbone_name))
-    settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
 
 
 def is_main_process() -> bool:
@@ -102,20 +102,19 @@ def train_adapter(
 ) -> TrainOutcome:
     """Run one training job and write its run folder and adapter artifact."""
     task = plugins.get_task(request.task)
-    check_settings(task, request)
+    lora, settings = resolve_settings(task, request)
     backbone_name = request.backbone or DEFAULT_BACKBONE
     if request.backbone is None:
         say(f"backbone: none given, using the built-in preset {DEFAULT_BACKBONE!r}")
     backbone = plugins.resolve_backbone(backbone_name).load(backbone_name, revision=request.revision)
-    defaults = task.default_train(backbone_name)
-    seed = int(request.train.get("seed", defaults.seed))
-    image_size = int(request.train.get("image_size") or defaults.image_size or backbone.image_size)
-    data = task.load_data(request.data, transform=backbone.transform_at(image_size), image_size=image_size, seed=seed)
+    image_size = settings.image_size or backbone.image_size
+    data = task.load_data(request.data, transform=backbone.transform_at(image_size), image_size=image_size,
+                          seed=settings.seed)
     if request.data is None:
         say(f"data: none given, using built-in {data.description}")
     else:
         say(f"data: {data.description}")
-    spec = build_spec(task, backbone, data, request)
+    spec = build_spec(task, backbone, data, request, lora, settings)
     if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
         result = train(task, backbone, spec, data, progress=False)
         return TrainOutcome(run_dir=None, artifact_dir=None, spec=spec, metrics=flat_metrics(result), result=result,
@@ -123,10 +122,10 @@ def train_adapter(
 
     run_dir = new_run_dir(request.project, task.name, request.run_name)
     say(f"run folder: {run_dir}")
+    resolved = spec.to_dict()
     write_yaml(run_dir / "args.yaml", {
         "task": task.name, "data": request.data or "synthetic", "backbone": backbone_name,
-        "revision": request.revision, **spec.to_dict()["lora"], **spec.to_dict()["train"],
-        "head": spec.head,
+        "revision": request.revision, **resolved["lora"], **resolved["train"], "head": spec.head,
     })
 
     def on_epoch(log: EpochLog) -> None:

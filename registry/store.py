@@ -265,10 +265,11 @@ class Registry:
             if fname.endswith(".safetensors"):
                 check_safetensors(path)  # type: ignore[arg-type]
         folder_metrics = read_metrics(folder)
-        return self._store(
+        new = self._prepare(
             name=name, spec=spec, sources=sources, kind=kind, parents=parents, args=args,
             metrics=metrics, folder_metrics=folder_metrics, where=str(folder),
         )
+        return self._commit(new, sources)
 
     def import_folder(
         self,
@@ -300,38 +301,21 @@ class Registry:
         if SPEC_FILE not in sources:
             sources[SPEC_FILE] = plan.spec.to_json().encode("utf-8")
         record_args = {"imported_from": str(path.resolve()), **dict(args or {})}
-        return self._store(
+        new = self._prepare(
             name=name, spec=plan.spec, sources=sources, kind=kind, parents=parents, args=record_args,
             metrics=metrics, folder_metrics=plan.metrics, where=str(path),
         )
+        return self._commit(new, sources)
 
-    def _store(
-        self,
-        *,
-        name: str,
-        spec: AdapterSpec,
-        sources: dict[str, Path | bytes],
-        kind: str,
-        parents: Sequence[str],
-        args: Mapping[str, Any] | None,
-        metrics: Mapping[str, float] | None,
-        folder_metrics: Mapping[str, Any],
-        where: str,
-    ) -> VersionRecord:
-        if kind not in KINDS:
-            raise RegistryError(f"unknown version kind {kind!r}; use one of {', '.join(KINDS)}")
-        new = self._prepare(
-            name=name, spec=spec, sources=sources, kind=kind, parents=parents, args=args,
-            metrics=metrics, folder_metrics=folder_metrics, where=where,
-        )
+    def _commit(self, new: NewVersion, sources: Mapping[str, Path | bytes]) -> VersionRecord:
+        """Store the blobs, then the version row; both under the writers' shared lock."""
         with file_lock(self._lock_path, exclusive=False):
-            files = self._store_blobs(sources)
-            new = _with_files(new, files)
+            new = _with_files(new, self._store_blobs(sources))
             try:
                 number = self.index.insert_version(new)
             except ValueError as exc:
                 raise RegistryError(str(exc)) from None
-        return self.resolve(names.version_ref(name, number))
+        return self.resolve(names.version_ref(new.name, number))
 
     def _prepare(
         self,
@@ -346,7 +330,12 @@ class Registry:
         folder_metrics: Mapping[str, Any],
         where: str,
     ) -> NewVersion:
-        """Validate everything about a new version except its blobs (no writes)."""
+        """Validate everything about a new version except its blobs (no writes).
+
+        Adds the generated ``metrics.json`` / ``README.md`` to ``sources`` when needed.
+        """
+        if kind not in KINDS:
+            raise RegistryError(f"unknown version kind {kind!r}; use one of {', '.join(KINDS)}")
         args = dict(args or {})
         try:
             json.dumps(args, allow_nan=False)

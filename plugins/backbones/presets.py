@@ -44,7 +44,6 @@ class PresetBackbone:
             model = ViTModel(config, add_pooling_layer=False)
         finally:
             torch.random.set_rng_state(state)
-        model.config._name_or_path = self.name  # PEFT records it as base_model_name_or_path
         size = config.image_size
         processor_cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
         processor = processor_cls(
