@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loradex.core.errors import SpecError
-from loradex.core.spec import LoraSettings, TrainSettings
+from loradex.core.spec import TrainSettings
 from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
 
 
@@ -18,10 +18,6 @@ class ClassificationTask(Task):
     description = "single-label image classification (ImageFolder, synthetic shapes)"
     formats = ("imagefolder", "synthetic")
     primary_metric = "f1_macro"
-
-    def default_lora(self) -> LoraSettings:
-        """r=16 on all attention and MLP projections."""
-        return LoraSettings(rank=16, alpha=32, targets=("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out"))
 
     def default_train(self, backbone: str) -> TrainSettings:
         """Settings measured to reach macro-F1 >= 0.9 on synthetic shapes in minutes on a CPU."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loradex.core.errors import SpecError
-from loradex.core.spec import LoraSettings, TrainSettings
+from loradex.core.spec import TrainSettings
 from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
 
 DEFAULT_MIN_SCORE = 0.3
@@ -21,10 +21,6 @@ class DetectionTask(Task):
     description = "object detection, boxes per class (COCO JSON, YOLO txt, synthetic scenes)"
     formats = ("coco", "yolo", "synthetic")
     primary_metric = "map50"
-
-    def default_lora(self) -> LoraSettings:
-        """r=16 on all attention and MLP projections."""
-        return LoraSettings(rank=16, alpha=32, targets=("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out"))
 
     def default_train(self, backbone: str) -> TrainSettings:
         """96px input (a 12x12 patch grid on tiny-vit, upsampled to 24x24 by the head), 6 epochs.

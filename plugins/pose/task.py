@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loradex.core.spec import LoraSettings, TrainSettings
+from loradex.core.spec import TrainSettings
 from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
 
 HEATMAP_WEIGHT = 1.0
@@ -26,10 +26,6 @@ class PoseTask(Task):
     description = "keypoints / pose, top-down heatmaps (COCO keypoints JSON, synthetic stick figures)"
     formats = ("coco-keypoints", "synthetic")
     primary_metric = "pck@0.1"
-
-    def default_lora(self) -> LoraSettings:
-        """r=16 on all attention and MLP projections."""
-        return LoraSettings(rank=16, alpha=32, targets=("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out"))
 
     def default_train(self, backbone: str) -> TrainSettings:
         """6 epochs at the backbone's own resolution (64px on tiny-vit).
