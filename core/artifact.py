@@ -167,42 +167,75 @@ def attach(
     return model
 
 
-def native_names(folder: Path, backbone: Any, scratch: Path) -> Path:
-    """``folder``, or a renamed copy in ``scratch`` if its LoRA keys use another naming scheme.
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    """``adapter_config.json`` of an adapter folder as a dict; errors name the file."""
+    path = Path(folder) / ADAPTER_CONFIG
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing from adapter folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object")
+    return data
 
-    Adapters saved before transformers 5 name ViT modules ``attention.attention.query``; the
-    same modules are ``attention.q_proj`` now. The backbone knows the mapping; the weights are
-    renamed and ``target_modules`` re-resolved, so PEFT loads them as if saved today.
-    """
+
+def _module_of(key: str) -> str:
+    return key.removeprefix("base_model.model.").split(".lora_", 1)[0]
+
+
+def lora_keys_match(folder: Path, backbone: Any) -> bool:
+    """Whether every LoRA key in ``folder`` names a module of ``backbone`` as it is (header only)."""
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import save_file
 
     path = folder / ADAPTER_WEIGHTS
-    modules = {name for name, _ in backbone.model.named_modules()}
-
-    def module_of(key: str) -> str:
-        stem = key.removeprefix("base_model.model.")
-        return stem.split(".lora_", 1)[0]
-
-    try:  # the header alone says whether renaming is needed; tensors are read only if it is
+    modules = backbone.module_names
+    try:
         with safe_open(str(path), framework="pt") as handle:
             keys = list(handle.keys())
     except (SafetensorError, OSError) as exc:
         raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
-    if all(module_of(key) in modules for key in keys):
-        return folder
-    renamed = {backbone.translate_adapter_key(key): value for key, value in load_weights(path).items()}
-    missing = sorted({module_of(key) for key in renamed} - modules)
+    return all(_module_of(key) in modules for key in keys)
+
+
+def read_lora(folder: Path, backbone: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(adapter_config, LoRA weights)`` of ``folder``, with module names native to ``backbone``.
+
+    Adapters saved before transformers 5 name ViT modules ``attention.attention.query``; the
+    same modules are ``attention.q_proj`` now. The backbone knows the mapping; keys are renamed
+    and ``target_modules`` re-resolved, as if the adapter had been saved today.
+    """
+    folder = Path(folder)
+    config = read_adapter_config(folder)
+    state = load_weights(folder / ADAPTER_WEIGHTS)
+    modules = backbone.module_names
+    if all(_module_of(key) in modules for key in state):
+        return config, state
+    renamed = {backbone.translate_adapter_key(key): value for key, value in state.items()}
+    missing = sorted({_module_of(key) for key in renamed} - modules)
     if missing:
         raise ArtifactError(
-            f"{path}: module {missing[0]!r} does not exist in base {backbone.ref.name!r} "
+            f"{folder / ADAPTER_WEIGHTS}: module {missing[0]!r} does not exist in base {backbone.ref.name!r} "
             f"({backbone.ref.architecture}); is this adapter for another architecture?"
         )
-    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    targets = sorted({module_of(key) for key in renamed})
-    config["target_modules"] = "^(" + "|".join(re.escape(t) for t in targets) + ")$"
+    targets = sorted({_module_of(key) for key in renamed})
+    config = {**config, "target_modules": "^(" + "|".join(re.escape(t) for t in targets) + ")$"}
+    return config, renamed
+
+
+def native_names(folder: Path, backbone: Any, scratch: Path) -> Path:
+    """``folder``, or a copy in ``scratch`` renamed by :func:`read_lora`, for PEFT to load.
+
+    Only the safetensors header is read when no renaming is needed.
+    """
+    from safetensors.torch import save_file
+
+    if lora_keys_match(folder, backbone):
+        return folder
+    config, state = read_lora(folder, backbone)
     (scratch / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    save_file(renamed, str(scratch / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    save_file(state, str(scratch / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     return scratch
 
 

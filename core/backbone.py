@@ -157,6 +157,11 @@ class LoadedBackbone:
             interpolates=interpolates,
         )
 
+    @functools.cached_property
+    def module_names(self) -> frozenset[str]:
+        """Paths of every module of the base (computed once)."""
+        return frozenset(name for name, _ in self.model.named_modules())
+
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patch grid (rows, cols) at the backbone's image size."""

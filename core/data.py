@@ -54,7 +54,7 @@ def open_image(path: Path):
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
 
 

@@ -73,14 +73,17 @@ def evaluate(
     adapter: str | None = None,
 ) -> tuple[EvalResult, float]:
     """Metrics and mean loss of ``model`` (its adapter ``adapter``, if several) over ``loader``."""
+    from .devices import to_device
+
     accumulator = task.metrics(head_config)
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
+    device = getattr(model, "device", None) if accelerator is None else None
     with torch.inference_mode():
         for batch in loader:
             outputs = model(batch["pixel_values"], adapter=adapter) if adapter else model(batch["pixel_values"])
-            targets = batch["targets"]
+            targets = to_device(batch["targets"], device) if device is not None else batch["targets"]
             n = batch["pixel_values"].shape[0]
             total += float(task.loss(outputs, targets)) * n
             count += n

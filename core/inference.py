@@ -1,4 +1,4 @@
-"""Prediction and evaluation with adapters already attached to a base."""
+"""Evaluation of an attached adapter, and drawings of a freshly trained one on validation images."""
 
 from __future__ import annotations
 
@@ -23,34 +23,16 @@ def predict_pil(task: Task, model: TaskModel, images: Sequence[Any], *, adapter:
     pixels = torch.stack([transform(im) for im in images])
     with torch.inference_mode():
         outputs = model(pixels, adapter=name)
-    return task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images], **options)
+    return task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images], **task.parse_options(options))
 
 
-def predict_images(
-    task: Task,
-    model: TaskModel,
-    paths: Sequence[Path],
-    *,
-    adapter: str | None = None,
-    batch_size: int = 16,
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """Plain predictions (JSON-ready) for image files, in order; each carries its ``image`` path."""
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        chunk = list(paths[start : start + batch_size])
-        preds = predict_pil(task, model, [open_image(p) for p in chunk], adapter=adapter, **options)
-        results.extend({"image": str(path), **pred} for path, pred in zip(chunk, preds))
-    return results
-
-
-def evaluate_dataset(task: Task, model: TaskModel, dataset: Any, *, adapter: str | None = None, batch_size: int = 32) -> tuple[EvalResult, float]:
-    """Metrics and mean loss of an attached adapter on ``dataset``."""
+def evaluate_dataset(task: Task, model: Any, dataset: Any, *, head_config: dict[str, Any], adapter: str | None = None,
+                     batch_size: int = 32) -> tuple[EvalResult, float]:
+    """Metrics and mean loss on ``dataset`` of head ``adapter`` of ``model`` (a MultiTaskModel or TaskModel)."""
     from torch.utils.data import DataLoader
 
-    name = adapter or model.adapter_names[0]
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
-    return evaluate(task, model, loader, model.specs[name].head, adapter=name)
+    return evaluate(task, model, loader, head_config, adapter=adapter)
 
 
 def dataset_image(dataset: Any, index: int):

@@ -39,8 +39,9 @@ class TaskModel(nn.Module):
     def forward(self, pixel_values: torch.Tensor, adapter: str | None = None) -> Any:
         """Run one adapter (the only one if ``adapter`` is None) and its head."""
         name = adapter or self._only()
-        if len(self.heads) > 1:
-            self.encoder.set_adapter(name)
+        if len(self.heads) > 1 and self.encoder.active_adapter != name:
+            # without inference_mode PEFT would make the adapter trainable again
+            self.encoder.set_adapter(name, inference_mode=not self.training)
         features = self.backbone.encode(self.encoder, pixel_values)
         return self.heads[name](features)
 

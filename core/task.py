@@ -8,11 +8,14 @@ registry only ever talk to a task through this interface.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .errors import ConfigError, suggest
 from .spec import LoraSettings, TrainSettings
 
 if TYPE_CHECKING:
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from .backbone import EncoderOutput
+    from .drawing import Canvas
 
 ImageTransform = Callable[["Image.Image"], "torch.Tensor"]
 """Turns one PIL image into the backbone's normalised (3, H, W) tensor."""
@@ -59,6 +63,16 @@ class MetricAccumulator(abc.ABC):
         """Metrics over everything added so far."""
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """Prediction options of a task that takes none."""
+
+
+def option_help(text: str, default: Any) -> Any:
+    """A prediction-option field with help text (shown by ``adapters tasks``)."""
+    return field(default=default, metadata={"help": text})
+
+
 class Task(abc.ABC):
     """Base class of every task plugin; subclass it and register an instance."""
 
@@ -71,6 +85,12 @@ class Task(abc.ABC):
     primary_metric: ClassVar[str]
     """Metric that selects the best epoch and is shown in ``adapters list``."""
     greater_is_better: ClassVar[bool] = True
+    predict_options: ClassVar[type] = NoOptions
+    """A frozen dataclass of the options ``postprocess`` takes (``top_k``, score thresholds, ...).
+
+    ``adapters predict -o KEY=VALUE`` and ``model.predict(..., KEY=VALUE)`` are checked
+    against it; its defaults apply when an option is not given.
+    """
 
     def default_lora(self) -> LoraSettings:
         """LoRA settings used when the user gives none: r=16, alpha 32 on every attention and MLP
@@ -109,9 +129,36 @@ class Task(abc.ABC):
     ) -> list[dict[str, Any]]:
         """Raw outputs of a batch → one JSON-ready prediction per image (in original pixels)."""
 
+    def summary(self, prediction: Mapping[str, Any], head_config: Mapping[str, Any]) -> str:
+        """One short line saying what was predicted (the CLI's plain output and drawing legends)."""
+        text = json.dumps(dict(prediction), separators=(",", ":"), default=str)
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    def render(self, canvas: Canvas, prediction: Mapping[str, Any], head_config: Mapping[str, Any], *,
+               colour: tuple[int, int, int]) -> None:
+        """Draw what is spatial in ``prediction`` (boxes, points) on ``canvas``, in image pixels.
+
+        The one-line :meth:`summary` is written in the canvas legend by the caller, so a task
+        whose prediction has nothing spatial (a label) draws nothing here. ``colour`` is this
+        task's colour in a drawing that shows several tasks.
+        """
+
     def draw(self, image: Image.Image, prediction: Mapping[str, Any], head_config: Mapping[str, Any]) -> Image.Image:
-        """A copy of ``image`` with ``prediction`` drawn on it."""
-        return image.copy()
+        """A drawing of ``prediction`` on (an enlarged copy of) ``image``, with its summary above it."""
+        from .drawing import Canvas, colour_for
+
+        canvas = Canvas(image)
+        canvas.legend(self.summary(prediction, head_config), colour=colour_for(0))
+        self.render(canvas, prediction, head_config, colour=colour_for(0))
+        return canvas.finish()
+
+    def parse_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``options`` against :attr:`predict_options`; strings from the CLI are converted.
+
+        Returns every option with its default filled in. Raises ConfigError naming a key the
+        task does not take (with a suggestion) or a value of the wrong type.
+        """
+        return parse_options(self.predict_options, options, owner=f"task {self.name!r}")
 
     def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """Write task-specific PNG plots of an evaluation into ``out_dir``; return their paths."""
@@ -134,3 +181,51 @@ class Task(abc.ABC):
             targets = torch.tensor(targets, dtype=torch.long)
         return {"pixel_values": pixels, "targets": targets}
 
+
+
+def option_names(options_type: type) -> tuple[str, ...]:
+    """The option names a ``predict_options`` dataclass declares."""
+    return tuple(f.name for f in dataclasses.fields(options_type))
+
+
+def parse_options(options_type: type, options: Mapping[str, Any], *, owner: str) -> dict[str, Any]:
+    """Validate ``options`` against the dataclass ``options_type``; convert CLI strings by field type."""
+    import typing
+
+    fields = {f.name: f for f in dataclasses.fields(options_type)}
+    hints = typing.get_type_hints(options_type)
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in fields:
+            takes = ", ".join(fields) or "no options"
+            raise ConfigError(f"{owner} has no prediction option {key!r}.{suggest(key, fields)} It takes: {takes}")
+        values[key] = _convert(value, hints[key], owner=owner, key=key)
+    return dataclasses.asdict(options_type(**values))
+
+
+def _convert(value: Any, hint: Any, *, owner: str, key: str) -> Any:
+    import math
+    import typing
+
+    allowed = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    kind = allowed[0]
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = text.lower() in ("true", "1", "yes")
+            elif kind in (int, float):
+                value = kind(text)
+        except ValueError:
+            raise ConfigError(f"{owner}: option {key!r} needs a {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{owner}: option {key!r} needs a {kind.__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{owner}: option {key!r} must be a finite number, got {value!r}")
+    return value

@@ -1,61 +1,112 @@
-"""Load registry versions onto one shared base: the base loads once, each adapter attaches by name."""
+"""Load registry versions onto one shared base: the base loads once, each adapter attaches by ref."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-import re
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from loradex.core import plugins
-from loradex.core.artifact import attach
-from loradex.core.errors import FingerprintMismatchError
+from loradex.core.multitask import LocatedAdapter, MultiTaskModel, check_same_base
+
+from .store import Registry
 
 
-@dataclass
-class LoadedAdapters:
-    """A TaskModel holding several adapters; per ``name@vN``: its task, record and module key."""
+class RegistrySource:
+    """Finds adapters in a registry for :class:`MultiTaskModel` (``add``, ``remove``, ``replace``)."""
 
-    model: Any
-    tasks: dict[str, Any]
-    records: dict[str, Any]
-    keys: dict[str, str]
-    """``name@vN`` → the adapter name inside PEFT and TaskModel (no dots allowed there)."""
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def locate(self, ref: str) -> LocatedAdapter:
+        """Resolve ``ref`` and materialise its files (each one hash-checked)."""
+        record = self.registry.resolve(ref)
+        return LocatedAdapter(ref=record.ref, folder=self.registry.materialize(record), spec=record.spec)
+
+    def canonical(self, ref: str) -> str:
+        """``ref`` as ``name@vN``."""
+        return self.registry.resolve(ref).ref
+
+    def __repr__(self) -> str:
+        return f"RegistrySource({self.registry.root})"
 
 
-def module_key(ref: str) -> str:
-    """A PEFT/ModuleDict-safe adapter name for ``name@vN``."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", ref)
+def parse_refs(refs: str | Sequence[str]) -> list[str]:
+    """``"a,b@v2"`` or ``["a", "b@v2"]`` → ``["a", "b@v2"]``; empty items are an error."""
+    from loradex.core.errors import InvalidNameError
+
+    items = refs.split(",") if isinstance(refs, str) else [str(r) for r in refs]
+    cleaned = [item.strip() for item in items]
+    if not cleaned or any(not item for item in cleaned):
+        raise InvalidNameError(f"adapter list {refs!r} has an empty entry; write REF[,REF...] with no blanks")
+    return cleaned
 
 
-def load_versions(registry: Any, refs: Sequence[str], *, allow_base_mismatch: bool = False) -> LoadedAdapters:
-    """Resolve ``refs`` (``name[@ver]``), load their common base once and attach them all.
+def load(
+    refs: str | Sequence[str],
+    *,
+    device: Any = None,
+    home: str | Path | None = None,
+    registry: Registry | None = None,
+    allow_base_mismatch: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> MultiTaskModel:
+    """Load the base the adapters ``refs`` share, ONCE, and attach every one of them.
 
-    Each adapter is attached under a key derived from ``name@vN``, so two versions of one
-    adapter can coexist.
-    All of them must name the same base (preset, Hub id or path, and revision).
+    ``refs``: ``name``, ``name@vN`` or ``name@alias``, a list of them or a comma-separated
+    string. Adapters on different bases are refused with both bases named.
     """
-    records = [registry.resolve(ref) for ref in refs]
+    registry = registry or Registry.open(home)
+    records = [registry.resolve(ref) for ref in parse_refs(refs)]
+    check_same_base([(r.ref, r.spec) for r in records])
     first = records[0].spec.backbone
-    for record in records[1:]:
-        other = record.spec.backbone
-        if (other.name, other.revision) != (first.name, first.revision):
-            raise FingerprintMismatchError(
-                f"{record.ref} is trained on {other.name!r} but {records[0].ref} on {first.name!r}; "
-                "adapters loaded together must share one base"
-            )
     backbone = plugins.resolve_backbone(first.name).load(first.name, revision=first.revision)
-    model: Any = backbone
-    tasks: dict[str, Any] = {}
-    by_name: dict[str, Any] = {}
-    keys: dict[str, str] = {}
+    options = {"say": say} if say is not None else {}
+    model = MultiTaskModel(backbone, device=device, source=RegistrySource(registry), **options)
     for record in records:
-        if record.ref in by_name:
-            continue
-        task = plugins.get_task(record.spec.task)
-        registry.check_base(record, backbone.ref.fingerprint, allow_mismatch=allow_base_mismatch)  # names name@vN
-        key = module_key(record.ref)
-        model = attach(model, task, registry.materialize(record), adapter_name=key,
-                       allow_base_mismatch=allow_base_mismatch)
-        tasks[record.ref], by_name[record.ref], keys[record.ref] = task, record, key
-    return LoadedAdapters(model=model, tasks=tasks, records=by_name, keys=keys)
+        if record.ref not in model.adapters:
+            model.add(record.ref, allow_base_mismatch=allow_base_mismatch)
+    return model
+
+
+class Pipeline:
+    """Adapters as a function of images: ``pipe = loradex.pipeline("pose@v2"); pipe("person.jpg")``.
+
+    Called on one image (a file path, PIL image or numpy array) it returns one result; on a
+    list, a folder or a glob, a list. With one adapter the result is that task's
+    :class:`~loradex.core.results.TaskResult` (``pipe(img)["label"]``); with several, an
+    :class:`~loradex.core.results.ImageResult` holding each task's.
+    """
+
+    def __init__(self, model: MultiTaskModel, **options: Any) -> None:
+        self.model = model
+        self.options = options
+        model._options_for(model.head_entries(), options)  # a bad option fails here, not on first call
+
+    def __call__(self, images: Any, **options: Any) -> Any:
+        from loradex.core.inputs import image_inputs
+
+        single = not isinstance(images, (list, tuple)) and len(image_inputs(images)) == 1 \
+            and not (isinstance(images, (str, Path)) and Path(images).is_dir())
+        results = self.model.predict(images, **{**self.options, **options})
+        if len(self.model.head_entries()) == 1:
+            results = [next(iter(r.results.values())) for r in results]
+        return results[0] if single else results
+
+    def __repr__(self) -> str:
+        return f"Pipeline({', '.join(self.model.adapters)})"
+
+
+def pipeline(
+    refs: str | Sequence[str],
+    *,
+    device: Any = None,
+    home: str | Path | None = None,
+    allow_base_mismatch: bool = False,
+    **options: Any,
+) -> Pipeline:
+    """A :class:`Pipeline` over adapter(s) ``refs`` from the registry at ``home``.
+
+    ``options`` are prediction options applied on every call (``top_k=3``).
+    """
+    return Pipeline(load(refs, device=device, home=home, allow_base_mismatch=allow_base_mismatch), **options)

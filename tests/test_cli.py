@@ -59,12 +59,12 @@ def test_predict_json_and_saved_drawings(trained, tmp_path):
     home, _ = trained
     image = tmp_path / "star.png"
     single_shape_image(123, 4, 64, SHAPES.index("star")).save(image)
-    result = run("predict", "shapes", image, "--top-k", "3", "--json", "--save", tmp_path / "drawn", home=home)
+    result = run("predict", "shapes", image, "-o", "top_k=3", "--json", "--save", tmp_path / "drawn", home=home)
     assert result.exit_code == 0, result.output
-    data = json.loads(result.stdout)
-    assert data["adapter"] == "shapes@v1"
-    (pred,) = data["predictions"]
-    assert pred["label"] in SHAPES and len(pred["top_k"]) == 3
+    (record,) = json.loads(result.stdout)
+    assert record["image"] == str(image) and list(record["predictions"]) == ["shapes@v1"]
+    pred = record["predictions"]["shapes@v1"]
+    assert pred["task"] == "classification" and pred["label"] in SHAPES and len(pred["top_k"]) == 3
     assert sum(p["score"] for p in pred["top_k"]) <= 1.0 + 1e-6
     assert (tmp_path / "drawn" / "star.png").is_file()
 

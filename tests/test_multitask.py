@@ -1,82 +1,225 @@
-"""Many tasks on ONE base: every adapter attaches to the same base object and runs under its own name."""
+"""Many tasks on ONE base: the LoRA bank's mixed batches equal PEFT running one adapter at a time."""
 
 from __future__ import annotations
+
+import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
 
-from loradex.core.training import TrainRequest, train_adapter
-from loradex.registry.loading import load_versions
-from loradex.registry.store import Registry
+from loradex.core.artifact import attach
+from loradex.core.backbone import EncoderOutput
+from loradex.core.lora_runtime import LoraBank, Segment, contiguous_plan, split_plan
+from loradex.core.multitask import MultiTaskModel
+from loradex.core import plugins
+from loradex.testing import random_adapter
 
-TASKS = {
-    "classification": "synthetic:train=20,val=10,test=0",
-    "detection": "synthetic:train=8,val=4,test=0",
-    "pose": "synthetic:train=8,val=4,test=0",
+# three tasks, two input sizes, four ranks and four target sets on one base
+ADAPTERS = {
+    "cls": dict(task="classification", rank=4, targets="q,v", seed=1),
+    "det": dict(task="detection", rank=16, targets="all", image_size=96, seed=2),
+    "pose": dict(task="pose", rank=8, targets="attn", seed=3),
+    "cls2": dict(task="classification", rank=2, targets="mlp", seed=4),
 }
 
 
+def fresh_backbone():
+    return plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+
+
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A registry holding one small adapter of each built-in task."""
-    root = tmp_path_factory.mktemp("multi")
-    registry = Registry.open(root / "home")
-    for task, data in TASKS.items():
-        outcome = train_adapter(
-            TrainRequest(task=task, data=data, project=root / "runs", train={"epochs": 1, "batch_size": 8}),
-            progress=False, say=lambda line: None,
-        )
-        registry.put(outcome.artifact_dir, name=task)
-    return registry
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    backbone = fresh_backbone()
+    return {name: random_adapter(root / name, backbone=backbone, **options) for name, options in ADAPTERS.items()}
 
 
-def test_three_tasks_share_one_base_object(registry):
-    loaded = load_versions(registry, list(TASKS))
-    model = loaded.model
-    assert sorted(model.adapter_names) == sorted(loaded.keys.values()) and len(model.adapter_names) == 3
-    peft_adapters = set(model.encoder.peft_config)
-    assert peft_adapters == set(model.adapter_names)
-    bases = {id(model.encoder.get_base_model())}
-    assert len(bases) == 1
-    # one copy of the base weights: every LoRA layer of every adapter wraps the same base Linear
-    layer = next(m for n, m in model.encoder.named_modules() if hasattr(m, "lora_A") and len(m.lora_A) == 3)
-    assert set(layer.lora_A) == peft_adapters
+@pytest.fixture(scope="module")
+def model(folders):
+    model = MultiTaskModel(fresh_backbone())
+    for name, folder in folders.items():
+        model.attach(name, folder)
+    return model
 
 
-def test_each_adapter_on_the_shared_base_matches_it_alone(registry):
-    loaded = load_versions(registry, list(TASKS))
-    torch.manual_seed(0)
-    for ref, key in loaded.keys.items():
-        size = loaded.records[ref].spec.image_size
-        pixels = torch.randn(2, 3, size, size)
-        alone = load_versions(registry, [ref]).model
-        with torch.inference_mode():
-            shared_out = loaded.model(pixels, adapter=key)
-            alone_out = alone(pixels)
-        for a, b in zip(_tensors(shared_out), _tensors(alone_out)):
-            assert torch.allclose(a, b, atol=1e-5), ref
+def peft_alone(folder, name):
+    """The reference: PEFT with this one adapter on a base of its own."""
+    task = plugins.get_task(ADAPTERS[name]["task"])
+    return attach(fresh_backbone(), task, folder)
 
 
-def test_mixed_batch_matches_one_adapter_at_a_time(registry):
-    size = registry.resolve("classification").spec.image_size
-    refs = [r for r in TASKS if registry.resolve(r).spec.image_size == size]
-    assert len(refs) >= 2, "a mixed batch needs two adapters at one input size"
-    loaded = load_versions(registry, refs)
-    keys = list(loaded.keys.values())
-    pixels = torch.randn(2 * len(keys), 3, size, size)
-    order = [keys[i % len(keys)] for i in range(len(pixels))]
-    with torch.inference_mode():
-        mixed = loaded.model.forward_mixed(pixels, order)
-        for key in keys:
-            index, outputs = mixed[key]
-            single = loaded.model(pixels[index], adapter=key)
-            for a, b in zip(_tensors(outputs), _tensors(single)):
-                assert torch.allclose(a, b, atol=1e-5), key
-
-
-def _tensors(outputs):
+def tensors(outputs):
     if isinstance(outputs, torch.Tensor):
         return [outputs]
-    if isinstance(outputs, dict):
-        return [v for k, v in sorted(outputs.items()) if isinstance(v, torch.Tensor)]
-    return [v for v in outputs if isinstance(v, torch.Tensor)]
+    return [v for _, v in sorted(outputs.items()) if isinstance(v, torch.Tensor)]
+
+
+def test_every_adapter_shares_the_one_base_object(model):
+    assert model.engine == "loradex" and list(model.adapters) == list(ADAPTERS)
+    assert all(p.requires_grad is False for p in model.base.parameters())
+    patched = [m for m in model.base.modules() if "forward" in m.__dict__]
+    assert patched, "the bank patches the targeted layers of the base in place"
+    assert {a.spec.lora.rank for a in model.adapters.values()} == {2, 4, 8, 16}
+
+
+def test_mixed_batch_equals_each_adapter_alone_under_peft(model, folders):
+    torch.manual_seed(0)
+    for size in (64, 96):
+        group = [name for name in ADAPTERS if model.adapters[name].heads[0].image_size == size]
+        pixels = torch.randn(3, 3, size, size)
+        # interleaved rows: image i goes through adapter i % K, as a server would receive them
+        names = [group[i % len(group)] for i in range(3 * len(group))]
+        rows = torch.stack([pixels[i % 3] for i in range(len(names))])
+        order, plan = contiguous_plan([model.adapters[n].lora for n in names])
+        features = model.encode_rows(rows[order], plan, batch_size=5)  # chunks cut across adapters
+        for name in group:
+            index = [i for i, n in enumerate(order) if names[n] == name]
+            sub = EncoderOutput(cls=features.cls[index], patches=features.patches[index])
+            with torch.inference_mode():
+                mixed = model.adapters[name].heads[0].module(sub)
+                alone = peft_alone(folders[name], name)(rows[[order[i] for i in index]])
+            worst = max(float((a - b).abs().max()) for a, b in zip(tensors(mixed), tensors(alone)))
+            assert worst <= 1e-5, f"{name}: max abs diff {worst}"
+
+
+def test_predict_equals_one_adapter_at_a_time(model, folders, tmp_path):
+    from loradex.plugins.shapes import scene_image
+
+    images = [scene_image(7, i, 80)[0] for i in range(3)]
+    together = model.predict(images, top_k=3)
+    for name, folder in folders.items():
+        alone = MultiTaskModel(fresh_backbone())
+        alone.attach(name, folder)
+        single = alone.predict(images, **({"top_k": 3} if "cls" in name else {}))
+        for a, b in zip(together, single):
+            assert a.results[name].prediction == b.results[name].prediction, name
+    record = together[0].to_dict()
+    assert list(record["predictions"]) == list(ADAPTERS)
+    assert record["predictions"]["det"]["task"] == "detection" and record["width"] == 80
+
+
+def test_base_is_left_exactly_as_it_was_after_detaching(folders):
+    backbone = fresh_backbone()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = backbone.model(pixel_values=pixels).last_hidden_state.clone()
+    model = MultiTaskModel(backbone)
+    model.attach("cls", folders["cls"])
+    with torch.inference_mode(), LoraBank.segments([Segment(model.adapters["cls"].lora, 0, 2)]):
+        changed = backbone.model(pixel_values=pixels).last_hidden_state
+    assert not torch.allclose(changed, before, atol=1e-3), "a random adapter must change the output"
+    model.detach("cls")
+    assert not [m for m in backbone.model.modules() if "forward" in m.__dict__]
+    with torch.inference_mode():
+        assert torch.equal(backbone.model(pixel_values=pixels).last_hidden_state, before)
+
+
+def test_detaching_frees_the_adapter_and_its_head(folders):
+    model = MultiTaskModel(fresh_backbone())
+    model.attach("cls", folders["cls"])
+    model.attach("pose", folders["pose"])
+    factors = model._bank.factors(model.adapters["cls"].lora)
+    watched = [weakref.ref(f.a) for f in factors.values()] + [weakref.ref(model.adapters["cls"].heads[0].module)]
+    del factors
+    model.detach("cls")
+    gc.collect()
+    assert all(ref() is None for ref in watched), "tensors of a removed adapter are still referenced"
+    assert list(model.adapters) == ["pose"] and list(model.heads) == ["pose"]
+
+
+def test_replace_keeps_the_base_and_the_order(folders):
+    model = MultiTaskModel(fresh_backbone())
+    for name in ("cls", "det", "pose"):
+        model.attach(name, folders[name])
+    base = model.base
+    model.detach("det")
+    model.attach("det", folders["det"])
+    assert list(model.adapters) == ["cls", "pose", "det"] and model.base is base
+
+
+def test_an_adapter_peft_must_run_switches_the_model_to_peft_with_one_notice(tmp_path, folders):
+    backbone = fresh_backbone()
+    dora = random_adapter(tmp_path / "dora", "classification", backbone=backbone, use_dora=True, seed=9)
+    notes = []
+    model = MultiTaskModel(backbone, say=notes.append)
+    model.attach("cls", folders["cls"])
+    model.attach("dora", dora)
+    assert model.engine == "peft" and len(notes) == 1 and "DoRA" in notes[0]
+    pixels = torch.randn(4, 3, 64, 64)
+    for name, folder in (("cls", folders["cls"]), ("dora", dora)):
+        with torch.inference_mode():
+            reference = attach(fresh_backbone(), plugins.get_task("classification"), folder)(pixels)
+        assert torch.allclose(model(pixels, adapter=name), reference, atol=1e-5), name
+    model.detach("dora")
+    model.detach("cls")
+    assert model.engine == "loradex" and not model._peft_mode
+
+
+def test_split_plan_cuts_segments_at_chunk_boundaries():
+    plan = [Segment("a", 0, 3), Segment("b", 3, 7), Segment(None, 7, 8)]
+    chunks = split_plan(plan, 4)
+    assert chunks == [(0, 4, [Segment("a", 0, 3), Segment("b", 3, 4)]),
+                      (4, 8, [Segment("b", 0, 3), Segment(None, 3, 4)])]
+    order, plan = contiguous_plan(["b", "a", "b", None])
+    assert order == [0, 2, 1, 3] and plan == [Segment("b", 0, 2), Segment("a", 2, 3), Segment(None, 3, 4)]
+
+
+def test_factors_with_wrong_shapes_or_layers_are_refused(folders):
+    from loradex.core.errors import ArtifactError
+    from loradex.core.lora_runtime import LoraFactors
+
+    bank = LoraBank(fresh_backbone().model)
+    name = next(iter(bank._linears))
+    with pytest.raises(ArtifactError, match="shapes"):
+        bank.add("x", {name: LoraFactors(a=torch.zeros(4, 7), b=torch.zeros(3, 4), scale=1.0)})
+    with pytest.raises(ArtifactError, match="no Linear layer"):
+        bank.add("x", {"nope.q": LoraFactors(a=torch.zeros(4, 7), b=torch.zeros(3, 4), scale=1.0)})
+    assert bank.names == []
+
+
+def test_a_renamed_adapter_from_old_transformers_loads_into_the_bank(tmp_path, folders):
+    """Keys saved as `encoder.layer.N.attention.attention.query` are renamed to this base's names."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for f in folders["cls"].iterdir():
+        (old / f.name).write_bytes(f.read_bytes())
+    state = load_file(str(folders["cls"] / "adapter_model.safetensors"))
+    renamed = {k.replace("layers.", "encoder.layer.").replace("attention.q_proj", "attention.attention.query")
+               .replace("attention.v_proj", "attention.attention.value"): v for k, v in state.items()}
+    assert renamed != state
+    save_file(renamed, str(old / "adapter_model.safetensors"))
+    config = json.loads((old / "adapter_config.json").read_text())
+    config["target_modules"] = ["query", "value"]
+    (old / "adapter_config.json").write_text(json.dumps(config))
+    pixels = torch.randn(2, 3, 64, 64)
+    new_model, old_model = MultiTaskModel(fresh_backbone()), MultiTaskModel(fresh_backbone())
+    new_model.attach("a", folders["cls"])
+    old_model.attach("a", old)
+    assert torch.allclose(new_model(pixels), old_model(pixels), atol=1e-6)
+
+
+def test_prediction_options_are_checked_per_task(model):
+    from loradex.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="top_kk.*Did you mean 'top_k'"):
+        model.predict("missing.png", top_kk=3)
+    with pytest.raises(ConfigError, match="needs a int"):
+        model._options_for(model.head_entries(), {"top_k": "many"})
+    with pytest.raises(ConfigError, match="top_k must be at least 1"):
+        model._options_for(model.head_entries(), {"classification.top_k": 0})
+    chosen = model._options_for(model.head_entries(), {"top_k": "2", "det.min_score": 0.5})
+    assert chosen["cls"]["top_k"] == 2 and chosen["det"] == {"min_score": 0.5, "max_detections": 100}
+    assert chosen["pose"] == {}
+
+
+def test_dataclass_copy_of_backbone_is_untouched_by_random_adapter(tmp_path):
+    backbone = fresh_backbone()
+    random_adapter(tmp_path / "a", "classification", backbone=backbone)
+    assert not any("lora" in n for n, _ in backbone.model.named_modules())
+    assert dataclasses.is_dataclass(backbone)

@@ -6,9 +6,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loradex.core.errors import SpecError
+from dataclasses import dataclass
+
+from loradex.core.errors import ConfigError, SpecError
 from loradex.core.spec import TrainSettings
-from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
+from loradex.core.task import EvalResult, ImageTransform, Task, TaskData, option_help
+
+
+@dataclass(frozen=True)
+class ClassificationOptions:
+    """Prediction options of the classification task."""
+
+    top_k: int = option_help("How many labels (best first) to return per image.", 5)
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be at least 1, got {self.top_k}")
 
 
 class ClassificationTask(Task):
@@ -18,6 +31,7 @@ class ClassificationTask(Task):
     description = "single-label image classification (ImageFolder, synthetic shapes)"
     formats = ("imagefolder", "synthetic")
     primary_metric = "f1_macro"
+    predict_options = ClassificationOptions
 
     def default_train(self, backbone: str) -> TrainSettings:
         """Settings measured to reach macro-F1 >= 0.9 on synthetic shapes in minutes on a CPU."""
@@ -73,17 +87,10 @@ class ClassificationTask(Task):
             results.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
         return results
 
-    def draw(self, image, prediction: Mapping[str, Any], head_config: Mapping[str, Any]):
-        """The image with its top label and score written in the corner."""
-        from PIL import ImageDraw
-
-        out = image.convert("RGB").copy()
-        draw = ImageDraw.Draw(out)
-        text = f"{prediction['label']} {prediction['score']:.2f}"
-        box = draw.textbbox((2, 2), text)
-        draw.rectangle(box, fill=(0, 0, 0))
-        draw.text((2, 2), text, fill=(255, 255, 255))
-        return out
+    def summary(self, prediction: Mapping[str, Any], head_config: Mapping[str, Any]) -> str:
+        """``circle 0.98 (square 0.01, star 0.01)``: the label, its score, and the runners-up."""
+        rest = ", ".join(f"{p['label']} {p['score']:.2f}" for p in prediction.get("top_k", [])[1:3])
+        return f"{prediction['label']} {prediction['score']:.2f}" + (f" ({rest})" if rest else "")
 
     def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """Confusion matrix and per-class F1 bar chart."""

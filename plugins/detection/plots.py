@@ -1,46 +1,10 @@
-"""Detection drawings and plots: boxes on images, PR curves, per-class AP."""
+"""Detection plots: PR curves and per-class AP (boxes are drawn by DetectionTask.render)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from loradex.core.task import EvalResult
-
-PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212))
-
-
-MIN_DRAWN_SIDE = 256
-"""Images smaller than this are enlarged (by a whole factor, at most 4) so labels stay legible."""
-
-
-def draw_detections(image, detections: Sequence[Mapping[str, Any]], labels: Sequence[str]):
-    """A copy of ``image`` with boxes (pixel xyxy), labels and scores drawn, one colour per class.
-
-    Small images (shorter side under :data:`MIN_DRAWN_SIDE`) are enlarged by a whole factor
-    first, boxes with them, so that the label text does not hide the objects.
-    """
-    from PIL import Image, ImageDraw
-
-    out = image.convert("RGB")
-    factor = max(1, min(4, -(-MIN_DRAWN_SIDE // max(1, min(out.size)))))
-    out = out.resize((out.width * factor, out.height * factor), Image.NEAREST) if factor > 1 else out.copy()
-    draw = ImageDraw.Draw(out)
-    line = max(1, round(min(out.size) / 150))
-    for det in detections:
-        label = det["label"]
-        colour = PALETTE[(list(labels).index(label) if label in labels else len(label)) % len(PALETTE)]
-        x0, y0, x1, y1 = (v * factor for v in det["box"])
-        draw.rectangle((x0, y0, max(x0, x1), max(y0, y1)), outline=colour, width=line)
-        text = f"{label} {det['score']:.2f}"
-        box = draw.textbbox((x0, y0), text)
-        top = y0 - (box[3] - box[1]) - 2 if y0 - (box[3] - box[1]) - 2 >= 0 else y0
-        box = draw.textbbox((x0, top), text)
-        draw.rectangle(box, fill=colour)
-        draw.text((x0, top), text, fill=(0, 0, 0))
-    return out
 
 
 def plot_detection(result: EvalResult, out_dir: Path) -> list[Path]:

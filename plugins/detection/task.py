@@ -6,12 +6,28 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loradex.core.errors import SpecError
+from dataclasses import dataclass
+
+from loradex.core.errors import ConfigError, SpecError
 from loradex.core.spec import TrainSettings
-from loradex.core.task import EvalResult, ImageTransform, Task, TaskData
+from loradex.core.task import EvalResult, ImageTransform, Task, TaskData, option_help
 
 DEFAULT_MIN_SCORE = 0.3
 """Detections below this score are left out of ``postprocess`` (metrics use every detection)."""
+
+
+@dataclass(frozen=True)
+class DetectionOptions:
+    """Prediction options of the detection task."""
+
+    min_score: float = option_help("Leave out detections scoring below this (0..1).", DEFAULT_MIN_SCORE)
+    max_detections: int = option_help("At most this many detections per image, best first.", 100)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_score <= 1:
+            raise ConfigError(f"min_score must be in [0, 1], got {self.min_score}")
+        if self.max_detections < 1:
+            raise ConfigError(f"max_detections must be at least 1, got {self.max_detections}")
 
 
 class DetectionTask(Task):
@@ -21,6 +37,7 @@ class DetectionTask(Task):
     description = "object detection, boxes per class (COCO JSON, YOLO txt, synthetic scenes)"
     formats = ("coco", "yolo", "synthetic")
     primary_metric = "map50"
+    predict_options = DetectionOptions
 
     def default_train(self, backbone: str) -> TrainSettings:
         """96px input (a 12x12 patch grid on tiny-vit, upsampled to 24x24 by the head), 6 epochs.
@@ -84,11 +101,20 @@ class DetectionTask(Task):
             ]})
         return results
 
-    def draw(self, image, prediction: Mapping[str, Any], head_config: Mapping[str, Any]):
-        """The image with each detection's box, label and score drawn on it."""
-        from .plots import draw_detections
+    def summary(self, prediction: Mapping[str, Any], head_config: Mapping[str, Any]) -> str:
+        """``3 objects: circle 0.91, square 0.88, circle 0.52`` (the best five named)."""
+        found = prediction.get("detections", [])
+        named = ", ".join(f"{d['label']} {d['score']:.2f}" for d in found[:5]) + (", ..." if len(found) > 5 else "")
+        return f"{len(found)} object{'s' if len(found) != 1 else ''}" + (f": {named}" if found else "")
 
-        return draw_detections(image, prediction.get("detections", []), head_config.get("labels", []))
+    def render(self, canvas, prediction: Mapping[str, Any], head_config: Mapping[str, Any], *, colour) -> None:
+        """Each detection's box, in its class colour, labelled with class and score."""
+        from loradex.core.drawing import colour_for
+
+        labels = list(head_config.get("labels", []))
+        for det in prediction.get("detections", []):
+            index = labels.index(det["label"]) if det["label"] in labels else len(labels)
+            canvas.box(det["box"], colour=colour_for(index), label=f"{det['label']} {det['score']:.2f}")
 
     def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """PR curves per class at IoU .5 and .75, and per-class AP bars."""

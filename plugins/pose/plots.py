@@ -1,4 +1,4 @@
-"""Pose drawing and plots: skeletons on images, per-keypoint error bars."""
+"""Pose drawing and plots: skeletons on a canvas, per-keypoint error bars."""
 
 from __future__ import annotations
 
@@ -8,32 +8,24 @@ from typing import Any
 
 from loradex.core.task import EvalResult
 
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))
 
-
-def draw_skeleton(image, prediction: Mapping[str, Any], head_config: Mapping[str, Any], *, min_score: float = 0.0):
-    """A copy of ``image`` with the skeleton's bones and one coloured dot per keypoint.
+def render_skeleton(canvas, prediction: Mapping[str, Any], head_config: Mapping[str, Any], *,
+                    colour: tuple[int, int, int], min_score: float = 0.0) -> None:
+    """Bones of the skeleton in ``colour`` and one dot per keypoint in its own palette colour.
 
     ``prediction["keypoints"]`` is a list of ``{"name", "x", "y", "score"}`` in image pixels;
     keypoints scoring below ``min_score`` are left out.
     """
-    from PIL import ImageDraw
+    from loradex.core.drawing import colour_for
 
-    out = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(out)
     points = prediction.get("keypoints", [])
     shown = [p["score"] >= min_score for p in points]
-    r = max(2, round(max(out.size) / 80))
     for a, b in head_config.get("skeleton", []):
         if a < len(points) and b < len(points) and shown[a] and shown[b]:
-            draw.line([(points[a]["x"], points[a]["y"]), (points[b]["x"], points[b]["y"])],
-                      fill=(255, 255, 255), width=max(1, r // 2))
+            canvas.line((points[a]["x"], points[a]["y"]), (points[b]["x"], points[b]["y"]), colour=colour)
     for j, p in enumerate(points):
         if shown[j]:
-            x, y = p["x"], p["y"]
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=PALETTE[j % len(PALETTE)], outline=(0, 0, 0))
-    return out
+            canvas.point(p["x"], p["y"], colour=colour_for(j + 3))
 
 
 def plot_pose(result: EvalResult, out_dir: Path) -> list[Path]:

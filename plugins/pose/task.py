@@ -92,11 +92,15 @@ class PoseTask(Task):
             results.append({"keypoints": points, "score": round(float(scores[i].mean()), 4)})
         return results
 
-    def draw(self, image, prediction: Mapping[str, Any], head_config: Mapping[str, Any]):
-        """The image with the predicted skeleton and keypoints."""
-        from .plots import draw_skeleton
+    def summary(self, prediction: Mapping[str, Any], head_config: Mapping[str, Any]) -> str:
+        """``5 keypoints, score 0.87``."""
+        return f"{len(prediction.get('keypoints', []))} keypoints, score {prediction.get('score', 0):.2f}"
 
-        return draw_skeleton(image, prediction, head_config)
+    def render(self, canvas, prediction: Mapping[str, Any], head_config: Mapping[str, Any], *, colour) -> None:
+        """The skeleton's bones in the task colour and one dot per keypoint in its own colour."""
+        from .plots import render_skeleton
+
+        render_skeleton(canvas, prediction, head_config, colour=colour)
 
     def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """per_keypoint_error.png (loss curves are drawn by the run itself)."""

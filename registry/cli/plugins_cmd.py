@@ -41,11 +41,17 @@ def plugins_command(show_all: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def tasks_command(as_json: bool) -> None:
     """List the tasks and backbones, and which plugin gives each."""
+    import dataclasses
+
     from loradex.core import plugins
+
+    def options(task) -> list[dict]:
+        return [{"name": f.name, "default": f.default, "help": f.metadata.get("help", "")}
+                for f in dataclasses.fields(task.predict_options)]
 
     tasks = [
         {"name": r.name, "plugin": r.plugin, "description": r.obj.description, "formats": list(r.obj.formats),
-         "primary_metric": r.obj.primary_metric}
+         "primary_metric": r.obj.primary_metric, "predict_options": options(r.obj)}
         for r in plugins.get_tasks().values()
     ]
     backbones = [{"name": r.name, "plugin": r.plugin, "description": r.obj.description}
@@ -57,9 +63,10 @@ def tasks_command(as_json: bool) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table("task", "plugin", "formats", "metric", "description", title="Tasks")
+    table = Table("task", "plugin", "formats", "metric", "predict options (-o KEY=VALUE)", "description", title="Tasks")
     for t in tasks:
-        table.add_row(t["name"], t["plugin"], ", ".join(t["formats"]), t["primary_metric"], t["description"])
+        opts = ", ".join(f"{o['name']}={o['default']}" for o in t["predict_options"]) or "-"
+        table.add_row(t["name"], t["plugin"], ", ".join(t["formats"]), t["primary_metric"], opts, t["description"])
     console.print(table)
     table = Table("backbone", "plugin", "description", title="Backbones")
     for b in backbones:

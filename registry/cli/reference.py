@@ -7,6 +7,38 @@ from __future__ import annotations
 
 import click
 
+PREDICT_JSON = """## The JSON of `adapters predict --json`
+
+A JSON array with one record per image, in input order (folders recursively and sorted, globs
+sorted). Each record is exactly `ImageResult.to_dict()` of the Python API
+(`loradex.load([...]).predict(...)`):
+
+```json
+{
+  "image": "photos/street.jpg",
+  "width": 640,
+  "height": 480,
+  "base": {"name": "tiny-vit", "revision": null, "fingerprint": "sha256:7bab7793..."},
+  "predictions": {
+    "classification@v1": {"task": "classification", "label": "circle", "score": 0.98,
+                          "top_k": [{"label": "circle", "score": 0.98}, {"label": "square", "score": 0.01}]},
+    "detection@v2": {"task": "detection",
+                     "detections": [{"label": "square", "score": 0.91, "box": [12.0, 30.5, 88.0, 104.0]}]},
+    "pose@v1": {"task": "pose", "score": 0.87,
+                "keypoints": [{"name": "head", "x": 51.2, "y": 20.4, "score": 0.93}]}
+  }
+}
+```
+
+- `predictions` is keyed by `name@vN` (aliases are resolved), in the order the refs were given;
+  each entry is `{"task": TASK, ...}` plus what that task's `postprocess` returns. Coordinates
+  (boxes `[x0, y0, x1, y1]`, keypoints) are pixels of the original image.
+- `base` names the one base every adapter ran on: preset, Hub id or path, the pinned revision,
+  and the sha256 fingerprint of its weights.
+- With `--skip-bad`, an image that cannot be read gets `"error": "..."`, width and height 0 and
+  no predictions; the others are predicted as usual.
+"""
+
 
 def render_reference(root: click.Group) -> str:
     """Markdown with the help text of the root group and of every built-in command."""
@@ -23,6 +55,7 @@ def render_reference(root: click.Group) -> str:
         command = builtin[name]
         sub = click.Context(command, info_name=name, parent=ctx, terminal_width=88, max_content_width=88)
         parts += [f"## `adapters {name}`", "", "```text", command.get_help(sub), "```", ""]
+    parts.append(PREDICT_JSON)
     text = "\n".join(parts)
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 

@@ -1,8 +1,7 @@
-"""`adapters train`, `eval` and `predict`."""
+"""`adapters train` and `adapters eval`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +95,14 @@ def eval_command(ref: str, data: str | None, split: str | None, batch_size: int,
     """Evaluate adapter REF (NAME[@VERSION]) and write a report folder."""
     from loradex.core.inference import evaluate_dataset
     from loradex.core.runs import new_run_dir, write_json
-    from loradex.registry.loading import load_versions
+    from loradex.registry.loading import load
 
-    loaded = load_versions(open_registry(), [ref], allow_base_mismatch=allow_base_mismatch)
-    (full_ref, record), = loaded.records.items()
-    task, key = loaded.tasks[full_ref], loaded.keys[full_ref]
-    backbone = loaded.model.backbone
-    size = record.spec.image_size
+    model = load([ref], registry=open_registry(), allow_base_mismatch=allow_base_mismatch)
+    (attached,) = model.adapters.values()
+    (head,) = attached.heads
+    full_ref, record, task, key = attached.ref, attached, head.task, head.key
+    backbone = model.backbone
+    size = head.image_size
     task_data = task.load_data(data, transform=backbone.transform_at(size), image_size=size, seed=record.spec.train.seed)
     chosen = split or ("test" if task_data.test is not None else "val")
     dataset = getattr(task_data, chosen)
@@ -113,7 +113,8 @@ def eval_command(ref: str, data: str | None, split: str | None, batch_size: int,
         if then is not None and now != then:
             raise ConfigError(f"{data or 'synthetic data'}: {field} {now} differ from the {field} {full_ref} "
                               f"was trained on ({then})")
-    result, loss = evaluate_dataset(task, loaded.model, dataset, adapter=key, batch_size=batch_size)
+    result, loss = evaluate_dataset(task, model, dataset, head_config=head.config, adapter=key,
+                                    batch_size=batch_size)
     run_dir = new_run_dir(project, task.name, "eval")
     write_json(run_dir / "metrics.json", {"adapter": full_ref, "split": chosen, "loss": loss, "metrics": result.metrics})
     (run_dir / "report.txt").write_text(
@@ -129,42 +130,7 @@ def eval_command(ref: str, data: str | None, split: str | None, batch_size: int,
         click.echo(f"{k:<{width}}  {v:.4f}")
 
 
-@click.command(name="predict")
-@click.argument("ref")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Labels to return per image.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--save", "save_dir", type=click.Path(file_okay=False, path_type=Path), help="Write drawn predictions here.")
-@click.option("--allow-base-mismatch", is_flag=True, help="Load even if the base fingerprint differs.")
-@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON.")
-def predict_command(ref: str, images: tuple[Path, ...], top_k: int, batch_size: int, save_dir: Path | None,
-                    allow_base_mismatch: bool, as_json: bool) -> None:
-    """Predict with adapter REF (NAME[@VERSION]) on IMAGE files."""
-    from loradex.core.data import open_image
-    from loradex.core.errors import DataError
-    from loradex.core.inference import predict_images
-    from loradex.registry.loading import load_versions
-
-    for path in images:
-        if not path.is_file():
-            raise DataError(f"{path}: no such image file")
-    loaded = load_versions(open_registry(), [ref], allow_base_mismatch=allow_base_mismatch)
-    (full_ref, record), = loaded.records.items()
-    task, key = loaded.tasks[full_ref], loaded.keys[full_ref]
-    predictions = predict_images(task, loaded.model, images, adapter=key, batch_size=batch_size, top_k=top_k)
-    if save_dir:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        for path, prediction in zip(images, predictions):
-            task.draw(open_image(path), prediction, record.spec.head).save(save_dir / f"{path.stem}.png")
-    if as_json:
-        print_json({"adapter": full_ref, "predictions": predictions})
-        return
-    for prediction in predictions:
-        rest = {k: v for k, v in prediction.items() if k not in ("image", "top_k")}
-        click.echo(f"{prediction['image']}\t{json.dumps(rest)}")
-
-
 def register(cli: click.Group) -> None:
     """Add these commands to the root group."""
-    for command in (train_command, eval_command, predict_command):
+    for command in (train_command, eval_command):
         cli.add_command(command)

@@ -1,0 +1,497 @@
+"""MultiTaskModel: ONE base in memory, many adapters attached by name, every task in one pass.
+
+The base model is loaded once. Each adapter's LoRA goes into a :class:`LoraBank` (a
+dictionary update per layer, however many are attached) and its head into ``heads``. To
+predict, the images are repeated once per adapter, rows sorted by adapter, and the batch runs
+through the base in chunks (the LoRA of each slice applied by the bank), then each head reads
+its adapter's rows. Adapters trained at different input sizes run as one batch per size.
+
+Adapters the bank cannot run (DoRA, trained biases, ``modules_to_save``, non-Linear targets)
+switch the model to PEFT's own mixed-batch path, with a one-line notice.
+
+Core knows nothing of the registry: ``add("name@v2")`` asks an :class:`AdapterSource`
+(the registry provides one) where that adapter's folder is; :meth:`attach` takes a folder.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+import threading
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from . import plugins
+from .artifact import (
+    HEAD_WEIGHTS,
+    check_complete,
+    check_fingerprint,
+    load_weights,
+    native_names,
+    read_lora,
+    read_spec,
+)
+from .backbone import EncoderOutput, LoadedBackbone
+from .devices import resolve_device
+from .errors import ArtifactError, ConfigError, DataError, FingerprintMismatchError, NotFoundError
+from .inputs import ImageInput, check_readable, image_inputs
+from .lora_runtime import LoraBank, Segment, factors_from_peft, split_plan, unsupported_reason
+from .results import BaseInfo, ImageResult, TaskResult
+from .spec import AdapterSpec
+from .task import Task, option_names
+
+DEFAULT_BATCH = 32
+"""Rows per pass through the base: on a CPU, larger passes ran slower (bench/multitask.py)."""
+
+
+def module_key(ref: str) -> str:
+    """A name for ``ref`` that PEFT and ``nn.ModuleDict`` accept (no dots)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", ref)
+
+
+@dataclass(frozen=True)
+class LocatedAdapter:
+    """Where an adapter's folder is, as an :class:`AdapterSource` found it."""
+
+    ref: str
+    """Canonical reference (``name@vN``); results are keyed by it."""
+    folder: Path
+    spec: AdapterSpec | None = None
+    """The folder's spec, if the source already read it."""
+
+
+class AdapterSource(Protocol):
+    """Finds adapters by reference (the registry is one): what ``MultiTaskModel.add`` calls."""
+
+    def locate(self, ref: str) -> LocatedAdapter:
+        """The folder of ``ref`` (``name``, ``name@vN``, ``name@alias``)."""
+        ...
+
+    def canonical(self, ref: str) -> str:
+        """``ref`` resolved to ``name@vN``."""
+        ...
+
+
+@dataclass
+class HeadEntry:
+    """One task head on an attached adapter."""
+
+    key: str
+    """Results are keyed by it: the adapter's ref (``name@vN#head`` for a multi-task adapter)."""
+    task: Task
+    module: nn.Module
+    config: dict[str, Any]
+    image_size: int
+
+
+@dataclass
+class AttachedAdapter:
+    """An adapter attached to the shared base."""
+
+    ref: str
+    spec: AdapterSpec
+    lora: str
+    """Its name in the LoRA bank (or in PEFT)."""
+    heads: tuple[HeadEntry, ...]
+    folder: Path
+    nbytes: int = 0
+    """Bytes of its LoRA factors and head weights."""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The task names of its heads."""
+        return tuple(h.task.name for h in self.heads)
+
+
+def _note(line: str) -> None:
+    print(f"Note: {line}", file=sys.stderr)
+
+
+class MultiTaskModel(nn.Module):
+    """A shared base with adapters attached by reference; :meth:`predict` runs every task at once.
+
+    ``source`` (e.g. the registry) lets :meth:`add`, :meth:`remove` and :meth:`replace` take
+    references such as ``"det@prod"``; without one, attach folders with :meth:`attach`.
+    """
+
+    def __init__(self, backbone: LoadedBackbone, *, device: Any = None, source: AdapterSource | None = None,
+                 say: Callable[[str], None] = _note) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.base = backbone.model
+        self.heads = nn.ModuleDict()
+        self.source = source
+        self.say = say
+        self.__dict__["_peft"] = None  # the PeftModel in PEFT mode; a plain attribute, not a submodule
+        self._peft_mode = False
+        self._adapters: dict[str, AttachedAdapter] = {}
+        self._bank = LoraBank(self.base)
+        self._lock = threading.RLock()
+        self.device = resolve_device(device)
+        self.base.to(self.device)
+        self.eval()
+
+    # -- what is attached -------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> Mapping[str, AttachedAdapter]:
+        """Attached adapters by ref, in attachment order (read-only)."""
+        return types.MappingProxyType(dict(self._adapters))
+
+    @property
+    def base_info(self) -> BaseInfo:
+        """Name, revision and fingerprint of the shared base."""
+        ref = self.backbone.ref
+        return BaseInfo(name=ref.name, revision=ref.revision, fingerprint=ref.fingerprint)
+
+    @property
+    def engine(self) -> str:
+        """``"loradex"`` (the LoRA bank) or ``"peft"`` (after an adapter needed PEFT's path)."""
+        return "peft" if self._peft_mode else "loradex"
+
+    def head_entries(self) -> list[HeadEntry]:
+        """Every head of every attached adapter, in attachment order."""
+        return [head for adapter in self._adapters.values() for head in adapter.heads]
+
+    def __repr__(self) -> str:
+        return f"MultiTaskModel(base={self.backbone.ref.name!r}, adapters={list(self._adapters)}, device={self.device})"
+
+    # -- attaching and detaching ------------------------------------------------------------
+
+    def attach(self, ref: str, folder: Path, *, spec: AdapterSpec | None = None,
+               allow_base_mismatch: bool = False) -> AttachedAdapter:
+        """Attach the adapter in ``folder`` under ``ref``; the base stays loaded as it is."""
+        folder = Path(folder)
+        with self._lock:
+            if ref in self._adapters:
+                raise ArtifactError(f"{ref} is already attached")
+            check_complete(folder)
+            spec = spec or read_spec(folder)
+            task = plugins.get_task(spec.task)
+            check_fingerprint(spec, self.backbone.ref.fingerprint, where=ref, allow_mismatch=allow_base_mismatch)
+            self.backbone.check_image_size(spec.image_size)
+            lora = module_key(ref)
+            head = self._load_head(task, spec, folder / HEAD_WEIGHTS)
+            config, state = read_lora(folder, self.backbone)
+            reason, factors = unsupported_reason(config), None
+            if reason is None:
+                try:
+                    factors = factors_from_peft(config, state)
+                except ArtifactError as exc:
+                    reason = str(exc)
+            if reason is None:
+                reason = next((f"it changes {m!r}, which is not a Linear layer" for m in factors
+                               if self._bank.linear(m) is None), None)
+            if reason is not None and not self._peft_mode:
+                self.say(f"{ref}: {reason}, which loradex's fast path does not cover; "
+                         "running every adapter through PEFT's slower path")
+                self._switch_to_peft()
+            if self._peft_mode:
+                self._peft_load(lora, folder)
+                lora_bytes = sum(t.nbytes for t in state.values())
+            else:
+                self._bank.add(lora, factors)
+                lora_bytes = self._bank.nbytes(lora)
+            entry = HeadEntry(key=ref, task=task, module=head, config=dict(spec.head), image_size=spec.image_size)
+            self.heads[module_key(entry.key)] = head
+            nbytes = lora_bytes + sum(p.nbytes for p in head.parameters()) + sum(b.nbytes for b in head.buffers())
+            attached = AttachedAdapter(ref=ref, spec=spec, lora=lora, heads=(entry,), folder=folder, nbytes=nbytes)
+            self._adapters[ref] = attached
+            return attached
+
+    def detach(self, ref: str) -> None:
+        """Detach an attached adapter; its LoRA factors and head are freed."""
+        with self._lock:
+            attached = self._adapters.pop(self._attached_key(ref))
+            for head in attached.heads:
+                del self.heads[module_key(head.key)]
+            if self._peft_mode:
+                if self._adapters:
+                    self._peft.delete_adapter(attached.lora)
+                else:  # nothing left that needs PEFT: give the base back as it was
+                    self._peft.unload()
+                    self.__dict__["_peft"] = None
+                    self._peft_mode = False
+            else:
+                self._bank.remove(attached.lora)
+
+    def add(self, ref: str, *, allow_base_mismatch: bool = False) -> AttachedAdapter:
+        """Attach ``ref`` (``name``, ``name@vN``, ``name@alias``) found through this model's source."""
+        located = self._require_source().locate(ref)
+        return self.attach(located.ref, located.folder, spec=located.spec, allow_base_mismatch=allow_base_mismatch)
+
+    def remove(self, ref: str) -> None:
+        """Detach ``ref`` (its full ``name@vN``, its alias, or its name if only one version is attached)."""
+        self.detach(ref)
+
+    def replace(self, old: str, new: str, *, allow_base_mismatch: bool = False) -> AttachedAdapter:
+        """Swap ``old`` for ``new`` (e.g. ``det@v3`` → ``det@v4``) in place; the base stays loaded.
+
+        ``new`` is attached before ``old`` goes, so a failure leaves the model as it was.
+        """
+        with self._lock:
+            old_key = self._attached_key(old)
+            order = list(self._adapters)
+            attached = self.add(new, allow_base_mismatch=allow_base_mismatch)
+            self.detach(old_key)
+            position = order.index(old_key)
+            keys = [k for k in self._adapters if k != attached.ref]
+            keys.insert(position, attached.ref)
+            self._adapters = {k: self._adapters[k] for k in keys}
+            return attached
+
+    def _require_source(self) -> AdapterSource:
+        if self.source is None:
+            raise ConfigError("this model has no adapter source; use attach(ref, folder), or loradex.load()")
+        return self.source
+
+    def _attached_key(self, ref: str) -> str:
+        if ref in self._adapters:
+            return ref
+        if self.source is not None and "@" in ref:
+            try:
+                canonical = self.source.canonical(ref)
+            except NotFoundError:
+                canonical = None
+            if canonical in self._adapters:
+                return canonical
+        same_name = [key for key in self._adapters if key.split("@", 1)[0] == ref]
+        if len(same_name) == 1:
+            return same_name[0]
+        from .errors import suggest
+
+        attached = ", ".join(self._adapters) or "none"
+        if same_name:
+            raise NotFoundError(f"{ref!r} matches several attached versions ({', '.join(same_name)}); name one")
+        raise NotFoundError(f"{ref!r} is not attached.{suggest(ref, self._adapters)} Attached: {attached}")
+
+    def _load_head(self, task: Task, spec: AdapterSpec, path: Path) -> nn.Module:
+        head = task.build_head(hidden_size=self.backbone.hidden_size, grid_size=self.backbone.grid_at(spec.image_size),
+                               head_config=spec.head)
+        try:
+            head.load_state_dict(load_weights(path))
+        except RuntimeError as exc:
+            raise ArtifactError(f"{path}: does not fit the {spec.task} head ({exc})") from None
+        return head.to(self.device).eval()
+
+    # -- the PEFT path, for adapters the bank does not cover -----------------------------------
+
+    def _switch_to_peft(self) -> None:
+        self._bank.clear()
+        self._peft_mode = True
+        for attached in self._adapters.values():
+            self._peft_load(attached.lora, attached.folder)
+
+    def _peft_load(self, lora: str, folder: Path) -> None:
+        from peft import PeftModel
+
+        with tempfile.TemporaryDirectory(prefix="loradex-peft-") as scratch:
+            source = native_names(folder, self.backbone, Path(scratch))
+            try:
+                if self._peft is None:
+                    self.__dict__["_peft"] = PeftModel.from_pretrained(self.base, str(source), adapter_name=lora)
+                else:
+                    self._peft.load_adapter(str(source), adapter_name=lora)
+            except (ValueError, OSError, KeyError, RuntimeError) as exc:
+                raise ArtifactError(f"{folder}: PEFT could not load the adapter ({exc})") from None
+        self._peft.to(self.device).eval()
+        self._peft.requires_grad_(False)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def encode_rows(self, pixel_values: torch.Tensor, plan: Sequence[Segment], *,
+                    batch_size: int = DEFAULT_BATCH) -> EncoderOutput:
+        """Encoder features of a batch whose rows ``plan`` assigns to adapters (by LoRA name).
+
+        The base runs on at most ``batch_size`` rows at a time.
+        """
+        pixel_values = pixel_values.to(self.device)
+        parts: list[EncoderOutput] = []
+        with torch.inference_mode():
+            for start, stop, chunk in split_plan(plan, batch_size):
+                rows = pixel_values[start:stop]
+                if not self._peft_mode:
+                    with LoraBank.segments(chunk):
+                        parts.append(self.backbone.encode(self.base, rows))
+                else:  # PEFT's adapter_names path refuses DoRA: one adapter at a time, as PEFT does it
+                    for seg in chunk:
+                        parts.append(self._peft_encode(rows[seg.start:seg.stop], seg.adapter))
+        if len(parts) == 1:
+            return parts[0]
+        return EncoderOutput(cls=torch.cat([p.cls for p in parts]), patches=torch.cat([p.patches for p in parts]))
+
+    def _peft_encode(self, rows: torch.Tensor, lora: str | None) -> EncoderOutput:
+        if lora is None:
+            with self._peft.disable_adapter():
+                return self.backbone.encode(self._peft, rows)
+        if self._peft.active_adapter != lora:
+            self._peft.set_adapter(lora, inference_mode=True)
+        return self.backbone.encode(self._peft, rows)
+
+    def forward(self, pixel_values: torch.Tensor, adapter: str | None = None) -> Any:
+        """Raw head outputs of one adapter's head (``adapter``: its key; the only one if None)."""
+        entries = self.head_entries()
+        if adapter is None:
+            if len(entries) != 1:
+                raise ConfigError(f"the model holds {len(entries)} heads; name one")
+            entry = entries[0]
+        else:
+            entry = next((h for h in entries if h.key == adapter), None)
+            if entry is None:
+                raise NotFoundError(f"no head {adapter!r}; heads: {', '.join(h.key for h in entries)}")
+        lora = next(a.lora for a in self._adapters.values() if entry in a.heads)
+        features = self.encode_rows(pixel_values, [Segment(lora, 0, pixel_values.shape[0])])
+        with torch.inference_mode():
+            return entry.module(features)
+
+    def predict(self, images: Any, *, tasks: Sequence[str] | str | None = None, batch_size: int = DEFAULT_BATCH,
+                skip_bad: bool = False, **options: Any) -> list[ImageResult]:
+        """Every chosen task's prediction for every image: one :class:`ImageResult` per image.
+
+        ``images``: a path (file, folder or glob), a PIL image, a numpy array, or a list of
+        them. ``tasks``: refs (or names, or task names) of attached adapters; None means all.
+        ``options`` are the tasks' prediction options (``top_k=3``, ``min_score=0.5``); a key
+        applies to every chosen task that takes it, ``classification.top_k`` to one task only.
+        With ``skip_bad``, an image that cannot be read gets a result with ``error`` set
+        instead of stopping the run.
+        """
+        return list(self.stream(images, tasks=tasks, batch_size=batch_size, skip_bad=skip_bad, **options))
+
+    def stream(self, images: Any, *, tasks: Sequence[str] | str | None = None, batch_size: int = DEFAULT_BATCH,
+               skip_bad: bool = False, **options: Any) -> Iterator[ImageResult]:
+        """Like :meth:`predict`, but yields results batch by batch (for long lists of files)."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        heads = self._chosen_heads(tasks)
+        per_head = self._options_for(heads, options)
+        inputs = image_inputs(images)
+        if not skip_bad:
+            bad = check_readable(inputs)
+            if bad:
+                source, reason = next(iter(bad.items()))
+                more = f" (and {len(bad) - 1} more; --skip-bad predicts the others)" if len(bad) > 1 else ""
+                raise DataError(f"{source}: not a readable image ({reason}){more}")
+        for start in range(0, len(inputs), batch_size):
+            yield from self._predict_chunk(inputs[start:start + batch_size], heads, per_head,
+                                           batch_size=batch_size, skip_bad=skip_bad)
+
+    def _predict_chunk(self, chunk: Sequence[ImageInput], heads: list[HeadEntry], per_head: dict[str, dict],
+                       *, batch_size: int, skip_bad: bool) -> list[ImageResult]:
+        base = self.base_info
+        results: list[ImageResult] = []
+        loaded = []
+        for item in chunk:
+            try:
+                image = item.load()
+            except DataError as exc:
+                if not skip_bad:
+                    raise
+                results.append(ImageResult(source=item.source, width=0, height=0, base=base, error=str(exc),
+                                           path=item.path))
+                continue
+            result = ImageResult(source=item.source, width=image.width, height=image.height, base=base,
+                                 path=item.path, image=item.image)
+            result.results = {h.key: None for h in heads}  # type: ignore[misc]  # keeps the chosen order
+            results.append(result)
+            loaded.append((result, image))
+        if not loaded:
+            return results
+        sizes = [image.size for _, image in loaded]
+        lora_of = {h.key: a.lora for a in self._adapters.values() for h in a.heads}
+        for image_size in dict.fromkeys(h.image_size for h in heads):
+            group = [h for h in heads if h.image_size == image_size]
+            loras = list(dict.fromkeys(lora_of[h.key] for h in group))
+            transform = self.backbone.transform_at(image_size)
+            pixels = torch.stack([transform(image) for _, image in loaded])
+            n = pixels.shape[0]
+            plan = [Segment(lora, k * n, (k + 1) * n) for k, lora in enumerate(loras)]
+            features = self.encode_rows(pixels.repeat(len(loras), 1, 1, 1), plan, batch_size=batch_size)
+            for head in group:
+                k = loras.index(lora_of[head.key])
+                rows = slice(k * n, (k + 1) * n)
+                with torch.inference_mode():
+                    outputs = head.module(EncoderOutput(cls=features.cls[rows], patches=features.patches[rows]))
+                predictions = head.task.postprocess(outputs, head.config, image_sizes=sizes, **per_head[head.key])
+                for (result, _), prediction in zip(loaded, predictions):
+                    result.results[head.key] = TaskResult(key=head.key, task=head.task, prediction=prediction,
+                                                          head_config=head.config, path=result.path,
+                                                          image=result.image)
+        return results
+
+    def _chosen_heads(self, tasks: Sequence[str] | str | None) -> list[HeadEntry]:
+        entries = self.head_entries()
+        if not entries:
+            raise ConfigError("no adapters are attached; add one first")
+        if tasks is None:
+            return entries
+        wanted = [tasks] if isinstance(tasks, str) else list(tasks)
+        chosen: list[HeadEntry] = []
+        for name in wanted:
+            matches = [h for h in entries if h.key == name]
+            if not matches:
+                try:
+                    key = self._attached_key(name)
+                    matches = list(self._adapters[key].heads)
+                except NotFoundError:
+                    matches = [h for h in entries if h.task.name == name]
+            if not matches:
+                from .errors import suggest
+
+                known = [h.key for h in entries]
+                raise NotFoundError(f"no attached adapter or task {name!r}.{suggest(name, known)} "
+                                    f"Attached: {', '.join(known)}")
+            chosen.extend(h for h in matches if h not in chosen)
+        return chosen
+
+    def _options_for(self, heads: list[HeadEntry], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Each head's validated prediction options: a plain key goes to every task that takes it."""
+        raw: dict[str, dict[str, Any]] = {h.key: {} for h in heads}
+        for key, value in options.items():
+            scope, dot, name = key.rpartition(".")
+            targets = [h for h in heads if not dot or scope in (h.task.name, h.key, h.key.split("@", 1)[0])]
+            if dot and not targets:
+                raise ConfigError(f"option {key!r}: no chosen adapter or task is called {scope!r}")
+            takers = [h for h in targets if name in option_names(h.task.predict_options)]
+            if not takers:
+                offered = {h.task.name: option_names(h.task.predict_options) for h in heads}
+                listing = "; ".join(f"{t}: {', '.join(o) or 'none'}" for t, o in offered.items())
+                from .errors import suggest
+
+                every = [o for names in offered.values() for o in names]
+                raise ConfigError(f"no chosen task takes the option {name!r}.{suggest(name, every)} Options: {listing}")
+            for head in takers:
+                raw[head.key][name] = value
+        return {h.key: h.task.parse_options(raw[h.key]) for h in heads}
+
+    def to(self, *args: Any, **kwargs: Any) -> MultiTaskModel:  # type: ignore[override]
+        """Move base, heads and every adapter's factors (``model.to("cuda")``)."""
+        super().to(*args, **kwargs)
+        self.device = next(self.base.parameters()).device
+        self._bank.to(self.device)
+        return self
+
+
+def check_same_base(refs_and_specs: Sequence[tuple[str, AdapterSpec]]) -> None:
+    """Refuse adapters that name different bases; the error names both and their fingerprints."""
+    first_ref, first = refs_and_specs[0]
+    for ref, spec in refs_and_specs[1:]:
+        a, b = first.backbone, spec.backbone
+        same_fingerprint = not a.fingerprint or not b.fingerprint or a.fingerprint == b.fingerprint
+        if (a.name, a.revision) != (b.name, b.revision) or not same_fingerprint:
+            raise FingerprintMismatchError(
+                f"{first_ref} is on base {_base_text(a)} but {ref} on {_base_text(b)}; "
+                "adapters used together must share one base"
+            )
+
+
+def _base_text(ref: Any) -> str:
+    name = repr(ref.name) + (f"@{ref.revision}" if ref.revision else "")
+    return f"{name} ({ref.fingerprint[:19]}…)" if ref.fingerprint else name
