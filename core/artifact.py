@@ -1,8 +1,9 @@
-"""The adapter artifact on disk: PEFT's own files plus the head, the spec and a model card.
+"""The adapter artifact on disk: PEFT's own files plus the head(s), the spec and a model card.
 
     adapter_config.json          PEFT LoraConfig       (plain PEFT loads these two)
     adapter_model.safetensors    LoRA weights
-    head.safetensors             the task head's weights
+    head.safetensors             the task head's weights (single-task adapter, spec format 1)
+    head.NAME.safetensors        one per head of a multi-task adapter (spec format 2)
     loradex.json                 the AdapterSpec
     metrics.json                 evaluation metrics
     README.md                    model card
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, FingerprintMismatchError, SpecError
-from .spec import AdapterSpec
+from .spec import AdapterSpec, HeadSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -26,7 +27,23 @@ HEAD_WEIGHTS = "head.safetensors"
 SPEC_FILE = "loradex.json"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
-REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS, SPEC_FILE)
+REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, SPEC_FILE)
+"""Files every adapter has; the head files depend on the spec (:func:`head_files`)."""
+
+
+def head_file(spec: AdapterSpec, head: HeadSpec) -> str:
+    """File name of one head's weights: ``head.safetensors``, or ``head.NAME.safetensors`` with several heads."""
+    return f"head.{head.name}.safetensors" if spec.is_multitask else HEAD_WEIGHTS
+
+
+def head_files(spec: AdapterSpec) -> list[str]:
+    """File names of every head of ``spec``."""
+    return [head_file(spec, head) for head in spec.head_specs()]
+
+
+def artifact_files(spec: AdapterSpec) -> list[str]:
+    """Every file an adapter folder of ``spec`` must hold."""
+    return [*REQUIRED_FILES, *head_files(spec)]
 
 
 def read_spec(folder: Path) -> AdapterSpec:
@@ -83,14 +100,16 @@ def save_artifact(
     return folder
 
 
-def check_complete(folder: Path) -> None:
-    """Raise ArtifactError naming the first required file that is missing."""
+def check_complete(folder: Path, spec: AdapterSpec | None = None) -> AdapterSpec:
+    """The folder's spec; raise ArtifactError naming the first required file that is missing."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: not a folder")
-    for name in REQUIRED_FILES:
+    spec = spec or read_spec(folder)
+    for name in artifact_files(spec):
         if not (folder / name).is_file():
             raise ArtifactError(f"{folder / name}: missing from adapter folder")
+    return spec
 
 
 def check_fingerprint(spec: AdapterSpec, backbone_fingerprint: str, *, where: str, allow_mismatch: bool) -> None:
@@ -133,8 +152,9 @@ def attach(
     from .model import TaskModel, new_head
 
     folder = Path(folder)
-    check_complete(folder)
-    spec = read_spec(folder)
+    spec = check_complete(folder)
+    if spec.is_multitask:
+        raise ArtifactError(f"{folder}: a multi-task adapter ({', '.join(spec.tasks)}); attach it to a MultiTaskModel")
     if spec.task != task.name:
         raise ArtifactError(f"{folder}: adapter is for task {spec.task!r}, not {task.name!r}")
     if isinstance(model_or_backbone, LoadedBackbone):

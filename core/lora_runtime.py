@@ -84,14 +84,25 @@ class _PatchedLinear:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         plan = _PLAN.get()
         module = self.module
-        if not plan or not any(seg.adapter in self.adapters for seg in plan):
-            return nn.functional.linear(x, module.weight, module.bias)
         weight, bias = module.weight, module.bias
-        width_in, width_out = weight.shape[1], weight.shape[0]
+        if not plan:
+            return nn.functional.linear(x, weight, bias)
         if plan[0].start != 0 or plan[-1].stop != x.shape[0]:
             raise RuntimeError(f"segments cover rows {plan[0].start}:{plan[-1].stop} of a batch of {x.shape[0]}")
+        width_in, width_out = weight.shape[1], weight.shape[0]
+        if len(plan) == 1:  # the whole pass through one adapter: the common case, kept short
+            factors = self.adapters.get(plan[0].adapter)  # type: ignore[arg-type]
+            if factors is None:
+                return nn.functional.linear(x, weight, bias)
+            if x.numel() // width_in > self.merge_rows:
+                return nn.functional.linear(x, torch.addmm(weight, factors.b, factors.a, alpha=factors.scale), bias)
+            out = nn.functional.linear(x, weight, bias)
+            out.view(-1, width_out).addmm_(x.reshape(-1, width_in) @ factors.a.t(), factors.b.t(), alpha=factors.scale)
+            return out
+        if not any(seg.adapter in self.adapters for seg in plan):
+            return nn.functional.linear(x, weight, bias)
         out = x.new_empty((*x.shape[:-1], width_out))
-        rows_per_item = x[:1].numel() // width_in if x.shape[0] else 1
+        rows_per_item = x.numel() // (width_in * x.shape[0]) if x.shape[0] else 1
         pending: list[tuple[int, int, LoraFactors | None]] = []  # a run of segments sharing one base matmul
 
         def flush() -> None:

@@ -29,22 +29,14 @@ import torch
 from torch import nn
 
 from . import plugins
-from .artifact import (
-    HEAD_WEIGHTS,
-    check_complete,
-    check_fingerprint,
-    load_weights,
-    native_names,
-    read_lora,
-    read_spec,
-)
+from .artifact import check_complete, check_fingerprint, head_file, load_weights, native_names, read_lora
 from .backbone import EncoderOutput, LoadedBackbone
 from .devices import resolve_device
 from .errors import ArtifactError, ConfigError, DataError, FingerprintMismatchError, NotFoundError
 from .inputs import ImageInput, check_readable, image_inputs
 from .lora_runtime import LoraBank, Segment, factors_from_peft, split_plan, unsupported_reason
 from .results import BaseInfo, ImageResult, TaskResult
-from .spec import AdapterSpec
+from .spec import AdapterSpec, HeadSpec
 from .task import Task, option_names
 
 DEFAULT_BATCH = 32
@@ -173,13 +165,17 @@ class MultiTaskModel(nn.Module):
         with self._lock:
             if ref in self._adapters:
                 raise ArtifactError(f"{ref} is already attached")
-            check_complete(folder)
-            spec = spec or read_spec(folder)
-            task = plugins.get_task(spec.task)
+            spec = check_complete(folder, spec)
             check_fingerprint(spec, self.backbone.ref.fingerprint, where=ref, allow_mismatch=allow_base_mismatch)
-            self.backbone.check_image_size(spec.image_size)
             lora = module_key(ref)
-            head = self._load_head(task, spec, folder / HEAD_WEIGHTS)
+            entries = []
+            for head_spec in spec.head_specs():
+                task = plugins.get_task(head_spec.task)
+                self.backbone.check_image_size(head_spec.image_size)
+                key = f"{ref}#{head_spec.name}" if spec.is_multitask else ref
+                module = self._load_head(task, head_spec, folder / head_file(spec, head_spec))
+                entries.append(HeadEntry(key=key, task=task, module=module, config=dict(head_spec.config),
+                                         image_size=head_spec.image_size))
             config, state = read_lora(folder, self.backbone)
             reason, factors = unsupported_reason(config), None
             if reason is None:
@@ -200,10 +196,12 @@ class MultiTaskModel(nn.Module):
             else:
                 self._bank.add(lora, factors)
                 lora_bytes = self._bank.nbytes(lora)
-            entry = HeadEntry(key=ref, task=task, module=head, config=dict(spec.head), image_size=spec.image_size)
-            self.heads[module_key(entry.key)] = head
-            nbytes = lora_bytes + sum(p.nbytes for p in head.parameters()) + sum(b.nbytes for b in head.buffers())
-            attached = AttachedAdapter(ref=ref, spec=spec, lora=lora, heads=(entry,), folder=folder, nbytes=nbytes)
+            nbytes = lora_bytes
+            for entry in entries:
+                self.heads[module_key(entry.key)] = entry.module
+                nbytes += sum(t.nbytes for t in [*entry.module.parameters(), *entry.module.buffers()])
+            attached = AttachedAdapter(ref=ref, spec=spec, lora=lora, heads=tuple(entries), folder=folder,
+                                       nbytes=nbytes)
             self._adapters[ref] = attached
             return attached
 
@@ -239,6 +237,8 @@ class MultiTaskModel(nn.Module):
         """
         with self._lock:
             old_key = self._attached_key(old)
+            if self.source is not None and self.source.canonical(new) == old_key:
+                return self._adapters[old_key]  # already the version asked for
             order = list(self._adapters)
             attached = self.add(new, allow_base_mismatch=allow_base_mismatch)
             self.detach(old_key)
@@ -273,13 +273,13 @@ class MultiTaskModel(nn.Module):
             raise NotFoundError(f"{ref!r} matches several attached versions ({', '.join(same_name)}); name one")
         raise NotFoundError(f"{ref!r} is not attached.{suggest(ref, self._adapters)} Attached: {attached}")
 
-    def _load_head(self, task: Task, spec: AdapterSpec, path: Path) -> nn.Module:
-        head = task.build_head(hidden_size=self.backbone.hidden_size, grid_size=self.backbone.grid_at(spec.image_size),
-                               head_config=spec.head)
+    def _load_head(self, task: Task, head_spec: HeadSpec, path: Path) -> nn.Module:
+        head = task.build_head(hidden_size=self.backbone.hidden_size,
+                               grid_size=self.backbone.grid_at(head_spec.image_size), head_config=head_spec.config)
         try:
             head.load_state_dict(load_weights(path))
         except RuntimeError as exc:
-            raise ArtifactError(f"{path}: does not fit the {spec.task} head ({exc})") from None
+            raise ArtifactError(f"{path}: does not fit the {head_spec.task} head ({exc})") from None
         return head.to(self.device).eval()
 
     # -- the PEFT path, for adapters the bank does not cover -----------------------------------

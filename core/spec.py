@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,6 +19,11 @@ from typing import Any, TypeVar
 from .errors import SpecError, suggest
 
 SPEC_FORMAT = 1
+"""Format of a single-task spec; unchanged since the first release, so old adapters still load."""
+MULTITASK_FORMAT = 2
+"""Format of a spec with ``heads``: one LoRA, one head per task (what a multi-task merge writes)."""
+MULTITASK = "multitask"
+"""The ``task`` of a multi-task adapter; its tasks are those of its heads."""
 SEMANTIC_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out")
 TARGET_GROUPS = {"attn": SEMANTIC_TARGETS[:4], "mlp": SEMANTIC_TARGETS[4:], "all": SEMANTIC_TARGETS}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -131,18 +137,51 @@ class TrainSettings:
                 raise SpecError(f"{name} must be a positive integer or null, got {value!r}")
 
 
+_HEAD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadSpec:
+    """One task head of an adapter: which task, its configuration and its input size."""
+
+    name: str = _help("Unique within the adapter; its weights are head.NAME.safetensors.")
+    task: str = _help("Name of the task plugin that owns this head.")
+    config: dict[str, Any] = _help("Head configuration (labels, keypoints, ...), JSON values only.",
+                                   dataclasses.MISSING, default_factory=dict)
+    image_size: int = _help("Input resolution this head was trained at.", 224)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _HEAD_NAME.fullmatch(self.name):
+            raise SpecError(f"head name {self.name!r} must be lowercase letters, digits, '_' or '-'")
+        if not self.task or not isinstance(self.task, str):
+            raise SpecError(f"head {self.name!r}: 'task' must be a non-empty string")
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 1:
+            raise SpecError(f"head {self.name!r}: image_size must be a positive integer, got {self.image_size!r}")
+        try:
+            object.__setattr__(self, "config", json.loads(json.dumps(dict(self.config), allow_nan=False)))
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"head {self.name!r}: 'config' must hold JSON values only: {exc}") from None
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdapterSpec:
-    """Everything that defines one adapter; round-trips through JSON exactly."""
+    """Everything that defines one adapter; round-trips through JSON exactly.
 
-    task: str = _help("Name of the task plugin that owns the head.")
+    A single-task adapter (what training makes) names its ``task``, ``head`` configuration
+    and ``image_size`` (format 1). A multi-task adapter (what a merge of different tasks makes)
+    has ``task == "multitask"`` and one :class:`HeadSpec` per task in ``heads`` (format 2).
+    Code that handles both iterates :meth:`head_specs`.
+    """
+
+    task: str = _help("Name of the task plugin that owns the head ('multitask' for several heads).")
     backbone: BackboneRef = _help("The base model the LoRA applies to.")
     lora: LoraSettings = _help("LoRA settings.", dataclasses.MISSING, default_factory=LoraSettings)
     head: dict[str, Any] = _help("Task head configuration (labels, keypoints, ...), JSON values only.",
                                  dataclasses.MISSING, default_factory=dict)
     train: TrainSettings = _help("Training hyper-parameters.", dataclasses.MISSING, default_factory=TrainSettings)
     image_size: int = _help("Input resolution the adapter was trained at.", 224)
-    format: int = _help("Spec format version.", SPEC_FORMAT)
+    heads: tuple[HeadSpec, ...] = _help("The heads of a multi-task adapter (empty for a single task).", ())
+    format: int = _help("Spec format version: 1 single-task, 2 with heads.", SPEC_FORMAT)
 
     def __post_init__(self) -> None:
         if not self.task or not isinstance(self.task, str):
@@ -151,11 +190,45 @@ class AdapterSpec:
             object.__setattr__(self, "head", json.loads(json.dumps(dict(self.head), allow_nan=False)))
         except (TypeError, ValueError) as exc:
             raise SpecError(f"spec field 'head' must hold JSON values only: {exc}") from None
+        heads = tuple(h if isinstance(h, HeadSpec) else settings_from_mapping(HeadSpec, h, source="head")
+                      for h in self.heads)
+        object.__setattr__(self, "heads", heads)
+        if heads:
+            names = [h.name for h in heads]
+            if len(set(names)) != len(names):
+                raise SpecError(f"spec heads must have distinct names, got {names}")
+            if self.task != MULTITASK:
+                raise SpecError(f"a spec with heads has task {MULTITASK!r}, not {self.task!r}")
+            object.__setattr__(self, "format", MULTITASK_FORMAT)
+        elif self.task == MULTITASK:
+            raise SpecError(f"a {MULTITASK!r} spec needs at least one entry in 'heads'")
+        elif self.format != SPEC_FORMAT:
+            raise SpecError(f"a spec of format {self.format!r} needs 'heads'; a single-task spec is format {SPEC_FORMAT}")
+
+    @property
+    def is_multitask(self) -> bool:
+        """Whether this adapter carries several heads (format 2)."""
+        return bool(self.heads)
+
+    def head_specs(self) -> tuple[HeadSpec, ...]:
+        """Every head: ``heads`` of a multi-task adapter, else one built from task/head/image_size."""
+        if self.heads:
+            return self.heads
+        return (HeadSpec(name=self.task, task=self.task, config=self.head, image_size=self.image_size),)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The task of every head."""
+        return tuple(h.task for h in self.head_specs())
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain-JSON dict of the spec."""
+        """A plain-JSON dict of the spec (a single-task spec has no ``heads`` key, as in format 1)."""
         data = dataclasses.asdict(self)
         data["lora"]["targets"] = list(self.lora.targets)
+        if not self.heads:
+            del data["heads"]
+        else:
+            data["heads"] = [dataclasses.asdict(h) for h in self.heads]
         return data
 
     def to_json(self) -> str:
@@ -169,8 +242,14 @@ class AdapterSpec:
             raise SpecError(f"{source}: expected a JSON object")
         data = dict(data)
         fmt = data.get("format", SPEC_FORMAT)
-        if fmt != SPEC_FORMAT:
-            raise SpecError(f"{source}: spec format {fmt!r} is not supported (this loradex reads {SPEC_FORMAT})")
+        if fmt not in (SPEC_FORMAT, MULTITASK_FORMAT):
+            raise SpecError(f"{source}: spec format {fmt!r} is not supported "
+                            f"(this loradex reads {SPEC_FORMAT} and {MULTITASK_FORMAT}); upgrade loradex")
+        if "heads" in data:
+            if not isinstance(data["heads"], list):
+                raise SpecError(f"{source}: 'heads' must be a list of head objects")
+            data["heads"] = tuple(settings_from_mapping(HeadSpec, h, source=f"{source}: heads[{i}]")
+                                  for i, h in enumerate(data["heads"]))
         try:
             for key, sub in (("backbone", BackboneRef), ("lora", LoraSettings), ("train", TrainSettings)):
                 if key in data:

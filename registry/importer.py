@@ -21,6 +21,7 @@ from loradex.core.artifact import (
     ADAPTER_WEIGHTS,
     CARD_FILE,
     HEAD_WEIGHTS,
+    head_files,
     METRICS_FILE,
     SPEC_FILE,
     read_metrics,
@@ -123,15 +124,17 @@ def plan_import(folder: Path, *, task: str, base: str | None = None) -> ImportPl
     if not weights.is_file():
         raise ArtifactError(f"{folder}: no {ADAPTER_WEIGHTS}; save the adapter with safetensors")
     files = {ADAPTER_CONFIG: folder / ADAPTER_CONFIG, ADAPTER_WEIGHTS: weights}
-    for name in (HEAD_WEIGHTS, SPEC_FILE, METRICS_FILE, CARD_FILE):
+    spec_in_folder = read_spec(folder) if (folder / SPEC_FILE).is_file() else None
+    heads = head_files(spec_in_folder) if spec_in_folder else [HEAD_WEIGHTS]
+    for name in (*heads, SPEC_FILE, METRICS_FILE, CARD_FILE):
         if (folder / name).is_file():
             files[name] = folder / name
     for name, path in files.items():
         if name.endswith(".safetensors"):
             check_safetensors(path)
-    if SPEC_FILE in files:
-        spec = read_spec(folder)
-        if spec.task != task:
+    if spec_in_folder is not None:
+        spec = spec_in_folder
+        if task not in spec.tasks and task != spec.task:
             raise ArtifactError(f"{folder / SPEC_FILE}: the adapter is for task {spec.task!r}, not {task!r}")
     else:
         spec = spec_from_config(config, task=task, source=str(folder / ADAPTER_CONFIG), base=base)

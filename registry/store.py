@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from loradex.core.artifact import (
-    ADAPTER_CONFIG,
     CARD_FILE,
     METRICS_FILE,
     SPEC_FILE,
+    artifact_files,
     check_complete,
     check_fingerprint,
     model_card,
@@ -51,7 +51,8 @@ from .weights import check_safetensors
 HOME_ENV = "LORADEX_HOME"
 HEADLINE_METRICS = ("f1_macro", "map50", "pck@0.1")
 KINDS = ("trained", "merged", "compressed", "imported", "pulled")
-STORED_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "head.safetensors", SPEC_FILE, METRICS_FILE, CARD_FILE)
+OPTIONAL_FILES = (METRICS_FILE, CARD_FILE)
+"""Stored when present (generated otherwise); the rest of a version is ``artifact_files(spec)``."""
 
 
 def default_home() -> Path:
@@ -254,11 +255,10 @@ class Registry:
         """
         names.validate_name(name)
         folder = Path(folder)
-        check_complete(folder)
-        spec = read_spec(folder)
+        spec = check_complete(folder)
         read_config(folder)  # a JSON object, or a clear error naming the file
         sources: dict[str, Path | bytes] = {}
-        for fname in STORED_FILES:
+        for fname in (*artifact_files(spec), *OPTIONAL_FILES):
             if (folder / fname).is_file():
                 sources[fname] = folder / fname
         for fname, path in sources.items():
