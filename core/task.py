@@ -64,6 +64,19 @@ class MetricAccumulator(abc.ABC):
 
 
 @dataclass(frozen=True)
+class HeadCode:
+    """How to rebuild a task's head without loradex: a torch-only source file, a class and its arguments.
+
+    ``adapters export --merged`` copies ``source`` beside the merged model so that the heads
+    load with torch and transformers alone.
+    """
+
+    source: Path
+    class_name: str
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class NoOptions:
     """Prediction options of a task that takes none."""
 
@@ -114,6 +127,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> nn.Module:
         """The task head: an ``nn.Module`` mapping :class:`EncoderOutput` to raw outputs."""
+
+    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode | None:
+        """The head as torch-only code (for ``adapters export --merged``); None if the task has none."""
+        return None
 
     @abc.abstractmethod
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:

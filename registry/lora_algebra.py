@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -156,8 +157,10 @@ def merge_knots(inputs: Sequence[Mapping[str, LoraFactors]], weights: Sequence[f
         u, s, vh = u[:, keep], s[keep], vh[keep]
         width = parts[0][1].a.shape[1]
         task_parts = [vh[:, i * width:(i + 1) * width].float() for i in range(len(parts))]  # Vᵢᵀ: R × in
-        merged_v = ties(task_parts, torch.tensor([w for w, _ in parts], dtype=torch.float32), density,
-                        majority_sign_method)
+        with warnings.catch_warnings():  # PEFT warns that density 1 prunes nothing: that is what was asked
+            warnings.simplefilter("ignore", UserWarning)
+            merged_v = ties(task_parts, torch.tensor([w for w, _ in parts], dtype=torch.float32), density,
+                            majority_sign_method)
         out[module] = LoraFactors(a=merged_v, b=(u * s).float(), scale=1.0)
     return out
 

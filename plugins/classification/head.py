@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from loradex.core.backbone import EncoderOutput
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # this file imports torch only: `adapters export --merged` ships it beside the heads
+    from loradex.core.backbone import EncoderOutput
 
 POOLINGS = ("cls", "mean", "max", "cls+mean", "mean+max")
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataclasses import dataclass
-
 from loradex.core.errors import ConfigError, SpecError
 from loradex.core.spec import TrainSettings
-from loradex.core.task import EvalResult, ImageTransform, Task, TaskData, option_help
+from loradex.core.task import EvalResult, HeadCode, ImageTransform, Task, TaskData, option_help
 
 
 @dataclass(frozen=True)
@@ -47,19 +46,25 @@ class ClassificationTask(Task):
 
         return load_classification_data(source, transform=transform, image_size=image_size, seed=seed)
 
-    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
-        """A linear head over max-pooled patch tokens (``head_config["pooling"]`` overrides), one output per label."""
-        from .head import ClassificationHead
+    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode:
+        """:class:`ClassificationHead` (head.py, torch only) with one output per label."""
+        from . import head
 
         labels = head_config.get("labels")
         if not isinstance(labels, list) or len(labels) < 2:
             raise SpecError("classification head needs 'labels': a list of at least 2 names")
-        from .head import POOLINGS
-
         pooling = head_config.get("pooling", "max")
-        if pooling not in POOLINGS:
-            raise SpecError(f"classification head pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        return ClassificationHead(hidden_size, len(labels), pooling=pooling)
+        if pooling not in head.POOLINGS:
+            raise SpecError(f"classification head pooling must be one of {', '.join(head.POOLINGS)}, got {pooling!r}")
+        return HeadCode(source=Path(head.__file__), class_name="ClassificationHead",
+                        kwargs={"hidden_size": hidden_size, "num_labels": len(labels), "pooling": pooling})
+
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
+        """A linear head over max-pooled patch tokens (``head_config["pooling"]`` overrides), one output per label."""
+        from .head import ClassificationHead
+
+        return ClassificationHead(**self.export_head(hidden_size=hidden_size, grid_size=grid_size,
+                                                     head_config=head_config).kwargs)
 
     def loss(self, outputs: Any, targets: Any):
         """Cross-entropy on the logits."""

@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loradex.core.backbone import EncoderOutput
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # this file imports torch only: `adapters export --merged` ships it beside the heads
+    from loradex.core.backbone import EncoderOutput
 
 PRIOR = 0.05
 """Initial object probability of every cell, so the heat map loss starts small."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dataclasses import dataclass
-
 from loradex.core.errors import ConfigError, SpecError
 from loradex.core.spec import TrainSettings
-from loradex.core.task import EvalResult, ImageTransform, Task, TaskData, option_help
+from loradex.core.task import EvalResult, HeadCode, ImageTransform, Task, TaskData, option_help
 
 DEFAULT_MIN_SCORE = 0.3
 """Detections below this score are left out of ``postprocess`` (metrics use every detection)."""
@@ -54,15 +53,23 @@ class DetectionTask(Task):
 
         return load_detection_data(source, transform=transform, image_size=image_size, seed=seed)
 
-    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
-        """The dense head; ``head_config`` may set ``width``, ``depth`` and ``upsample``."""
-        from .head import DetectionHead
+    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode:
+        """:class:`DetectionHead` (head.py, torch only); ``head_config`` may set ``width``, ``depth``, ``upsample``."""
+        from . import head
 
         labels = head_config.get("labels")
         if not isinstance(labels, list) or not labels:
             raise SpecError("detection head needs 'labels': a non-empty list of class names")
         options = {k: int(head_config[k]) for k in ("width", "depth", "upsample") if k in head_config}
-        return DetectionHead(hidden_size, len(labels), **options)
+        return HeadCode(source=Path(head.__file__), class_name="DetectionHead",
+                        kwargs={"hidden_size": hidden_size, "num_labels": len(labels), **options})
+
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
+        """The dense head; ``head_config`` may set ``width``, ``depth`` and ``upsample``."""
+        from .head import DetectionHead
+
+        return DetectionHead(**self.export_head(hidden_size=hidden_size, grid_size=grid_size,
+                                                head_config=head_config).kwargs)
 
     def loss(self, outputs: Any, targets: Any):
         """Focal loss on the class heat maps plus a Gaussian-weighted GIoU loss on the boxes."""
@@ -108,13 +115,9 @@ class DetectionTask(Task):
         return f"{len(found)} object{'s' if len(found) != 1 else ''}" + (f": {named}" if found else "")
 
     def render(self, canvas, prediction: Mapping[str, Any], head_config: Mapping[str, Any], *, colour) -> None:
-        """Each detection's box, in its class colour, labelled with class and score."""
-        from loradex.core.drawing import colour_for
-
-        labels = list(head_config.get("labels", []))
+        """Each detection's box in the task's colour, labelled with its class and score."""
         for det in prediction.get("detections", []):
-            index = labels.index(det["label"]) if det["label"] in labels else len(labels)
-            canvas.box(det["box"], colour=colour_for(index), label=f"{det['label']} {det['score']:.2f}")
+            canvas.box(det["box"], colour=colour, label=f"{det['label']} {det['score']:.2f}")
 
     def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """PR curves per class at IoU .5 and .75, and per-class AP bars."""

@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loradex.core.backbone import EncoderOutput
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # this file imports torch only: `adapters export --merged` ships it beside the heads
+    from loradex.core.backbone import EncoderOutput
 
 
 def soft_argmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

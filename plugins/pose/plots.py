@@ -11,13 +11,11 @@ from loradex.core.task import EvalResult
 
 def render_skeleton(canvas, prediction: Mapping[str, Any], head_config: Mapping[str, Any], *,
                     colour: tuple[int, int, int], min_score: float = 0.0) -> None:
-    """Bones of the skeleton in ``colour`` and one dot per keypoint in its own palette colour.
+    """Bones of the skeleton and a dot per keypoint, in the task's ``colour``.
 
     ``prediction["keypoints"]`` is a list of ``{"name", "x", "y", "score"}`` in image pixels;
     keypoints scoring below ``min_score`` are left out.
     """
-    from loradex.core.drawing import colour_for
-
     points = prediction.get("keypoints", [])
     shown = [p["score"] >= min_score for p in points]
     for a, b in head_config.get("skeleton", []):
@@ -25,7 +23,7 @@ def render_skeleton(canvas, prediction: Mapping[str, Any], head_config: Mapping[
             canvas.line((points[a]["x"], points[a]["y"]), (points[b]["x"], points[b]["y"]), colour=colour)
     for j, p in enumerate(points):
         if shown[j]:
-            canvas.point(p["x"], p["y"], colour=colour_for(j + 3))
+            canvas.point(p["x"], p["y"], colour=colour)
 
 
 def plot_pose(result: EvalResult, out_dir: Path) -> list[Path]:

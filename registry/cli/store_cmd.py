@@ -160,8 +160,22 @@ def _print_record(record: VersionRecord, lineage: LineageNode, versions: list[Ve
                   + f"  fingerprint: {spec.backbone.fingerprint or 'unknown'}")
     console.print(f"LoRA: rank {spec.lora.rank}, alpha {spec.lora.alpha:g}, dropout {spec.lora.dropout:g}, "
                   f"targets {', '.join(spec.lora.targets)}")
-    if spec.head:
+    if spec.is_multitask:
+        for head in spec.heads:
+            console.print(f"head {head.name}: {head.task} at {head.image_size}px " + json.dumps(head.config, sort_keys=True))
+    elif spec.head:
         console.print("head: " + json.dumps(spec.head, sort_keys=True))
+    measured = record.args.get("measured")
+    if isinstance(measured, list) and measured:
+        kept = Table(title=f"{record.kind}: each input's metric on its own validation data", title_justify="left")
+        for col in ("input", "metric", "before", "after", "retained"):
+            kept.add_column(col, justify="left" if col in ("input", "metric") else "right")
+        for m in measured:
+            fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)  # noqa: E731
+            kept.add_row(m["input"], m["metric"], fmt(m.get("before")), fmt(m.get("after")),
+                         "not measured: " + m["note"] if m.get("retained") is None and m.get("note") else
+                         fmt(m.get("retained"), ".1f") + ("%" if m.get("retained") is not None else ""))
+        console.print(kept)
     if record.metrics:
         metrics = Table(title="metrics", title_justify="left")
         metrics.add_column("metric")
@@ -235,12 +249,19 @@ def import_cmd(path: Path, task: str, name: str | None, base: str | None) -> Non
 @click.command("export")
 @click.argument("ref", metavar="NAME[@VER]")
 @click.argument("dest", type=click.Path(path_type=Path))
-def export_cmd(ref: str, dest: Path) -> None:
-    """Write a version to DEST as a self-contained PEFT-format folder."""
+@click.option("--merged", is_flag=True,
+              help="Merge the LoRA into the base: a standalone transformers folder plus the head(s) and a loader.")
+def export_cmd(ref: str, dest: Path, merged: bool) -> None:
+    """Write a version to DEST as a self-contained PEFT-format folder (or, --merged, a merged model)."""
     with open_registry() as reg:
         record = reg.resolve(ref)
-        out = reg.export(record, dest)
-    click.echo(f"exported {record.ref} to {out}")
+        if merged:
+            from loradex.registry.export_merged import export_merged
+
+            out = export_merged(record, reg.materialize(record), dest)
+        else:
+            out = reg.export(record, dest)
+    click.echo(f"exported {record.ref} to {out}" + (" (merged into its base)" if merged else ""))
 
 
 @click.command("verify")

@@ -1,0 +1,130 @@
+"""``adapters export REF DIR --merged``: a standalone transformers folder, LoRA merged into the base.
+
+The folder holds the merged base (``config.json`` + ``model.safetensors``, what
+``AutoModel.from_pretrained`` reads), its image processor, every head's weights and the
+torch-only source of its class, ``loradex_export.json`` saying how the heads read the base's
+tokens, and a README whose loader snippet uses torch, safetensors and transformers alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from loradex.core import plugins
+from loradex.core.artifact import head_file, load_weights, native_names
+from loradex.core.errors import RegistryError
+
+EXPORT_FILE = "loradex_export.json"
+
+LOADER = '''import importlib.util, json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+folder = Path("{folder}")
+export = json.loads((folder / "loradex_export.json").read_text())
+base = AutoModel.from_pretrained(folder).eval()          # the LoRA is merged into these weights
+
+heads = {{}}
+for h in export["heads"]:
+    spec = importlib.util.spec_from_file_location(h["module"], folder / h["source"])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)                      # torch-only code of the head
+    head = getattr(module, h["class"])(**h["kwargs"])
+    head.load_state_dict(load_file(folder / h["weights"]))
+    heads[h["name"]] = head.eval()
+
+
+class Features:
+    """What every head reads: the CLS token (B, D) and the patch grid (B, rows, cols, D)."""
+
+    def __init__(self, tokens, prefix, rows, cols):
+        self.patches = tokens[:, prefix:prefix + rows * cols].reshape(len(tokens), rows, cols, -1)
+        self.cls = tokens[:, 0] if prefix else self.patches.flatten(1, 2).mean(1)
+
+
+def run(name, pixel_values):
+    """Raw outputs of head `name` for pixels normalised as preprocessor_config.json says, at its image_size."""
+    h = next(h for h in export["heads"] if h["name"] == name)
+    size = pixel_values.shape[-1]
+    with torch.no_grad():
+        extra = {{"interpolate_pos_encoding": True}} if size != export["base_image_size"] else {{}}
+        tokens = base(pixel_values=pixel_values, **extra).last_hidden_state
+        grid = size // export["patch_size"]
+        return heads[name](Features(tokens, export["num_prefix_tokens"], grid, grid))
+'''
+
+
+def export_merged(record: Any, source: Path, dest: Path) -> Path:
+    """Write ``record`` (its files in ``source``) as a merged standalone folder at ``dest`` (new or empty)."""
+    from peft import PeftModel
+
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise RegistryError(f"{dest}: exists and is not an empty folder; export needs a new or empty folder")
+    spec = record.spec
+    base_ref = spec.backbone
+    backbone = plugins.resolve_backbone(base_ref.name).load(base_ref.name, revision=base_ref.revision)
+    if backbone.ref.fingerprint != base_ref.fingerprint and base_ref.fingerprint:
+        raise RegistryError(f"{record.ref} was trained on another {base_ref.name!r} than the one loaded "
+                            "(fingerprints differ); cannot merge it into these weights")
+    codes = []
+    for head in spec.head_specs():
+        task = plugins.get_task(head.task)
+        code = task.export_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size),
+                                head_config=head.config)
+        if code is None:
+            raise RegistryError(f"task {head.task!r} cannot export its head as standalone code; "
+                                "export the adapter without --merged and load it with loradex")
+        codes.append((head, code))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="loradex-native-") as scratch:
+            lora = native_names(source, backbone, Path(scratch))
+            merged = PeftModel.from_pretrained(backbone.model, str(lora)).merge_and_unload()
+        merged.save_pretrained(staging, safe_serialization=True)
+        backbone.processor.save_pretrained(staging)
+        heads = []
+        (staging / "heads").mkdir()
+        for head, code in codes:
+            module = f"{head.task}_head"
+            shutil.copyfile(code.source, staging / "heads" / f"{module}.py")
+            weights = f"head.{head.name}.safetensors"
+            shutil.copyfile(source / head_file(spec, head), staging / weights)
+            load_weights(staging / weights)  # a readable safetensors file, checked once more
+            heads.append({"name": head.name, "task": head.task, "module": module, "source": f"heads/{module}.py",
+                          "class": code.class_name, "kwargs": code.kwargs, "weights": weights,
+                          "image_size": head.image_size, "config": head.config})
+        manifest = {"adapter": record.ref, "base": {"name": base_ref.name, "revision": base_ref.revision,
+                                                    "fingerprint": base_ref.fingerprint},
+                    "base_image_size": backbone.image_size, "patch_size": backbone.patch_size,
+                    "num_prefix_tokens": backbone.num_prefix_tokens, "heads": heads}
+        (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (staging / "README.md").write_text(readme(record, heads, dest), encoding="utf-8")
+        if dest.exists():
+            dest.rmdir()
+        os.rename(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def readme(record: Any, heads: list[dict[str, Any]], dest: Path) -> str:
+    """The export's README: what it is and the loader snippet (transformers, safetensors, torch only)."""
+    listing = "\n".join(f"- `{h['name']}` ({h['task']}, {h['image_size']} px): `{h['class']}` in `{h['source']}`, "
+                        f"weights `{h['weights']}`" for h in heads)
+    return (f"---\nlibrary_name: transformers\ntags:\n- loradex\n- merged\n---\n\n"
+            f"# {record.ref}, merged\n\n"
+            f"The LoRA of loradex adapter `{record.ref}` merged into its base `{record.spec.backbone.name}` "
+            f"(`merge_and_unload`), with its head(s):\n\n{listing}\n\n"
+            "## Load it with transformers alone\n\n```python\n" + LOADER.format(folder=dest) + "```\n\n"
+            "Then `run(\"" + heads[0]["name"] + "\", pixel_values)` gives the head's raw outputs.\n")

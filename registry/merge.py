@@ -1,0 +1,301 @@
+"""Merge adapters WITH their heads into one adapter, and say what each method does to the update.
+
+Inputs of one task (the same head schema) become one adapter whose head is the weighted
+average of theirs; inputs of different tasks become ONE multi-task adapter: a single merged
+LoRA for the backbone and every input's head beside it, so one pass through the base serves
+all of its tasks. The LoRA part is written in PEFT's format (plain PEFT loads it).
+
+Methods (``METHODS``): ``cat`` — the default — is exact (Σ wᵢ·ΔWᵢ, rank Σ rᵢ); ``svd`` is that
+sum truncated to a rank, with the error it costs; ``knots`` aligns the updates before a TIES
+merge; ``linear``, ``ties``, ``dare_ties``, ``dare_linear`` and ``magnitude_prune`` are PEFT's
+factor-wise combinations, which merge the A's and B's separately (cross terms: approximate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loradex.core.artifact import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    METRICS_FILE,
+    SPEC_FILE,
+    head_file,
+    load_weights,
+    model_card,
+    read_lora,
+)
+from loradex.core.errors import ConfigError, RegistryError, suggest
+from loradex.core.lora_runtime import LoraFactors, factors_from_peft, unsupported_reason
+from loradex.core.multitask import check_same_base
+from loradex.core.spec import MULTITASK, AdapterSpec, HeadSpec, LoraSettings, parse_targets
+
+from . import lora_algebra as algebra
+
+
+@dataclass(frozen=True)
+class Method:
+    """A merge method: whether its result is the exact weighted sum, and what it takes."""
+
+    name: str
+    exact: bool
+    density: bool
+    rank: bool
+    factorwise: bool
+    help: str
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("cat", True, False, False, False, "exact: A's stacked, B's side by side; the update is Σ wᵢ·ΔWᵢ, rank Σ rᵢ"),
+    Method("svd", False, False, True, False, "the exact sum truncated to --rank by SVD; the error is reported"),
+    Method("knots", False, True, False, False,
+           "KnOTS: align the updates in the basis of their joint SVD, then TIES-merge there (--density)"),
+    Method("linear", False, False, False, True, "PEFT's factor-wise linear: A's and B's averaged separately"),
+    Method("ties", False, True, False, True, "PEFT's factor-wise TIES (trim to --density, elect signs)"),
+    Method("dare_ties", False, True, False, True, "PEFT's factor-wise DARE + TIES (random drop, --density)"),
+    Method("dare_linear", False, True, False, True, "PEFT's factor-wise DARE (random drop, --density)"),
+    Method("magnitude_prune", False, True, False, True, "PEFT's factor-wise magnitude pruning (--density)"),
+)}
+DEFAULT_METHOD = "cat"
+DEFAULT_DENSITY = 0.5
+SEED = 0
+"""Seed of the random drops of dare_* (merges are reproducible)."""
+
+
+@dataclass
+class MergeInput:
+    """One adapter going into a merge: its registry record, files and LoRA factors on the base."""
+
+    record: Any
+    folder: Path
+    config: dict[str, Any]
+    layers: dict[str, LoraFactors]
+
+    @property
+    def ref(self) -> str:
+        """``name@vN``."""
+        return self.record.ref
+
+    @property
+    def spec(self) -> AdapterSpec:
+        """The input's spec."""
+        return self.record.spec
+
+
+@dataclass
+class MergedAdapter:
+    """A merge written to a folder, with what it is and what it cost."""
+
+    folder: Path
+    spec: AdapterSpec
+    method: str
+    weights: list[float]
+    density: float | None
+    rank: int
+    exact: bool
+    update_error: float
+    """‖merged − Σ wᵢ·ΔWᵢ‖_F / ‖Σ wᵢ·ΔWᵢ‖_F over all layers (0 for an exact merge)."""
+    head_of: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(input ref, input head) → the head of the merged adapter that serves it."""
+
+    def args(self) -> dict[str, Any]:
+        """How it was made, for the version's lineage."""
+        return {"method": self.method, "weights": self.weights, "density": self.density, "rank": self.rank,
+                "exact": self.exact, "update_error": round(self.update_error, 6)}
+
+
+def load_input(record: Any, folder: Path, backbone: Any) -> MergeInput:
+    """An input's LoRA factors with module names native to ``backbone``; refuses what cannot be merged."""
+    config, state = read_lora(folder, backbone)
+    reason = unsupported_reason(config)
+    if reason is not None:
+        raise RegistryError(f"cannot merge {record.ref}: {reason}; only plain LoRA updates can be summed exactly")
+    try:
+        layers = factors_from_peft(config, state)
+    except Exception as exc:  # noqa: BLE001 - ArtifactError and shape errors alike
+        raise RegistryError(f"cannot merge {record.ref}: {exc}") from None
+    return MergeInput(record=record, folder=folder, config=config, layers=layers)
+
+
+def check_request(count: int, *, method: str, weights: Sequence[float] | None, density: float | None,
+                  rank: int | None) -> Method:
+    """Refuse, with the reason, what no merge can do; return the method."""
+    if count < 2:
+        raise ConfigError(f"merge needs at least two adapters, got {count}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown merge method {method!r}.{suggest(method, METHODS)} Methods: {', '.join(METHODS)}")
+    chosen = METHODS[method]
+    if weights is not None:
+        if len(weights) != count:
+            raise ConfigError(f"--weights has {len(weights)} value{'s' if len(weights) != 1 else ''} "
+                              f"for {count} adapters; give one weight per adapter")
+        if not all(math.isfinite(w) for w in weights):
+            raise ConfigError("--weights must be finite numbers")
+    if density is not None:
+        if not (isinstance(density, (int, float)) and 0 < density <= 1):
+            raise ConfigError(f"--density must be in (0, 1], got {density}")
+        if not chosen.density:
+            raise ConfigError(f"method {method!r} takes no density; {', '.join(m for m, x in METHODS.items() if x.density)} do")
+    if rank is not None:
+        if rank < 1:
+            raise ConfigError(f"--rank must be a positive integer, got {rank}")
+        if not chosen.rank:
+            raise ConfigError(f"method {method!r} takes no rank; svd does (the others keep theirs)")
+    return chosen
+
+
+def default_weights(inputs: Sequence[MergeInput]) -> list[float]:
+    """1/K each when all inputs share one task (an average), else 1 each (every task at full strength)."""
+    if len({i.spec.tasks for i in inputs}) == 1:
+        return [1.0 / len(inputs)] * len(inputs)
+    return [1.0] * len(inputs)
+
+
+def group_heads(inputs: Sequence[MergeInput]) -> dict[str, list[tuple[int, HeadSpec]]]:
+    """Heads by task; heads of one task must share one schema (configuration and input size)."""
+    groups: dict[str, list[tuple[int, HeadSpec]]] = {}
+    for index, item in enumerate(inputs):
+        for head in item.spec.head_specs():
+            groups.setdefault(head.task, []).append((index, head))
+    for task, members in groups.items():
+        (i0, first), *rest = members
+        for i, head in rest:
+            if head.config != first.config or head.image_size != first.image_size:
+                field_name = next((k for k in sorted({*head.config, *first.config})
+                                   if head.config.get(k) != first.config.get(k)), "image_size")
+                raise RegistryError(
+                    f"{inputs[i0].ref} and {inputs[i].ref} are both {task} but their heads differ in {field_name}: "
+                    f"{first.config.get(field_name, first.image_size)!r} vs {head.config.get(field_name, head.image_size)!r}; "
+                    "a same-task merge needs one head schema"
+                )
+    return groups
+
+
+def effective_density(method: Method, density: float | None) -> float | None:
+    """The density a method runs with: the one given, else 1 for knots and 0.5 for PEFT's methods."""
+    if not method.density:
+        return None
+    if density is not None:
+        return density
+    return 1.0 if method.name == "knots" else DEFAULT_DENSITY
+
+
+def merge_layers(method: Method, inputs: Sequence[MergeInput], weights: Sequence[float], *,
+                 density: float | None, rank: int | None) -> tuple[dict[str, LoraFactors], int]:
+    """The merged LoRA factors and the rank they are stored at."""
+    layers = [i.layers for i in inputs]
+    if method.factorwise:
+        for module in algebra.all_modules(layers):
+            ranks = {i.ref: i.layers[module].rank for i in inputs if module in i.layers}
+            if len(set(ranks.values())) > 1:
+                listing = ", ".join(f"{r} r={k}" for r, k in ranks.items())
+                raise RegistryError(f"method {method.name!r} merges A and B factors separately and needs one rank per "
+                                    f"layer, but {module} has {listing}; use cat, svd or knots")
+        if any(i.config.get("use_rslora") for i in inputs):
+            raise RegistryError(f"method {method.name!r} merges rsLoRA adapters wrongly (PEFT issue #3761); "
+                                "use cat, svd or knots")
+    torch.manual_seed(SEED)
+    if method.name == "cat":
+        merged = algebra.merge_cat(layers, weights)
+    elif method.name == "svd":
+        most = max(f.rank for i in inputs for f in i.layers.values())
+        target = rank or most
+        total = sum(max(f.rank for f in i.layers.values()) for i in inputs)
+        if target > total:
+            raise ConfigError(f"--rank {target} is above the rank of the exact sum ({total})")
+        merged, _ = algebra.merge_svd(layers, weights, target)
+    elif method.name == "knots":
+        merged = algebra.merge_knots(layers, weights, density=effective_density(method, density))
+    else:
+        merged = algebra.merge_factorwise(method.name, layers, weights,
+                                          density=effective_density(method, density) or 1.0)
+    return merged, max(f.rank for f in merged.values())
+
+
+def update_error(merged: Mapping[str, LoraFactors], inputs: Sequence[MergeInput], weights: Sequence[float]) -> float:
+    """Relative Frobenius error of the merged updates against the exact weighted sum, over all layers."""
+    exact = algebra.exact_sum([i.layers for i in inputs], weights)
+    error = total = 0.0
+    for module, reference in exact.items():
+        got = merged[module].delta() if module in merged else torch.zeros_like(reference)
+        error += float(((got - reference) ** 2).sum())
+        total += float((reference ** 2).sum())
+    return math.sqrt(error / total) if total else 0.0
+
+
+def merge_heads(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """The weighted average of heads of one schema (weights normalised to sum to 1).
+
+    Integer buffers (BatchNorm's batch counters) are taken from the first head.
+    """
+    total = sum(weights)
+    if total == 0:
+        raise ConfigError("the weights of a same-task merge sum to 0; heads cannot be averaged")
+    out = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            out[key] = sum(s[key].float() * (w / total) for s, w in zip(states, weights)).to(first.dtype)
+        else:
+            out[key] = first.clone()
+    return out
+
+
+def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_METHOD,
+          weights: Sequence[float] | None = None, density: float | None = None, rank: int | None = None,
+          name: str | None = None) -> MergedAdapter:
+    """Merge ``inputs`` into the adapter folder ``folder``; nothing is stored in the registry."""
+    from safetensors.torch import save_file
+
+    chosen = check_request(len(inputs), method=method, weights=weights, density=density, rank=rank)
+    check_same_base([(i.ref, i.spec) for i in inputs])
+    weights = list(weights) if weights is not None else default_weights(inputs)
+    groups = group_heads(inputs)
+    merged, stored_rank = merge_layers(chosen, inputs, weights, density=density, rank=rank)
+    error = 0.0 if chosen.exact else update_error(merged, inputs, weights)
+    config, state = algebra.to_peft(merged, base_config=inputs[0].config)
+    first = inputs[0].spec
+    targets = parse_targets([t for i in inputs for t in i.spec.lora.targets])
+    lora = LoraSettings(rank=stored_rank, alpha=stored_rank, dropout=0.0, targets=targets,
+                        target_modules=str(config["target_modules"]))
+    head_of: dict[tuple[str, str], str] = {}
+    head_states: dict[str, dict[str, torch.Tensor]] = {}
+    head_specs: list[HeadSpec] = []
+    for task, members in groups.items():
+        head_name = task
+        states = []
+        for index, head in members:
+            spec = inputs[index].spec
+            states.append(load_weights(inputs[index].folder / head_file(spec, head)))
+            head_of[(inputs[index].ref, head.name)] = head_name
+        member_weights = [weights[index] for index, _ in members]
+        head_states[head_name] = merge_heads(states, member_weights) if len(states) > 1 else states[0]
+        sample = members[0][1]
+        head_specs.append(HeadSpec(name=head_name, task=task, config=sample.config, image_size=sample.image_size))
+    if len(head_specs) == 1:
+        (only,) = head_specs
+        spec = AdapterSpec(task=only.task, backbone=first.backbone, lora=lora, head=only.config, train=first.train,
+                           image_size=only.image_size)
+    else:
+        spec = AdapterSpec(task=MULTITASK, backbone=first.backbone, lora=lora, train=first.train,
+                           image_size=head_specs[0].image_size, heads=tuple(head_specs))
+    folder.mkdir(parents=True, exist_ok=True)
+    config["base_model_name_or_path"] = first.backbone.name
+    config["revision"] = first.backbone.revision
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    for head in spec.head_specs():
+        save_file({k: v.contiguous() for k, v in head_states[head.name].items()}, str(folder / head_file(spec, head)),
+                  metadata={"task": head.task, "format": "loradex-head"})
+    (folder / SPEC_FILE).write_text(spec.to_json(), encoding="utf-8")
+    (folder / METRICS_FILE).write_text("{}\n", encoding="utf-8")
+    (folder / "README.md").write_text(model_card(spec, {}, name=name), encoding="utf-8")
+    return MergedAdapter(folder=folder, spec=spec, method=chosen.name, weights=weights,
+                         density=effective_density(chosen, density), rank=stored_rank, exact=chosen.exact,
+                         update_error=error, head_of=head_of)
