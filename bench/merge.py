@@ -9,9 +9,11 @@ for 2, 4 and 8 random ViT-Base-sized adapters (r=16 on q and v, 5-class heads).
 
 quality: with trained classification, detection and pose adapters on the tiny-vit preset,
   1. the multi-task merge table: every method × each task's retained % (its primary metric on
-     its own validation data, after / before);
+     its own validation data, after / before), and the same with detection and pose fine-tuned
+     from the classification adapter (``train --init``) merged as task vectors (``--base``);
   2. two classifiers trained on disjoint halves of the synthetic data (seeds 1 and 2), merged,
-     against each of them on the full validation set (seed 0);
+     against each of them on the full validation set (seed 0): trained independently, and
+     fine-tuned from one small parent (600 images of seed 3, ``train --init``);
   3. compress to half the rank: each task's retained %.
 """
 
@@ -94,23 +96,37 @@ def timing(work: Path) -> list[dict]:
     return rows
 
 
+FINE_TUNE = {"lr": 1e-3, "head_lr": 2e-3, "epochs": 6}
+JOBS = (  # name, task, data, training settings, adapter to start from
+    ("classification", "classification", None, {}, None),
+    ("detection", "detection", None, {}, None),
+    ("pose", "pose", None, {}, None),
+    ("det-ft", "detection", None, {}, "classification"),
+    ("pose-ft", "pose", None, {}, "classification"),
+    ("half1", "classification", "synthetic:train=1500,seed=1", {}, None),
+    ("half2", "classification", "synthetic:train=1500,seed=2", {}, None),
+    ("parent", "classification", "synthetic:train=600,val=100,test=0,seed=3", {"epochs": 6}, None),
+    ("ft1", "classification", "synthetic:train=1500,seed=1", FINE_TUNE, "parent"),
+    ("ft2", "classification", "synthetic:train=1500,seed=2", FINE_TUNE, "parent"),
+)
+
+
 def ensure_trained(home: Path, work: Path) -> None:
-    """Train the three defaults, and the two half-data classifiers, into ``home`` where missing."""
+    """Train every adapter of :data:`JOBS` into ``home`` where missing (``adapters train`` does the same)."""
     from loradex.core.training import TrainRequest, train_adapter
     from loradex.registry.store import Registry
 
     registry = Registry.open(home)
-    have = {s.name for s in registry.list()}
-    jobs = [(task, task, None) for task in ("classification", "detection", "pose")]
-    jobs += [(f"half{seed}", "classification", f"synthetic:train=1500,seed={seed}") for seed in (1, 2)]
-    for name, task, data in jobs:
-        if name in have:
+    for name, task, data, settings, init in JOBS:
+        if name in {s.name for s in registry.list()}:
             continue
-        print(f"training {name} ({task}, {data or 'defaults'}) ...", flush=True)
-        outcome = train_adapter(TrainRequest(task=task, data=data, project=work / "runs"), progress=False,
-                                say=lambda line: None)
-        registry.put(outcome.artifact_dir, name=name, args={"data": data or "synthetic",
-                                                             "primary_metric": outcome.primary_metric})
+        print(f"training {name} ({task}, {data or 'defaults'}{', from ' + init if init else ''}) ...", flush=True)
+        start = registry.resolve(init) if init else None
+        request = TrainRequest(task=task, data=data, project=work / "runs", train=settings,
+                               init=registry.materialize(start) if start else None)
+        outcome = train_adapter(request, progress=False, say=lambda line: None)
+        registry.put(outcome.artifact_dir, name=name, parents=[start.ref] if start else [],
+                     args={"data": data or "synthetic", "primary_metric": outcome.primary_metric})
 
 
 def quality(home: Path, work: Path) -> dict:
@@ -121,43 +137,53 @@ def quality(home: Path, work: Path) -> dict:
 
     ensure_trained(home, work)
     registry = Registry.open(home)
-    report: dict = {"multitask": [], "halves": {}, "compress": []}
-    print("\nmulti-task merge of classification + detection + pose (retained % of each task's metric)", flush=True)
-    print(f"{'method':<16}{'weights':<10}{'density':<9}{'classif.':>9}{'detect.':>9}{'pose':>9}{'mean':>8}", flush=True)
-    for method in METHODS:
-        for weights in ([1.0, 1.0, 1.0], [0.5, 0.5, 0.5]):
-            densities = (None,) if not METHODS[method].density else ((1.0, 0.5) if method == "knots" else (0.5,))
-            for density in densities:
-                name = f"mt-{method.replace('_', '-')}-{len(report['multitask'])}"
-                done = merge_versions(registry, ["classification", "detection", "pose"], name=name, method=method,
-                                      weights=weights, density=density)
-                kept = [m.retained for m in done.measurements]
-                row = {"method": method, "weights": weights, "density": density, "retained": kept,
-                       "update_error": done.details["update_error"]}
-                report["multitask"].append(row)
-                cells = "".join(f"{v:9.1f}" if v is not None else "        -" for v in kept)
-                mean = sum(v for v in kept if v is not None) / max(1, sum(v is not None for v in kept))
-                print(f"{method:<16}{weights[0]:<10g}{'' if density is None else density:<9}{cells}{mean:8.1f}",
-                      flush=True)
-    best = max(report["multitask"], key=lambda r: min(v or 0 for v in r["retained"]))
-    print(f"best by worst task: {best['method']} w={best['weights'][0]} d={best['density']} "
-          f"-> {', '.join(f'{v:.1f}%' for v in best['retained'])}", flush=True)
+    report: dict = {"multitask": [], "multitask_base": [], "halves": {}, "compress": []}
+
+    def table(inputs: list[str], key: str, base: str | None, title: str) -> None:
+        print(f"\n{title} (retained % of each task's metric)", flush=True)
+        print(f"{'method':<16}{'weights':<10}{'density':<9}{'classif.':>9}{'detect.':>9}{'pose':>9}{'mean':>8}")
+        for method in METHODS:
+            for weights in ([1.0, 1.0, 1.0], [0.5, 0.5, 0.5]):
+                densities = (None,) if not METHODS[method].density else ((1.0, 0.5) if method == "knots" else (0.5,))
+                for density in densities:
+                    try:
+                        done = merge_versions(registry, inputs, name=f"{key}-{len(report[key])}", method=method,
+                                              weights=weights, density=density, base=base)
+                    except Exception as exc:  # noqa: BLE001 - a method that refuses these inputs says why
+                        print(f"{method:<16}refused: {exc}", flush=True)
+                        continue
+                    kept = [m.retained for m in done.measurements]
+                    report[key].append({"method": method, "weights": weights, "density": density, "retained": kept,
+                                        "update_error": done.details["update_error"]})
+                    cells = "".join(f"{v:9.1f}" if v is not None else "        -" for v in kept)
+                    mean = sum(v for v in kept if v is not None) / max(1, sum(v is not None for v in kept))
+                    print(f"{method:<16}{weights[0]:<10g}{'' if density is None else density:<9}{cells}{mean:8.1f}",
+                          flush=True)
+        best = max(report[key], key=lambda r: min(v or 0 for v in r["retained"]))
+        print(f"best by worst task: {best['method']} w={best['weights'][0]} d={best['density']} "
+              f"-> {', '.join(f'{v:.1f}%' for v in best['retained'])}", flush=True)
+
+    table(["classification", "detection", "pose"], "multitask", None,
+          "multi-task merge of classification + detection + pose, each trained on its own")
+    table(["classification", "det-ft", "pose-ft"], "multitask_base", "classification",
+          "the same, detection and pose fine-tuned from the classification adapter, merged with --base")
 
     print("\ntwo classifiers on disjoint halves (seeds 1, 2), merged; macro-F1 on the full validation set (seed 0)")
     from loradex.core import plugins
     from loradex.core.inference import evaluate_dataset
     from loradex.registry.loading import load
 
-    halves = {}
-    for method in ("cat", "linear", "ties", "knots"):
-        done = merge_versions(registry, ["half1", "half2"], name=f"halves-{method}", method=method)
-        halves[method] = done.record.ref
-    model = load(["half1", "half2", *halves.values()], registry=registry)
+    merged = {}
+    for pair in (("half1", "half2"), ("ft1", "ft2")):
+        for method in ("cat", "ties", "knots"):
+            merged[pair + (method,)] = merge_versions(registry, list(pair), name=f"{pair[0]}-{method}",
+                                                      method=method).record.ref
+    model = load(["half1", "half2", "parent", "ft1", "ft2", *merged.values()], registry=registry)
     task = plugins.get_task("classification")
     data = task.load_data("synthetic:train=8,val=250,test=0,seed=0", transform=model.backbone.transform_at(64),
                           image_size=64, seed=0)
     scores = {}
-    for key in ["half1@v1", "half2@v1", *halves.values()]:
+    for key in model.adapters:
         head = model.adapters[key].heads[0]
         result, _ = evaluate_dataset(task, model, data.val, head_config=head.config, adapter=head.key)
         scores[key] = result.metrics["f1_macro"]

@@ -114,8 +114,13 @@ def train(
     log_dir: Path | None = None,
     progress: bool = True,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    init: Path | None = None,
 ) -> TrainResult:
-    """Train the adapter ``spec`` describes on ``data``; keep the best epoch's weights."""
+    """Train the adapter ``spec`` describes on ``data``; keep the best epoch's weights.
+
+    ``init`` is an adapter folder to start from: its LoRA weights, and its head when it is of
+    the same task with the same head configuration (else the head starts fresh).
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -136,6 +141,8 @@ def train(
         accelerator.init_trackers("tensorboard", config=_flat_config(spec))
     set_seed(settings.seed)
     model = build_model(task, backbone, spec)
+    if init is not None:
+        load_initial_weights(model, task, spec, Path(init))
     lora_params, head_params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(
         [
@@ -239,6 +246,27 @@ def train(
         images_per_second=seen / seconds if seconds else 0.0,
         mixed_precision=mixed_precision,
     )
+
+
+def load_initial_weights(model: TaskModel, task: Task, spec: AdapterSpec, folder: Path) -> bool:
+    """Copy the LoRA (and, if it fits, the head) of the adapter in ``folder`` into a fresh model.
+
+    Returns whether the head was loaded too.
+    """
+    from peft import set_peft_model_state_dict
+
+    from .artifact import HEAD_WEIGHTS, load_weights, read_lora, read_spec
+
+    start = read_spec(folder)
+    _, state = read_lora(folder, model.backbone)
+    result = set_peft_model_state_dict(model.encoder, state, adapter_name="default")
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise ConfigError(f"{folder}: its LoRA does not fit this model ({unexpected[0]} has no place)")
+    if start.task != task.name or start.head != spec.head:
+        return False
+    model.heads["default"].load_state_dict(load_weights(folder / HEAD_WEIGHTS))
+    return True
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -132,6 +132,22 @@ class Task(abc.ABC):
         """The head as torch-only code (for ``adapters export --merged``); None if the task has none."""
         return None
 
+    def merge_heads(self, states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
+                    head_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """One head from several of one schema (``adapters merge``); ``weights`` sum to 1.
+
+        The default averages the parameters (integer buffers, such as BatchNorm's batch counters,
+        are taken from the first head). A task whose head is linear in its parameters can do
+        better: average the heads' OUTPUTS exactly (see the classification task).
+        """
+        out = {}
+        for key, first in states[0].items():
+            if first.is_floating_point():
+                out[key] = sum(s[key].float() * w for s, w in zip(states, weights)).to(first.dtype)
+            else:
+                out[key] = first.clone()
+        return out
+
     @abc.abstractmethod
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """Scalar training loss of one batch."""

@@ -19,6 +19,7 @@ from .backbone import LoadedBackbone
 from .engine import EpochLog, TrainResult, train
 from .inference import draw_samples
 from .runs import new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
+from .errors import ConfigError
 from .spec import AdapterSpec, LoraSettings, TrainSettings, settings_from_mapping
 from .task import Task, TaskData
 
@@ -38,6 +39,8 @@ class TrainRequest:
     head: Mapping[str, Any] = field(default_factory=dict)
     project: Path = Path("runs")
     run_name: str = "train"
+    init: Path | None = None
+    """An adapter folder to start from: its LoRA weights (and its head, for the same task and labels)."""
 
 
 @dataclass
@@ -55,13 +58,34 @@ class TrainOutcome:
 
 
 def resolve_settings(task: Task, request: TrainRequest) -> tuple[LoraSettings, TrainSettings]:
-    """The task's defaults overridden by the request, validated before anything is loaded."""
-    lora = settings_from_mapping(
-        LoraSettings, {**dataclasses.asdict(task.default_lora()), **request.lora}, source="lora settings"
-    )
+    """The task's defaults overridden by the request, validated before anything is loaded.
+
+    Starting from an adapter (``request.init``), its LoRA settings are kept: they define the
+    weights being continued.
+    """
+    if request.init is not None:
+        start = init_spec(request.init)
+        changed = sorted(k for k, v in request.lora.items() if getattr(start.lora, k, v) != v and k != "dropout")
+        if changed:
+            raise ConfigError(f"--{changed[0]} cannot change when training starts from {request.init} "
+                              f"(its LoRA has rank {start.lora.rank}, targets {','.join(start.lora.targets)})")
+        base = dataclasses.asdict(dataclasses.replace(start.lora, target_modules=None))
+    else:
+        base = dataclasses.asdict(task.default_lora())
+    lora = settings_from_mapping(LoraSettings, {**base, **request.lora}, source="lora settings")
     defaults = dataclasses.asdict(task.default_train(request.backbone or DEFAULT_BACKBONE))
     train = settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
     return lora, train
+
+
+def init_spec(folder: Path) -> AdapterSpec:
+    """The spec of the adapter training starts from; it must be a single-task adapter folder."""
+    from .artifact import check_complete
+
+    spec = check_complete(Path(folder))
+    if spec.is_multitask:
+        raise ConfigError(f"{folder}: a multi-task adapter; start from a single-task one")
+    return spec
 
 
 def build_spec(
@@ -103,10 +127,16 @@ def train_adapter(
     """Run one training job and write its run folder and adapter artifact."""
     task = plugins.get_task(request.task)
     lora, settings = resolve_settings(task, request)
-    backbone_name = request.backbone or DEFAULT_BACKBONE
-    if request.backbone is None:
+    start = init_spec(request.init) if request.init is not None else None
+    backbone_name = request.backbone or (start.backbone.name if start else DEFAULT_BACKBONE)
+    revision = request.revision or (start.backbone.revision if start else None)
+    if request.backbone is None and start is None:
         say(f"backbone: none given, using the built-in preset {DEFAULT_BACKBONE!r}")
-    backbone = plugins.resolve_backbone(backbone_name).load(backbone_name, revision=request.revision)
+    backbone = plugins.resolve_backbone(backbone_name).load(backbone_name, revision=revision)
+    if start is not None:
+        from .artifact import check_fingerprint
+
+        check_fingerprint(start, backbone.ref.fingerprint, where=str(request.init), allow_mismatch=False)
     image_size = settings.image_size or backbone.image_size
     data = task.load_data(request.data, transform=backbone.transform_at(image_size), image_size=image_size,
                           seed=settings.seed)
@@ -116,7 +146,7 @@ def train_adapter(
         say(f"data: {data.description}")
     spec = build_spec(task, backbone, data, request, lora, settings)
     if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
-        result = train(task, backbone, spec, data, progress=False)
+        result = train(task, backbone, spec, data, progress=False, init=request.init)
         return TrainOutcome(run_dir=None, artifact_dir=None, spec=spec, metrics=flat_metrics(result), result=result,
                             data_description=data.description, primary_metric=task.primary_metric)
 
@@ -125,7 +155,7 @@ def train_adapter(
     resolved = spec.to_dict()
     write_yaml(run_dir / "args.yaml", {
         "task": task.name, "data": request.data or "synthetic", "backbone": backbone_name,
-        "revision": request.revision, **resolved["lora"], **resolved["train"], "head": spec.head,
+        "revision": revision, "init": str(request.init) if request.init else None, **resolved["lora"], **resolved["train"], "head": spec.head,
     })
 
     def on_epoch(log: EpochLog) -> None:
@@ -134,7 +164,8 @@ def train_adapter(
         say(f"epoch {log.epoch}/{spec.train.epochs}  train_loss {log.train_loss:.4f}  "
             f"val_loss {log.val_loss:.4f}  {parts}  {log.seconds:.1f}s")
 
-    result = train(task, backbone, spec, data, log_dir=run_dir / "tensorboard", progress=progress, on_epoch=on_epoch)
+    result = train(task, backbone, spec, data, log_dir=run_dir / "tensorboard", progress=progress, on_epoch=on_epoch,
+                   init=request.init)
     metrics = flat_metrics(result)
     write_results_csv(run_dir / "results.csv", result.history)
     write_json(run_dir / "metrics.json", {

@@ -101,9 +101,14 @@ def merge_versions(
     rank: int | None = None,
     eval_data: Sequence[str] = (),
     search: bool = False,
+    base: str | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> Derived:
-    """Merge ``refs`` into a new version of ``name``, measure it, store it; see :mod:`loradex.registry.merge`."""
+    """Merge ``refs`` into a new version of ``name``, measure it, store it; see :mod:`loradex.registry.merge`.
+
+    ``base``: the adapter the inputs were fine-tuned from; the merge then works on task vectors
+    (ΔWᵢ − ΔW_base) and adds the base back.
+    """
     names.validate_name(name)
     refs = parse_refs(list(refs)) if refs else []
     merging.check_request(len(refs), method=method, weights=weights, density=density, rank=rank)
@@ -111,15 +116,18 @@ def merge_versions(
     records = [registry.resolve(ref) for ref in refs]
     if len({r.ref for r in records}) != len(records):
         raise ConfigError("an adapter is named twice; merge distinct versions")
-    check_same_base([(r.ref, r.spec) for r in records])
+    base_record = registry.resolve(base) if base else None
+    check_same_base([(r.ref, r.spec) for r in (records + [base_record] if base_record else records)])
     model = _session(registry, records)
     inputs = [merging.load_input(r, model.adapters[r.ref].folder, model.backbone) for r in records]
+    base_input = (merging.load_input(base_record, registry.materialize(base_record), model.backbone)
+                  if base_record else None)
     merging.group_heads(inputs)  # a schema clash fails before any work
     before = _keys(model, records)
     cache: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="loradex-merge-") as scratch:
         def attempt(index: int, **options: Any) -> Candidate:
-            merged = merging.build(inputs, Path(scratch) / f"c{index}", name=name, **options)
+            merged = merging.build(inputs, Path(scratch) / f"c{index}", name=name, base=base_input, **options)
             probe = f"candidate@v{index + 1}"
             model.attach(probe, merged.folder, spec=merged.spec)
             try:
@@ -158,8 +166,10 @@ def merge_versions(
                 "eval_sources": {m.head: m.source for m in best.measurements if m.source},
                 "searched": len(candidates) if search else 0}
         metrics = summarize(best.measurements)
-        record = registry.put(merged.folder, name=name, kind="merged", parents=[r.ref for r in records], args=args,
-                              metrics=metrics)
+        parents = [r.ref for r in records]
+        if base_record is not None and base_record.ref not in parents:
+            parents.append(base_record.ref)
+        record = registry.put(merged.folder, name=name, kind="merged", parents=parents, args=args, metrics=metrics)
     return Derived(record=record, measurements=best.measurements, details=merged.args(),
                    candidates=candidates if search else [])
 

@@ -1,7 +1,7 @@
 """Merge adapters WITH their heads into one adapter, and say what each method does to the update.
 
 Inputs of one task (the same head schema) become one adapter whose head is the weighted
-average of theirs; inputs of different tasks become ONE multi-task adapter: a single merged
+average of theirs (``Task.merge_heads``: exact in output space where the head allows); inputs of different tasks become ONE multi-task adapter: a single merged
 LoRA for the backbone and every input's head beside it, so one pass through the base serves
 all of its tasks. The LoRA part is written in PEFT's format (plain PEFT loads it).
 
@@ -32,6 +32,7 @@ from loradex.core.artifact import (
     model_card,
     read_lora,
 )
+from loradex.core import plugins
 from loradex.core.errors import ConfigError, RegistryError, suggest
 from loradex.core.lora_runtime import LoraFactors, factors_from_peft, unsupported_reason
 from loradex.core.multitask import check_same_base
@@ -104,11 +105,13 @@ class MergedAdapter:
     """‖merged − Σ wᵢ·ΔWᵢ‖_F / ‖Σ wᵢ·ΔWᵢ‖_F over all layers (0 for an exact merge)."""
     head_of: dict[tuple[str, str], str] = field(default_factory=dict)
     """(input ref, input head) → the head of the merged adapter that serves it."""
+    base: str | None = None
+    """The adapter whose update the task vectors were taken against (``--base``)."""
 
     def args(self) -> dict[str, Any]:
         """How it was made, for the version's lineage."""
         return {"method": self.method, "weights": self.weights, "density": self.density, "rank": self.rank,
-                "exact": self.exact, "update_error": round(self.update_error, 6)}
+                "exact": self.exact, "update_error": round(self.update_error, 6), "base_adapter": self.base}
 
 
 def load_input(record: Any, folder: Path, backbone: Any) -> MergeInput:
@@ -188,9 +191,14 @@ def effective_density(method: Method, density: float | None) -> float | None:
 
 
 def merge_layers(method: Method, inputs: Sequence[MergeInput], weights: Sequence[float], *,
-                 density: float | None, rank: int | None) -> tuple[dict[str, LoraFactors], int]:
-    """The merged LoRA factors and the rank they are stored at."""
-    layers = [i.layers for i in inputs]
+                 density: float | None, rank: int | None, base: MergeInput | None = None,
+                 ) -> tuple[dict[str, LoraFactors], int]:
+    """The merged LoRA factors and the rank they are stored at.
+
+    With a ``base`` adapter (the one the inputs were fine-tuned from) the method merges the task
+    vectors ``ΔWᵢ − ΔW_base`` and the base update is added back: task arithmetic.
+    """
+    layers = task_vectors(inputs, base) if base is not None else [i.layers for i in inputs]
     if method.factorwise:
         for module in algebra.all_modules(layers):
             ranks = {i.ref: i.layers[module].rank for i in inputs if module in i.layers}
@@ -207,7 +215,7 @@ def merge_layers(method: Method, inputs: Sequence[MergeInput], weights: Sequence
     elif method.name == "svd":
         most = max(f.rank for i in inputs for f in i.layers.values())
         target = rank or most
-        total = sum(max(f.rank for f in i.layers.values()) for i in inputs)
+        total = sum(max(f.rank for f in tv.values()) for tv in layers)
         if target > total:
             raise ConfigError(f"--rank {target} is above the rank of the exact sum ({total})")
         merged, _ = algebra.merge_svd(layers, weights, target)
@@ -216,12 +224,29 @@ def merge_layers(method: Method, inputs: Sequence[MergeInput], weights: Sequence
     else:
         merged = algebra.merge_factorwise(method.name, layers, weights,
                                           density=effective_density(method, density) or 1.0)
+    if base is not None:
+        merged = algebra.merge_cat([merged, base.layers], [1.0, 1.0])
     return merged, max(f.rank for f in merged.values())
 
 
-def update_error(merged: Mapping[str, LoraFactors], inputs: Sequence[MergeInput], weights: Sequence[float]) -> float:
-    """Relative Frobenius error of the merged updates against the exact weighted sum, over all layers."""
-    exact = algebra.exact_sum([i.layers for i in inputs], weights)
+def task_vectors(inputs: Sequence[MergeInput], base: MergeInput) -> list[dict[str, LoraFactors]]:
+    """Each input's update minus the base adapter's (τᵢ = ΔWᵢ − ΔW_base), exactly, as factors.
+
+    The base itself may be an input (its heads join the merge): its task vector is zero.
+    """
+    return [{} if i.ref == base.ref else algebra.merge_cat([i.layers, base.layers], [1.0, -1.0]) for i in inputs]
+
+
+def update_error(merged: Mapping[str, LoraFactors], inputs: Sequence[MergeInput], weights: Sequence[float],
+                 base: MergeInput | None = None) -> float:
+    """Relative Frobenius error of the merged updates against the exact weighted sum, over all layers.
+
+    With a ``base`` adapter the reference is ``ΔW_base + Σ wᵢ·(ΔWᵢ − ΔW_base)``.
+    """
+    layers = [i.layers for i in inputs]
+    if base is not None:
+        layers, weights = [*layers, base.layers], [*weights, 1.0 - sum(weights)]
+    exact = algebra.exact_sum(layers, weights)
     error = total = 0.0
     for module, reference in exact.items():
         got = merged[module].delta() if module in merged else torch.zeros_like(reference)
@@ -230,35 +255,21 @@ def update_error(merged: Mapping[str, LoraFactors], inputs: Sequence[MergeInput]
     return math.sqrt(error / total) if total else 0.0
 
 
-def merge_heads(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
-    """The weighted average of heads of one schema (weights normalised to sum to 1).
-
-    Integer buffers (BatchNorm's batch counters) are taken from the first head.
-    """
-    total = sum(weights)
-    if total == 0:
-        raise ConfigError("the weights of a same-task merge sum to 0; heads cannot be averaged")
-    out = {}
-    for key, first in states[0].items():
-        if first.is_floating_point():
-            out[key] = sum(s[key].float() * (w / total) for s, w in zip(states, weights)).to(first.dtype)
-        else:
-            out[key] = first.clone()
-    return out
-
-
 def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_METHOD,
           weights: Sequence[float] | None = None, density: float | None = None, rank: int | None = None,
-          name: str | None = None) -> MergedAdapter:
-    """Merge ``inputs`` into the adapter folder ``folder``; nothing is stored in the registry."""
+          name: str | None = None, base: MergeInput | None = None) -> MergedAdapter:
+    """Merge ``inputs`` into the adapter folder ``folder``; nothing is stored in the registry.
+
+    ``base``: the adapter the inputs were fine-tuned from (``--base``); see :func:`merge_layers`.
+    """
     from safetensors.torch import save_file
 
     chosen = check_request(len(inputs), method=method, weights=weights, density=density, rank=rank)
-    check_same_base([(i.ref, i.spec) for i in inputs])
+    check_same_base([(i.ref, i.spec) for i in ([*inputs, base] if base is not None else inputs)])
     weights = list(weights) if weights is not None else default_weights(inputs)
     groups = group_heads(inputs)
-    merged, stored_rank = merge_layers(chosen, inputs, weights, density=density, rank=rank)
-    error = 0.0 if chosen.exact else update_error(merged, inputs, weights)
+    merged, stored_rank = merge_layers(chosen, inputs, weights, density=density, rank=rank, base=base)
+    error = 0.0 if chosen.exact else update_error(merged, inputs, weights, base)
     config, state = algebra.to_peft(merged, base_config=inputs[0].config)
     first = inputs[0].spec
     targets = parse_targets([t for i in inputs for t in i.spec.lora.targets])
@@ -274,8 +285,16 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
             spec = inputs[index].spec
             states.append(load_weights(inputs[index].folder / head_file(spec, head)))
             head_of[(inputs[index].ref, head.name)] = head_name
-        member_weights = [weights[index] for index, _ in members]
-        head_states[head_name] = merge_heads(states, member_weights) if len(states) > 1 else states[0]
+        if len(states) > 1:
+            member_weights = [weights[index] for index, _ in members]
+            total = sum(member_weights)
+            if total == 0:
+                raise ConfigError(f"the weights of the {task} inputs sum to 0; their heads cannot be averaged")
+            task_obj = plugins.get_task(task)
+            head_states[head_name] = task_obj.merge_heads(states, [w / total for w in member_weights],
+                                                          members[0][1].config)
+        else:
+            head_states[head_name] = states[0]
         sample = members[0][1]
         head_specs.append(HeadSpec(name=head_name, task=task, config=sample.config, image_size=sample.image_size))
     if len(head_specs) == 1:
@@ -298,4 +317,4 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
     (folder / "README.md").write_text(model_card(spec, {}, name=name), encoding="utf-8")
     return MergedAdapter(folder=folder, spec=spec, method=chosen.name, weights=weights,
                          density=effective_density(chosen, density), rank=stored_rank, exact=chosen.exact,
-                         update_error=error, head_of=head_of)
+                         update_error=error, head_of=head_of, base=base.ref if base is not None else None)

@@ -271,3 +271,51 @@ def test_bad_merge_and_compress_input_is_one_line_and_changes_nothing(home, misf
     assert last.startswith("Error: ") and message in last, result.stderr
     assert versions(home) == before
     assert (tmp_path / "DEST" / "keep.txt").read_text() == "mine"
+
+
+def test_merge_with_a_base_adapter_is_task_arithmetic(home):
+    """--base: ΔW_base + Σ wᵢ·(ΔWᵢ − ΔW_base), exactly, and the base may be an input itself."""
+    from peft import PeftModel
+
+    from loradex.core.artifact import read_lora
+    from loradex.core.lora_runtime import factors_from_peft
+    from loradex.registry.lora_algebra import exact_sum
+
+    result = run(home, "merge", "cls-a@v1", "pose", "--base", "cls-a@v1", "--name", "arith", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["base_adapter"] == "cls-a@v1" and out["weights"] == [1.0, 1.0] and out["exact"] is True
+    with Registry.open(home) as registry:
+        folders = {r: registry.materialize(r) for r in ("cls-a@v1", "pose@v1", "arith")}
+        assert registry.resolve("arith").parents == ("cls-a@v1", "pose@v1")
+    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    layers = {r: factors_from_peft(*read_lora(f, backbone)) for r, f in folders.items() if r != "arith"}
+    # ΔW_base + 1·(ΔW_cls-a − ΔW_base) + 1·(ΔW_pose − ΔW_base) with base = cls-a is exactly ΔW_pose
+    expected = exact_sum([layers["pose@v1"]], [1.0])
+    peft = PeftModel.from_pretrained(backbone.model, str(folders["arith"]))
+    for module, reference in expected.items():
+        got = peft.base_model.model.get_submodule(module).get_delta_weight("default")
+        assert torch.allclose(got, reference, atol=1e-5), module
+
+
+def test_train_init_starts_from_an_adapter_and_records_it(home, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["--data", "synthetic:train=10,val=10,test=0", "--epochs", "1", "--batch-size", "8", "--no-progress",
+              "--project", tmp_path / "runs"]
+    refused = run(home, "train", "classification", "--init", "cls-a@v1", "--rank", "4", *common)
+    assert refused.exit_code != 0 and "--rank cannot change when training starts from" in refused.stderr
+    result = run(home, "train", "classification", "--init", "cls-a@v1", "--name", "cls-a-ft", "--lr", "1e-12",
+                 "--head-lr", "1e-12", *common)
+    assert result.exit_code == 0, result.output
+    with Registry.open(home) as registry:
+        record = registry.resolve("cls-a-ft")
+        assert record.parents == ("cls-a@v1",) and record.args["init"] == "cls-a@v1"
+        assert record.spec.lora.rank == 8
+        before = load_file(str(registry.materialize("cls-a@v1") / "adapter_model.safetensors"))
+        after = load_file(str(registry.materialize(record) / "adapter_model.safetensors"))
+        head_before = load_file(str(registry.materialize("cls-a@v1") / "head.safetensors"))
+        head_after = load_file(str(registry.materialize(record) / "head.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before), "a near-zero lr keeps the LoRA"
+    assert all(torch.allclose(head_before[k], head_after[k], atol=1e-6) for k in head_before)

@@ -66,6 +66,23 @@ class ClassificationTask(Task):
         return ClassificationHead(**self.export_head(hidden_size=hidden_size, grid_size=grid_size,
                                                      head_config=head_config).kwargs)
 
+    def merge_heads(self, states, weights, head_config):
+        """A head whose logits are exactly the weighted average of the inputs' logits.
+
+        ``LayerNorm(γᵢ, βᵢ)`` then ``Linear(Wᵢ, bᵢ)`` gives ``Wᵢ(γᵢ ⊙ n(x) + βᵢ) + bᵢ``, linear in n(x):
+        the average is one head with ``γ = 1, β = 0, W = Σ wᵢ·Wᵢ·diag(γᵢ), b = Σ wᵢ·(Wᵢβᵢ + bᵢ)``.
+        Averaging γ and W separately instead would mix the heads' scales.
+        """
+        import torch
+
+        weight = sum(w * s["classifier.weight"].float() * s["norm.weight"].float() for s, w in zip(states, weights))
+        bias = sum(w * (s["classifier.weight"].float() @ s["norm.bias"].float() + s["classifier.bias"].float())
+                   for s, w in zip(states, weights))
+        first = states[0]
+        return {"norm.weight": torch.ones_like(first["norm.weight"]), "norm.bias": torch.zeros_like(first["norm.bias"]),
+                "classifier.weight": weight.to(first["classifier.weight"].dtype),
+                "classifier.bias": bias.to(first["classifier.bias"].dtype)}
+
     def loss(self, outputs: Any, targets: Any):
         """Cross-entropy on the logits."""
         import torch.nn.functional as F

@@ -35,13 +35,16 @@ def _method_help() -> str:
 @click.option("--density", type=float, default=None, help="Share of coordinates kept by ties, dare_*, "
                                                            "magnitude_prune and knots, in (0, 1].")
 @click.option("--rank", type=int, default=None, help="Rank of an svd merge (default: the largest input rank).")
+@click.option("--base", default=None, metavar="NAME[@VER]",
+              help="The adapter the inputs were fine-tuned from (train --init): merge their task vectors "
+                   "ΔW - ΔW_base and add the base back (task arithmetic).")
 @click.option("--eval-data", "eval_data", multiple=True, metavar="NAME=PATH",
               help="Validation data of an input whose recorded training data is gone.")
 @click.option("--search", is_flag=True, help="Try every method on a small grid of weights and densities; keep the "
                                              "best by mean retained %.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def merge_command(refs: tuple[str, ...], name: str, method: str, weights: str | None, density: float | None,
-                  rank: int | None, eval_data: tuple[str, ...], search: bool, as_json: bool) -> None:
+                  rank: int | None, base: str | None, eval_data: tuple[str, ...], search: bool, as_json: bool) -> None:
     """Merge adapters WITH their heads into NAME, measuring how much of each input's metric survives.
 
     Adapters of one task become one adapter (heads averaged); adapters of different tasks become
@@ -54,7 +57,7 @@ def merge_command(refs: tuple[str, ...], name: str, method: str, weights: str | 
     say = (lambda line: click.echo(line, err=True)) if search else (lambda line: None)
     with open_registry() as registry:
         done = merge_versions(registry, list(refs), name=name, method=method, weights=_floats(weights, "--weights"),
-                              density=density, rank=rank, eval_data=eval_data, search=search, say=say)
+                              density=density, rank=rank, eval_data=eval_data, search=search, base=base, say=say)
     record = done.record
     if as_json:
         print_json({"adapter": record.ref, "kind": record.args.get("kind_detail"), **done.details,

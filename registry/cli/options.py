@@ -18,7 +18,7 @@ from loradex.core.spec import LoraSettings, TrainSettings, field_help
 
 LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
-RUN_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "head")
+RUN_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "head", "init")
 CONFIG_KEYS = RUN_KEYS + LORA_FIELDS + TRAIN_FIELDS
 
 

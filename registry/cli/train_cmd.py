@@ -18,6 +18,8 @@ from .options import open_registry, print_json, read_config, settings_options, s
 @click.option("--backbone", help="Built-in preset, Hub id (org/name) or local folder (default: tiny-vit).")
 @click.option("--revision", help="Hub revision of the backbone to pin.")
 @click.option("--name", help="Adapter name in the registry (default: the task name).")
+@click.option("--init", "init", metavar="NAME[@VER]",
+              help="Start from this adapter's LoRA (and its head, for the same task and labels): fine-tune it.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML file with any of these options; command-line flags win.")
 @settings_options
@@ -39,6 +41,8 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
     validate_name(name)
     lora, train = split_settings(values)
     registry = open_registry()
+    init_ref = values.get("init")
+    init_record = registry.resolve(init_ref) if init_ref else None
     request = TrainRequest(
         task=task_obj.name,
         data=values.get("data"),
@@ -49,6 +53,7 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
         head=values.get("head") or {},
         project=Path(values.get("project") or "runs"),
         run_name=values.get("run_name") or "train",
+        init=registry.materialize(init_record) if init_record else None,
     )
     outcome = train_adapter(request, progress=not no_progress)
     if outcome.artifact_dir is None:  # a non-main process of a distributed launch
@@ -57,8 +62,10 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
         outcome.artifact_dir,
         name=name,
         kind="trained",
+        parents=[init_record.ref] if init_record else [],
         args={"primary_metric": outcome.primary_metric, "run_dir": str(outcome.run_dir.resolve()),
-              "data": request.data or "synthetic", "config": str(config_file) if config_file else None},
+              "data": request.data or "synthetic", "config": str(config_file) if config_file else None,
+              **({"init": init_record.ref} if init_record else {})},
         metrics=outcome.metrics,
     )
     summary = {
