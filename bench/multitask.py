@@ -24,7 +24,6 @@ the number already attached (loradex vs PEFT's ``load_adapter``).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics

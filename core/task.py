@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
-    from .backbone import EncoderOutput
     from .drawing import Canvas
 
 ImageTransform = Callable[["Image.Image"], "torch.Tensor"]

@@ -151,18 +151,36 @@ def merge_knots(inputs: Sequence[Mapping[str, LoraFactors]], weights: Sequence[f
             w, f = parts[0]
             out[module] = LoraFactors(a=f.a.float(), b=f.b.float() * (w * f.scale), scale=1.0)
             continue
-        joint = torch.cat([delta(f).double() for _, f in parts], dim=1)  # out × (K·in)
-        u, s, vh = torch.linalg.svd(joint, full_matrices=False)
-        keep = s > s[0] * 1e-7
-        u, s, vh = u[:, keep], s[keep], vh[keep]
-        width = parts[0][1].a.shape[1]
-        task_parts = [vh[:, i * width:(i + 1) * width].float() for i in range(len(parts))]  # Vᵢᵀ: R × in
+        u, s, task_parts = joint_svd([f for _, f in parts])
         with warnings.catch_warnings():  # PEFT warns that density 1 prunes nothing: that is what was asked
             warnings.simplefilter("ignore", UserWarning)
             merged_v = ties(task_parts, torch.tensor([w for w, _ in parts], dtype=torch.float32), density,
                             majority_sign_method)
         out[module] = LoraFactors(a=merged_v, b=(u * s).float(), scale=1.0)
     return out
+
+
+def joint_svd(parts: Sequence[LoraFactors]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """``U, S, [V₁ᵀ … V_Kᵀ]`` of ``[ΔW₁ … ΔW_K]`` (out × K·in), from the factors alone.
+
+    ``[ΔW₁ … ΔW_K] = [B₁ … B_K] · blockdiag(s₁A₁ … s_KA_K)``: a thin QR of the stacked B's, one
+    of each (sᵢAᵢ)ᵀ (the QR of a block-diagonal matrix is block-diagonal), and an SVD of the
+    small R×R core (R = Σ rᵢ) — instead of the SVD of an out × K·in matrix. Directions with a
+    singular value below 1e-7 of the largest are dropped.
+    """
+    qb, rb = torch.linalg.qr(torch.cat([f.b.double() for f in parts], dim=1))
+    blocks = [torch.linalg.qr((f.a.double() * f.scale).t()) for f in parts]  # (Qᵢ: in × rᵢ, Rᵢ: rᵢ × rᵢ)
+    core = rb @ torch.block_diag(*[r for _, r in blocks]).t()
+    u_small, s, vh_small = torch.linalg.svd(core)
+    keep = s > s[0] * 1e-7
+    u = (qb @ u_small[:, keep]).float()
+    vh_small = vh_small[keep]
+    task_parts, start = [], 0
+    for q, r in blocks:
+        width = r.shape[0]
+        task_parts.append((vh_small[:, start:start + width] @ q.t()).float())
+        start += width
+    return u, s[keep].float(), task_parts
 
 
 FACTORWISE = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")

@@ -36,7 +36,6 @@ from loradex.core.artifact import (
     check_fingerprint,
     model_card,
     read_metrics,
-    read_spec,
 )
 from loradex.core.errors import ArtifactError, IntegrityError, NotFoundError, RegistryError
 from loradex.core.spec import AdapterSpec

@@ -135,7 +135,7 @@ def test_coco_folder_with_split_files(task, tmp_path):
     (lambda d: d["annotations"][3].update(category_id=5),
      r"annotations\.json: annotation 104 \(image 'c\.png'\): category id 5 is not declared .*declared: 1, 3"),
     (lambda d: d["images"][1].update(file_name="missing.png"),
-     r"annotations\.json: image file 'missing\.png' \(image id 9, annotation ids: 103\) does not exist"),
+     r"annotations\.json: image 9 \(annotation 103\): image file 'missing\.png' does not exist"),
 ])
 def test_coco_errors_name_file_and_annotation(task, tmp_path, change, message):
     data = coco_dict()

@@ -108,3 +108,13 @@ def test_to_peft_pads_ranks_or_writes_a_rank_pattern_that_round_trips():
         for module, f in merged.items():
             assert torch.allclose(back[module].delta(), f.delta(), atol=1e-5), (per_layer, module)
         assert config["r"] == 8 and (config["rank_pattern"] == {r"layers\.0\.q": 4}) == per_layer
+
+
+def test_joint_svd_from_factors_reconstructs_every_update():
+    parts = [factors(11, 4), factors(12, 8, scale=0.5), factors(13, 2)]
+    u, s, task_parts = algebra.joint_svd(parts)
+    assert torch.allclose(u.t() @ u, torch.eye(u.shape[1]), atol=1e-5)  # an orthonormal shared basis
+    for f, v in zip(parts, task_parts):
+        assert torch.allclose((u * s) @ v, f.delta(), atol=1e-4)
+    joint = torch.cat([f.delta().double() for f in parts], dim=1)
+    assert torch.allclose(s.double(), torch.linalg.svdvals(joint)[: s.numel()], rtol=1e-4)

@@ -97,9 +97,9 @@ def test_coco_folder_with_split_files(task, tmp_path):
     (lambda d: d["annotations"][2].update(category_id=3),
      r"annotations.json: annotation 12: category_id 3 is not declared"),
     (lambda d: d["images"][1].update(file_name="missing.jpg"),
-     r"annotations.json: annotation 12: image file 'missing.jpg' of image 7 not found"),
+     r"annotations.json: image 7 \(annotation 12\): image file 'missing.jpg' does not exist"),
     (lambda d: d["annotations"][0].update(bbox=[80, 10, 30, 50]),
-     r"annotations.json: annotation 10: bbox \[80, 10, 30, 50\] is outside its image a.png \(100x80\)"),
+     r"annotations.json: annotation 10 \(image a.png\): box \[80, 10, 30, 50\] \(x, y, w, h\) lies outside the 100x80 image"),
 ])
 def test_bad_coco_input_names_file_and_annotation(task, tmp_path, edit, message):
     path = write_coco(tmp_path, edit=edit)

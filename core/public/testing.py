@@ -24,7 +24,7 @@ def builtin_head_config(task: str) -> dict[str, Any]:
 
         data = {"labels": list(SHAPES)}
     elif task == "detection":
-        from loradex.plugins.detection.data import head_config
+        from loradex.plugins.detection.targets import head_config
         from loradex.plugins.shapes import SCENE_SHAPES
 
         data = head_config(SCENE_SHAPES)

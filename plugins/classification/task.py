@@ -85,9 +85,9 @@ class ClassificationTask(Task):
 
     def loss(self, outputs: Any, targets: Any):
         """Cross-entropy on the logits."""
-        import torch.nn.functional as F
+        from .loss import classification_loss
 
-        return F.cross_entropy(outputs.float(), targets)
+        return classification_loss(outputs, targets)
 
     def metrics(self, head_config: Mapping[str, Any]):
         """Accuracy, macro P/R/F1, top-k, per-class F1, confusion matrix."""

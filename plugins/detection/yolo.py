@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loradex.core.data import IMAGE_EXTENSIONS, is_image_file
+import math
+
+from loradex.core.data import IMAGE_EXTENSIONS, SPLIT_ALIASES, SPLITS, find_split_folders, image_size, is_image_file
+from loradex.core.data import seeded_split
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
-from .data import SPLIT_ALIASES, SPLITS, image_size_of, make_target, seeded_split, split_data
+from .targets import make_target, split_data
 
 TOLERANCE = 1e-3
 """How far (in image fractions) a box may stick out of the image before it is an error."""
@@ -44,8 +47,8 @@ def _read_yaml(root: Path) -> tuple[Path | None, dict]:
         path = root / name
         if path.is_file():
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except (OSError, yaml.YAMLError) as exc:
+                data = yaml.safe_load(_text(path)) or {}
+            except yaml.YAMLError as exc:
                 raise DataError(f"{path}: not readable YAML ({exc})") from None
             if not isinstance(data, dict):
                 raise DataError(f"{path}: expected a mapping with 'names'")
@@ -72,7 +75,7 @@ def read_names(root: Path) -> tuple[list[str], str]:
     for name in NAME_FILES:
         path = root / name
         if path.is_file():
-            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            names = [line.strip() for line in _text(path).splitlines() if line.strip()]
             if not names:
                 raise DataError(f"{path}: lists no class names")
             return names, str(path)
@@ -98,13 +101,7 @@ def find_image_folders(root: Path) -> dict[str, Path]:
             found[split] = folder
         return found
     for pattern in ("images/{}", "{}/images"):
-        found = {}
-        for split, aliases in SPLIT_ALIASES.items():
-            for alias in aliases:
-                folder = root / pattern.format(alias)
-                if folder.is_dir():
-                    found[split] = folder
-                    break
+        found = find_split_folders(root, pattern)
         if found:
             return found
     if (root / "images").is_dir():
@@ -125,7 +122,7 @@ def label_path(image: Path) -> Path:
 def read_label_file(path: Path, names: list[str], names_source: str) -> tuple[list[tuple[float, ...]], list[int]]:
     """Normalised xyxy boxes and class ids of one label file, checked line by line."""
     boxes, labels = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -134,6 +131,8 @@ def read_label_file(path: Path, names: list[str], names_source: str) -> tuple[li
             cls_value, values = float(fields[0]), [float(v) for v in fields[1:]]
         except ValueError:
             raise DataError(f"{where}: expected 'class cx cy w h' numbers, got {line.strip()!r}") from None
+        if not all(math.isfinite(v) for v in (cls_value, *values)):
+            raise DataError(f"{where}: holds a value that is not a finite number: {line.strip()!r}")
         if not cls_value.is_integer():
             raise DataError(f"{where}: class id {fields[0]!r} is not an integer")
         cls = int(cls_value)
@@ -165,7 +164,7 @@ def read_folder(images: Path, names: list[str], names_source: str) -> list[tuple
     for image in files:
         labels_file = label_path(image)
         boxes, labels = read_label_file(labels_file, names, names_source) if labels_file.is_file() else ([], [])
-        width, height = image_size_of(image)
+        width, height = image_size(image)
         pixel = [(b[0] * width, b[1] * height, b[2] * width, b[3] * height) for b in boxes]
         items.append((image, make_target(pixel, labels, width, height)))
     labels_dir = label_path(images / "x.png").parent
@@ -175,6 +174,15 @@ def read_folder(images: Path, names: list[str], names_source: str) -> list[tuple
             raise DataError(f"{orphan}: no image file for this label file (looked for {orphan.stem}"
                             f"{{{','.join(sorted(IMAGE_EXTENSIONS))}}} in {images})")
     return items
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); label files are plain text") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def load_yolo(root: Path, *, transform: ImageTransform, seed: int) -> TaskData:

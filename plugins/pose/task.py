@@ -40,7 +40,8 @@ class PoseTask(Task):
 
         The training split is flipped horizontally at random (left/right keypoints swapped).
         """
-        from .data import FlipDataset, load_pose_data
+        from .data import load_pose_data
+        from .targets import FlipDataset
 
         data = load_pose_data(source, transform=transform, seed=seed)
         pairs = data.head_config.get("flip_pairs")
@@ -68,7 +69,7 @@ class PoseTask(Task):
 
     def loss(self, outputs: Any, targets: Any):
         """L1 on the soft-argmax coordinates plus heatmap cross-entropy to a Gaussian."""
-        from .head import keypoint_loss
+        from .loss import keypoint_loss
 
         return keypoint_loss(outputs, targets, heatmap_weight=HEATMAP_WEIGHT, sigma=HEATMAP_SIGMA)
 
@@ -80,7 +81,7 @@ class PoseTask(Task):
 
     def collate(self, items):
         """Stack pixels and each target field (targets are dicts of tensors)."""
-        from .data import collate_pose
+        from .targets import collate_pose
 
         return collate_pose(items)
 
