@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .backbone import LoadedBackbone
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingDivergedError
 from .model import TaskModel, build_model
 from .spec import AdapterSpec
 from .task import EvalResult, Task, TaskData
@@ -189,12 +189,20 @@ def train(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                running += float(loss.detach())
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"training diverged in epoch {epoch}, batch {batches + 1}: the loss is {value}; nothing "
+                        f"was stored. Lower the learning rate (--lr {settings.lr:g}) or check the data for bad labels")
+                running += value
                 batches += 1
                 seen += batch["pixel_values"].shape[0]
                 bar.update(job, advance=1, description=f"epoch {epoch}/{settings.epochs}",
                            status=f"loss {running / batches:.4f}")
             val_result, val_loss = evaluate(task, model, val_loader, spec.head, accelerator=accelerator)
+            if not math.isfinite(val_loss):
+                raise TrainingDivergedError(f"training diverged in epoch {epoch}: the validation loss is {val_loss}; "
+                                            f"nothing was stored. Lower the learning rate (--lr {settings.lr:g})")
             if monitor not in val_result.metrics and monitor != "val_loss":
                 raise ConfigError(
                     f"monitor metric {monitor!r} is not reported by task {task.name!r}; "

@@ -46,6 +46,10 @@ class UnknownNameError(LoradexError):
         self.kind, self.name, self.known = kind, name, known
 
 
+class TrainingDivergedError(LoradexError):
+    """The loss became NaN or infinite: nothing is stored."""
+
+
 class BackboneError(LoradexError):
     """A backbone cannot be loaded or does not have the expected shape."""
 
@@ -72,6 +76,14 @@ class NotFoundError(RegistryError):
 
 class IntegrityError(RegistryError):
     """A stored file does not match the hash the registry recorded for it."""
+
+
+class IndexDamagedError(RegistryError):
+    """The registry's index (index.db) cannot be read; ``adapters verify --repair`` rebuilds it."""
+
+
+class ReadOnlyRegistryError(RegistryError):
+    """A change was asked of a registry that can only be read (a read-only folder or file system)."""
 
 
 def suggest(name: str, known: Iterable[str]) -> str:

@@ -12,8 +12,26 @@ from typing import Any
 from .engine import EpochLog
 
 
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_run_location(project: Path, name: str) -> None:
+    """Refuse a run name that is not a plain folder name, or a project folder that cannot exist."""
+    from .errors import ConfigError
+
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"run name {name!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
+                          "no '/' or '..'")
+    for folder in [Path(project), *Path(project).parents]:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"project folder {project} cannot be created: {folder} is a file")
+            break
+
+
 def new_run_dir(project: Path, task: str, name: str = "train") -> Path:
     """Create and return the next free ``project/task/name{,2,3,...}`` folder."""
+    check_run_location(project, name)
     parent = Path(project) / task
     parent.mkdir(parents=True, exist_ok=True)
     taken = {p.name for p in parent.iterdir()}

@@ -27,6 +27,9 @@ MULTITASK = "multitask"
 SEMANTIC_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out")
 TARGET_GROUPS = {"attn": SEMANTIC_TARGETS[:4], "mlp": SEMANTIC_TARGETS[4:], "all": SEMANTIC_TARGETS}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+"""transformers' learning-rate schedules that need nothing but warmup and step counts."""
 
 T = TypeVar("T")
 
@@ -40,7 +43,12 @@ def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
     Short forms ``q k v o`` mean ``attn.*``; ``attn``, ``mlp`` and ``all`` expand to groups.
     """
-    items = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise SpecError(f"LoRA targets must be a comma list or a list of names, got {value!r}")
     out: list[str] = []
     for raw in items:
         item = str(raw).strip()
@@ -127,6 +135,15 @@ class TrainSettings:
                 raise SpecError(f"{name} must be a positive number, got {value!r}")
         if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
             raise SpecError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise SpecError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise SpecError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise SpecError(f"scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}."
+                            + suggest(str(self.scheduler), SCHEDULERS))
+        if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
+            raise SpecError(f"monitor must be a metric name, got {self.monitor!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise SpecError(
                 f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"

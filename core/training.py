@@ -18,7 +18,7 @@ from .artifact import model_card, save_artifact
 from .backbone import LoadedBackbone
 from .engine import EpochLog, TrainResult, train
 from .inference import draw_samples
-from .runs import new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
+from .runs import check_run_location, new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
 from .errors import ConfigError
 from .spec import AdapterSpec, LoraSettings, TrainSettings, settings_from_mapping
 from .task import Task, TaskData
@@ -118,6 +118,21 @@ def flat_metrics(result: TrainResult) -> dict[str, float]:
     return metrics
 
 
+def _guard(say: Callable[[str], None], what: str, step: Callable[[], Any]) -> Any:
+    """Run a task's ``report``/``plot``/``draw`` step; a fault in it is a warning, not a lost run."""
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug, reported by name
+        import os
+        import traceback
+
+        say(f"Warning: the task's {what} failed ({type(exc).__name__}: {exc}); the adapter is saved"
+            + ("" if os.environ.get("LORADEX_DEBUG") else " (LORADEX_DEBUG=1 shows the traceback)"))
+        if os.environ.get("LORADEX_DEBUG"):
+            say(traceback.format_exc())
+        return None
+
+
 def train_adapter(
     request: TrainRequest,
     *,
@@ -127,6 +142,7 @@ def train_adapter(
     """Run one training job and write its run folder and adapter artifact."""
     task = plugins.get_task(request.task)
     lora, settings = resolve_settings(task, request)
+    check_run_location(request.project, request.run_name)  # before anything is loaded or written
     start = init_spec(request.init) if request.init is not None else None
     backbone_name = request.backbone or (start.backbone.name if start else DEFAULT_BACKBONE)
     revision = request.revision or (start.backbone.revision if start else None)
@@ -173,21 +189,21 @@ def train_adapter(
         "seconds": round(result.seconds, 2), "images_per_second": round(result.images_per_second, 1),
         "mixed_precision": result.mixed_precision, "metrics": metrics,
     })
+    # the adapter first: a fault in a plugin's report, plot or drawing must not lose a trained adapter
+    artifact_dir = save_artifact(
+        result.model, spec, run_dir / "adapter", metrics=metrics, card=model_card(spec, metrics)
+    )
     report = [f"task: {task.name}", f"data: {data.description}", f"backbone: {backbone_name} ({spec.backbone.fingerprint})",
               f"best epoch: {result.best_epoch} of {len(result.history)}"
               + (" (stopped early)" if result.stopped_early else ""), ""]
     if result.val:
-        report += ["validation", "----------", task.report(result.val, spec.head)]
-        task.plot(result.val, spec.head, run_dir)
+        report += ["validation", "----------", _guard(say, "report", lambda: task.report(result.val, spec.head)) or ""]
+        _guard(say, "plot", lambda: task.plot(result.val, spec.head, run_dir))
     if result.test:
-        report += ["test", "----", task.report(result.test, spec.head)]
+        report += ["test", "----", _guard(say, "report", lambda: task.report(result.test, spec.head)) or ""]
     (run_dir / "report.txt").write_text("\n".join(report), encoding="utf-8")
     plot_training_curves(result.history, run_dir, metric=task.primary_metric)
-    draw_samples(task, result.model, data.val, run_dir / "predictions")
-
-    artifact_dir = save_artifact(
-        result.model, spec, run_dir / "adapter", metrics=metrics, card=model_card(spec, metrics)
-    )
+    _guard(say, "draw", lambda: draw_samples(task, result.model, data.val, run_dir / "predictions"))
     return TrainOutcome(
         run_dir=run_dir,
         artifact_dir=artifact_dir,

@@ -10,14 +10,37 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+STALE_AFTER_S = 3600
+"""A temporary file whose writer cannot be told is stale once it is this old."""
+_HEX = re.compile(r"^[0-9a-f]+$")
+_OWNER = re.compile(r"^[a-z]+-(\d+)-")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def tmp_prefix(kind: str) -> str:
+    """Prefix of a temporary file or folder this process writes: its pid tells when it is stale."""
+    return f"{kind}-{os.getpid()}-"
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -44,12 +67,13 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> tuple[str, int]:
 class BlobStore:
     """The ``blobs/`` and ``tmp/`` folders of a registry root."""
 
-    def __init__(self, root: Path) -> None:
-        """Use ``root/blobs`` for content and ``root/tmp`` for files being written."""
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """Use ``root/blobs`` for content and ``root/tmp`` for files being written (created unless read-only)."""
         self.dir = Path(root) / "blobs"
         self.tmp = Path(root) / "tmp"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.tmp.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
         """Where the blob ``sha256`` lives (it may not exist)."""
@@ -82,7 +106,7 @@ class BlobStore:
         return self._write(io.BytesIO(data), expect=sha)
 
     def _write(self, src: BinaryIO, *, expect: str) -> tuple[str, int]:
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix="blob-", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, prefix=tmp_prefix("blob"), suffix=".part")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -135,11 +159,24 @@ class BlobStore:
             shutil.copyfile(src, dest)
 
     def all(self) -> Iterator[str]:
-        """The sha256 of every blob on disk."""
+        """The sha256 of every blob on disk (files that are not blobs are left out: see :meth:`foreign`)."""
         for sub in self.dir.iterdir():
-            if sub.is_dir() and len(sub.name) == 2:
+            if sub.is_dir() and len(sub.name) == 2 and _HEX.match(sub.name):
                 for blob in sub.iterdir():
-                    yield sub.name + blob.name
+                    if len(blob.name) == 62 and _HEX.match(blob.name) and blob.is_file():
+                        yield sub.name + blob.name
+
+    def foreign(self) -> list[Path]:
+        """Files under ``blobs/`` that are not blobs (``.DS_Store``, editor backups, ...)."""
+        out = []
+        for path in sorted(self.dir.rglob("*")):
+            relative = path.relative_to(self.dir).parts
+            is_blob = (len(relative) == 2 and len(relative[0]) == 2 and _HEX.match(relative[0])
+                       and len(relative[1]) == 62 and _HEX.match(relative[1]))
+            is_folder = len(relative) == 1 and path.is_dir() and len(relative[0]) == 2 and _HEX.match(relative[0])
+            if not (is_blob or is_folder):
+                out.append(path)
+        return out
 
     def remove(self, sha256: str) -> int:
         """Delete one blob; returns the bytes freed (0 if it was already gone)."""
@@ -151,10 +188,49 @@ class BlobStore:
             return 0
         return size
 
+    def stale_tmp(self) -> list[Path]:
+        """Leftovers of interrupted writes: their writing process is gone (or they are over an hour old)."""
+        if not self.tmp.is_dir():
+            return []
+        stale = []
+        for entry in self.tmp.iterdir():
+            owner = _OWNER.match(entry.name)
+            if owner:
+                if not _alive(int(owner.group(1))):
+                    stale.append(entry)
+            else:
+                try:
+                    if time.time() - entry.stat().st_mtime > STALE_AFTER_S:
+                        stale.append(entry)
+                except OSError:
+                    continue
+        return sorted(stale)
+
+    def clear_stale_tmp(self) -> tuple[int, int]:
+        """Delete :meth:`stale_tmp` entries; returns (entries removed, bytes freed). Safe beside live writers."""
+        removed = freed = 0
+        for entry in self.stale_tmp():
+            freed += _size(entry)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        return removed, freed
+
     def clear_tmp(self) -> None:
-        """Delete leftovers of interrupted writes (only safe while no write is in progress)."""
+        """Delete every leftover of interrupted writes (only safe while no write is in progress)."""
         for leftover in self.tmp.iterdir():
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0

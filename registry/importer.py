@@ -21,9 +21,9 @@ from loradex.core.artifact import (
     ADAPTER_WEIGHTS,
     CARD_FILE,
     HEAD_WEIGHTS,
-    head_files,
     METRICS_FILE,
     SPEC_FILE,
+    head_files,
     read_metrics,
     read_spec,
 )
@@ -31,6 +31,9 @@ from loradex.core.backbone import classify_block_module
 from loradex.core.errors import ArtifactError, SpecError
 from loradex.core.spec import AdapterSpec, BackboneRef, LoraSettings
 
+from loradex.core import plugins
+
+from .import_checks import check_against_base, check_lora_shapes, check_regular_files
 from .weights import check_safetensors, refuse_pickles
 
 
@@ -42,6 +45,8 @@ class ImportPlan:
     files: dict[str, Path]
     metrics: dict[str, Any] = field(default_factory=dict)
     has_spec_file: bool = False
+    note: str | None = None
+    """What could not be checked (the base was not loadable here)."""
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -129,13 +134,16 @@ def plan_import(folder: Path, *, task: str, base: str | None = None) -> ImportPl
     for name in (*heads, SPEC_FILE, METRICS_FILE, CARD_FILE):
         if (folder / name).is_file():
             files[name] = folder / name
-    for name, path in files.items():
-        if name.endswith(".safetensors"):
-            check_safetensors(path)
+    check_regular_files(folder, {**files, ADAPTER_CONFIG: folder / ADAPTER_CONFIG})
+    tables = {name: check_safetensors(path) for name, path in files.items() if name.endswith(".safetensors")}
+    plugins.get_task(task)  # an unknown task name fails here, with a suggestion
     if spec_in_folder is not None:
         spec = spec_in_folder
         if task not in spec.tasks and task != spec.task:
             raise ArtifactError(f"{folder / SPEC_FILE}: the adapter is for task {spec.task!r}, not {task!r}")
     else:
         spec = spec_from_config(config, task=task, source=str(folder / ADAPTER_CONFIG), base=base)
-    return ImportPlan(spec=spec, files=files, metrics=read_metrics(folder), has_spec_file=SPEC_FILE in files)
+    modules = check_lora_shapes(weights, config, tables[ADAPTER_WEIGHTS])
+    note = check_against_base(folder, spec, config, modules)
+    return ImportPlan(spec=spec, files=files, metrics=read_metrics(folder), has_spec_file=SPEC_FILE in files,
+                      note=note)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loradex.core.errors import IndexDamagedError, ReadOnlyRegistryError, RegistryError
+
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 
@@ -115,8 +117,20 @@ class NewVersion:
     headline_value: float | None
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (and if needed create) the index at ``path`` in WAL mode with a busy timeout."""
+def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """Open (and if needed create) the index at ``path`` in WAL mode with a busy timeout.
+
+    ``read_only`` opens an existing index without writing anything (a read-only folder or
+    file system): no WAL switch, no schema creation.
+    """
+    if read_only:
+        uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+        if found != SCHEMA_VERSION:
+            conn.close()
+            raise sqlite3.DatabaseError(f"index schema {found} is not supported (this loradex reads {SCHEMA_VERSION})")
+        return conn
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -150,13 +164,45 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
-class Index:
-    """Typed queries over one SQLite connection."""
+def describe_fault(path: Path, exc: sqlite3.Error) -> RegistryError:
+    """The one-line error for an SQLite fault: read-only, locked, or a damaged index (with the cure)."""
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        return ReadOnlyRegistryError(f"the registry at {path.parent} is read-only ({text}); listing, showing, "
+                                     "predicting and exporting work, changes do not")
+    if "locked" in text or "busy" in text:
+        return RegistryError(f"{path}: the registry index stayed locked by another process ({text}); try again")
+    return IndexDamagedError(f"{path}: the registry index is damaged ({text}); run `adapters verify --repair` "
+                             "to rebuild it from the version manifests (your blobs are kept)")
 
-    def __init__(self, path: Path) -> None:
-        """Open the index file at ``path``."""
+
+def _guarded(method):
+    """Turn SQLite faults raised by an Index method into one-line registry errors."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise describe_fault(self.path, exc) from None
+
+    return wrapper
+
+
+class Index:
+    """Typed queries over one SQLite connection; SQLite faults become :class:`RegistryError` lines."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open the index file at ``path`` (``read_only``: without writing anything)."""
         self.path = Path(path)
-        self.conn = connect(self.path)
+        self.read_only = read_only
+        try:
+            self.conn = connect(self.path, read_only=read_only)
+        except sqlite3.Error as exc:
+            raise describe_fault(self.path, exc) from None
+
+
 
     def close(self) -> None:
         """Close the connection."""
@@ -205,6 +251,29 @@ class Index:
         )
         conn.execute("UPDATE adapters SET next_version = ? WHERE id = ?", (number + 1, adapter_id))
         return number
+
+    def restore_version(self, new: NewVersion, number: int) -> None:
+        """Insert ``new`` as version ``number`` exactly (rebuilding the index from manifests)."""
+        with transaction(self.conn) as conn:
+            row = conn.execute("SELECT id, next_version FROM adapters WHERE name = ?", (new.name,)).fetchone()
+            if row is None:
+                adapter_id = conn.execute(
+                    "INSERT INTO adapters (name, task, next_version, created) VALUES (?, ?, ?, ?)",
+                    (new.name, new.task, number + 1, new.created),
+                ).lastrowid
+            else:
+                adapter_id = row[0]
+                conn.execute("UPDATE adapters SET next_version = ? WHERE id = ?", (max(row[1], number + 1), adapter_id))
+            version_id = conn.execute(
+                "INSERT INTO versions (adapter_id, version, task, spec, metrics, base, fingerprint, size, created, "
+                "kind, args, headline_name, headline_value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (adapter_id, number, new.task, new.spec_json, json.dumps(dict(new.metrics), sort_keys=True), new.base,
+                 new.fingerprint, sum(size for _, _, size in new.files), new.created, new.kind,
+                 json.dumps(dict(new.args), sort_keys=True, default=str), new.headline_name, new.headline_value),
+            ).lastrowid
+            self._insert_files(conn, version_id, new.files)
+            conn.executemany("INSERT INTO parents (version_id, position, ref) VALUES (?, ?, ?)",
+                             [(version_id, i, ref) for i, ref in enumerate(new.parents)])
 
     def _insert_files(self, conn: sqlite3.Connection, version_id: int, files: Sequence[tuple[str, str, int]]) -> None:
         conn.executemany(
@@ -388,3 +457,9 @@ class Index:
             yield self.conn
         finally:
             self.conn.execute("COMMIT")
+
+
+# Every public query goes through _guarded: an SQLite fault is one clear line, never a traceback.
+for _name, _member in list(vars(Index).items()):
+    if callable(_member) and not _name.startswith("_") and _name not in ("read", "close"):
+        setattr(Index, _name, _guarded(_member))

@@ -215,7 +215,7 @@ def merge_layers(method: Method, inputs: Sequence[MergeInput], weights: Sequence
     elif method.name == "svd":
         most = max(f.rank for i in inputs for f in i.layers.values())
         target = rank or most
-        total = sum(max(f.rank for f in tv.values()) for tv in layers)
+        total = sum(max((f.rank for f in tv.values()), default=0) for tv in layers)
         if target > total:
             raise ConfigError(f"--rank {target} is above the rank of the exact sum ({total})")
         merged, _ = algebra.merge_svd(layers, weights, target)

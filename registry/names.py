@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from loradex.core.errors import InvalidNameError
 
 MAX_NAME = 64
+MAX_VERSION = 10**9
+"""Version numbers above this are refused as typos (SQLite's integers end at 2**63 - 1)."""
 LATEST = "latest"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _VERSION = re.compile(r"v?(\d+)")
@@ -97,6 +99,8 @@ def parse_ref(ref: object) -> Ref:
     if version is not None:
         if version < 1:
             raise InvalidNameError(f"reference {ref!r}: versions start at v1")
+        if version > MAX_VERSION:
+            raise InvalidNameError(f"reference {_describe(ref)}: version number {selector[:24]!r} is out of range")
         return Ref(name, version=version)
     if selector == LATEST:
         return Ref(name, alias=LATEST)

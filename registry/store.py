@@ -4,8 +4,10 @@ Layout of a registry root (``$LORADEX_HOME``, by default ``~/.cache/loradex``)::
 
     index.db            SQLite (WAL): adapters, versions, files, parents, aliases
     blobs/ab/cdef...    every stored file once, named by its sha256, read-only
+    manifests/NAME/     vN.json per version and aliases.json: the index's rows again, as
+                        files; gc keeps what they name and `verify --repair` rebuilds from them
     versions/NAME/vN/   materialised versions (hard links to blobs), what PEFT reads
-    tmp/                files being written
+    tmp/                files being written (named with their writer's pid)
     lock                held shared by writers, exclusively by garbage collection
 
 A version is written in two steps: its blobs are put in place (temporary file, fsync,
@@ -15,11 +17,13 @@ unreferenced blobs, which the next garbage collection removes; never half a vers
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,14 +41,24 @@ from loradex.core.artifact import (
     model_card,
     read_metrics,
 )
-from loradex.core.errors import ArtifactError, IntegrityError, NotFoundError, RegistryError
+from loradex.core.errors import (
+    ArtifactError,
+    IndexDamagedError,
+    IntegrityError,
+    LoradexError,
+    NotFoundError,
+    ReadOnlyRegistryError,
+    RegistryError,
+)
 from loradex.core.spec import AdapterSpec
 
 from . import names
-from .blobs import BlobStore, sha256_file
+from .blobs import BlobStore, sha256_file, tmp_prefix
+from .import_checks import check_regular_files
 from .importer import read_config
 from .index import Index, NewVersion, VersionRow
 from .locks import file_lock
+from .manifests import Manifests
 from .weights import check_safetensors
 
 HOME_ENV = "LORADEX_HOME"
@@ -204,27 +218,57 @@ def numeric_metrics(metrics: Mapping[str, Any], *, source: str, strict: bool) ->
 class Registry:
     """A registry root on disk. Open one with :meth:`Registry.open`."""
 
-    def __init__(self, root: Path) -> None:
-        """Use (and create) the registry at ``root``; prefer :meth:`open`."""
+    def __init__(self, root: Path, *, allow_damaged: bool = False) -> None:
+        """Use (and create) the registry at ``root``; prefer :meth:`open`.
+
+        A registry in a read-only folder opens read-only: list, show, predict and export work,
+        changes raise :class:`ReadOnlyRegistryError`. A damaged index raises
+        :class:`IndexDamagedError` unless ``allow_damaged`` (for ``verify --repair``), in which
+        case ``index`` is None and ``index_fault`` says what is wrong.
+        """
         self.root = Path(root)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RegistryError(f"cannot create the registry folder {self.root}: {exc.strerror or exc}") from None
-        self.blobs = BlobStore(self.root)
+        if not self.root.exists():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RegistryError(f"cannot create the registry folder {self.root}: {exc.strerror or exc}") from None
+        if not self.root.is_dir():
+            raise RegistryError(f"{self.root}: the registry home is a file, not a folder")
+        db = self.root / "index.db"
+        self.read_only = not os.access(self.root, os.W_OK) or (db.exists() and not os.access(db, os.W_OK))
+        self.blobs = BlobStore(self.root, create=not self.read_only)
+        self.manifests = Manifests(self.root)
         self.cache = self.root / "versions"
-        self.cache.mkdir(exist_ok=True)
+        if not self.read_only:
+            self.cache.mkdir(exist_ok=True)
         self._lock_path = self.root / "lock"
-        self.index = Index(self.root / "index.db")
+        self.index_fault: str | None = None
+        self.index: Index | None
+        if self.read_only and not db.exists():
+            raise ReadOnlyRegistryError(f"{self.root}: read-only and holds no registry index")
+        try:
+            self.index = Index(db, read_only=self.read_only)
+        except IndexDamagedError as exc:
+            if not allow_damaged:
+                raise
+            self.index, self.index_fault = None, str(exc)
 
     @classmethod
-    def open(cls, root: str | Path | None = None) -> Registry:
+    def open(cls, root: str | Path | None = None, *, allow_damaged: bool = False) -> Registry:
         """Open the registry at ``root``; None means ``$LORADEX_HOME`` or :func:`default_home`."""
-        return cls(Path(root).expanduser() if root is not None else default_home())
+        return cls(Path(root).expanduser() if root is not None else default_home(), allow_damaged=allow_damaged)
 
     def close(self) -> None:
         """Close the index connection."""
-        self.index.close()
+        if self.index is not None:
+            self.index.close()
+
+    def _writable(self, doing: str) -> None:
+        if self.read_only:
+            raise ReadOnlyRegistryError(f"the registry at {self.root} is read-only: cannot {doing} "
+                                        "(listing, showing, predicting and exporting work)")
+        if self.index is None:
+            raise IndexDamagedError(self.index_fault or f"{self.root}/index.db is damaged")
 
     def __enter__(self) -> Registry:
         return self
@@ -260,6 +304,7 @@ class Registry:
         for fname in (*artifact_files(spec), *OPTIONAL_FILES):
             if (folder / fname).is_file():
                 sources[fname] = folder / fname
+        check_regular_files(folder, sources)  # type: ignore[arg-type]
         for fname, path in sources.items():
             if fname.endswith(".safetensors"):
                 check_safetensors(path)  # type: ignore[arg-type]
@@ -299,7 +344,8 @@ class Registry:
         sources: dict[str, Path | bytes] = dict(plan.files)
         if SPEC_FILE not in sources:
             sources[SPEC_FILE] = plan.spec.to_json().encode("utf-8")
-        record_args = {"imported_from": str(path.resolve()), **dict(args or {})}
+        record_args = {"imported_from": str(path.resolve()), **({"import_note": plan.note} if plan.note else {}),
+                       **dict(args or {})}
         new = self._prepare(
             name=name, spec=plan.spec, sources=sources, kind=kind, parents=parents, args=record_args,
             metrics=metrics, folder_metrics=plan.metrics, where=str(path),
@@ -307,14 +353,31 @@ class Registry:
         return self._commit(new, sources)
 
     def _commit(self, new: NewVersion, sources: Mapping[str, Path | bytes]) -> VersionRecord:
-        """Store the blobs, then the version row; both under the writers' shared lock."""
+        """Store the blobs, then the version row, then its manifest; all under the writers' shared lock."""
+        self._writable(f"store {new.name}")
         with file_lock(self._lock_path, exclusive=False):
+            lost = self.lost_versions()
+            if lost:  # numbering would collide with versions the index forgot
+                raise IndexDamagedError(
+                    f"the index lost {len(lost)} version{'s' if len(lost) != 1 else ''} its manifests record "
+                    f"({', '.join(lost[:5])}); nothing was stored: run `adapters verify --repair` first")
+            self.blobs.clear_stale_tmp()  # leftovers of writers that were killed
+            self._ensure_manifests()
             new = _with_files(new, self._store_blobs(sources))
             try:
                 number = self.index.insert_version(new)
             except ValueError as exc:
                 raise RegistryError(str(exc)) from None
-        return self.resolve(names.version_ref(new.name, number))
+            record = self.resolve(names.version_ref(new.name, number))
+            self.manifests.write(record.to_dict())
+        return record
+
+    def _ensure_manifests(self) -> None:
+        """Write the manifests an older loradex did not (once: afterwards every version has one)."""
+        have = {(name, version) for name, version, _ in self.manifests.entries()}
+        for row in self._all_rows():
+            if (row.name, row.version) not in have:
+                self.manifests.write(_record(row).to_dict())
 
     def _prepare(
         self,
@@ -373,9 +436,15 @@ class Registry:
         """Point ``NAME@alias`` at the version ``ref`` resolves to (moving it if it existed)."""
         names.validate_alias(alias)
         record = self.resolve(ref)
+        self._writable(f"tag {record.ref}")
         if not self.index.set_alias(record.name, alias, record.version):
             raise NotFoundError(f"{record.ref} was removed while it was being tagged")
+        self._save_aliases(record.name)
         return self.resolve(record.ref)
+
+    def _save_aliases(self, name: str) -> None:
+        summary = {s.name: s for s in self.list()}.get(name)
+        self.manifests.write_aliases(name, summary.aliases if summary else {})
 
     def untag(self, name: str, alias: str) -> None:
         """Remove the alias ``name@alias`` (the version stays)."""
@@ -383,12 +452,14 @@ class Registry:
         if alias == names.LATEST:
             raise RegistryError("'latest' is automatic and cannot be removed")
         names.validate_name(alias, kind="alias")
+        self._writable(f"untag {name}@{alias}")
         if not self.index.drop_alias(name, alias):
             self._require_adapter(name)
             known = self.index.alias_names(name)
             raise NotFoundError(
                 f"{name} has no alias {alias!r}.{_suggest(alias, known)} Aliases: {', '.join(known) or 'none'}."
             )
+        self._save_aliases(name)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -465,14 +536,20 @@ class Registry:
     def materialize(self, ref: str | VersionRecord) -> Path:
         """A folder holding the version's files, each hash checked; PEFT and ``attach`` read it.
 
-        Raises IntegrityError naming the version and the file if a stored file is corrupt.
+        Raises IntegrityError naming the version and the file if a stored file is corrupt. A
+        read-only registry materialises into a temporary folder outside it.
         """
         record = self.resolve(ref)
-        target = self.cache / record.name / f"v{record.version}"
+        cache = self.cache if not self.read_only else Path(tempfile.gettempdir()) / "loradex-read-only" / _slug(self.root)
+        target = cache / record.name / f"v{record.version}"
         if target.is_dir() and _folder_matches(target, record):
             return target
-        with file_lock(self._lock_path, exclusive=False):
-            building = Path(tempfile.mkdtemp(prefix="materialize-", dir=self.blobs.tmp))
+        scratch = self.blobs.tmp if not self.read_only else cache
+        scratch.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            if not self.read_only:
+                stack.enter_context(file_lock(self._lock_path, exclusive=False))
+            building = Path(tempfile.mkdtemp(prefix=tmp_prefix("materialize"), dir=scratch))
             try:
                 for fname, entry in record.files.items():
                     dest = building / fname
@@ -503,8 +580,7 @@ class Registry:
         """Write the version as a self-contained PEFT-format folder at ``dest`` (new or empty)."""
         record = self.resolve(ref)
         dest = Path(dest)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise RegistryError(f"{dest}: exists and is not an empty folder; export needs a new or empty folder")
+        check_destination(dest)
         source = self.materialize(record)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -531,34 +607,74 @@ class Registry:
 
         Refused while an alias points at a version being removed unless ``force``. Blobs no
         version references any more are deleted. Returns the removed records.
+
+        The manifests go first, then the rows (one transaction): killed in between, the index
+        still holds the versions and ``verify --repair`` writes their manifests again — a
+        removed version never comes back. Garbage collection runs last and never fails the
+        removal: what it cannot delete it leaves for ``verify`` to report.
         """
         parsed = names.parse_ref(ref)
         if parsed.is_bare:
             records = self.versions(parsed.name)
         else:
             records = [self.resolve(ref)]
-        blocking = self.index.delete_versions(parsed.name, [r.version for r in records], force=force)
-        if blocking:
-            raise RegistryError(
-                f"{ref} is in use by alias {', '.join(blocking)}; untag it first or pass --force"
-            )
+        self._writable(f"remove {ref}")
+        blocking = [f"{r.name}@{a} → v{r.version}" for r in records for a in r.aliases]
+        if blocking and not force:
+            raise RegistryError(f"{ref} is in use by alias {', '.join(sorted(blocking))}; untag it first or pass --force")
+        # exclusive: no writer may re-create these manifests between their removal and the rows'
+        with file_lock(self._lock_path, exclusive=True):
+            for record in records:
+                self.manifests.remove(record.name, record.version)
+            blocking = self.index.delete_versions(parsed.name, [r.version for r in records], force=force)
+            if blocking:  # an alias was set meanwhile: put the manifests back and refuse
+                for record in records:
+                    self.manifests.write(record.to_dict())
+                raise RegistryError(f"{ref} is in use by alias {', '.join(blocking)}; untag it first or pass --force")
+        self._save_aliases(parsed.name)
         for record in records:
             shutil.rmtree(self.cache / record.name / f"v{record.version}", ignore_errors=True)
-        self.gc()
+        try:
+            self.gc()
+        except RegistryError as exc:
+            print(f"Warning: removed {ref}, but its files were kept: {exc}", file=sys.stderr)
         return records
+
+    def lost_versions(self) -> list[str]:
+        """``name@vN`` of versions a manifest records but the index does not hold.
+
+        Manifests are listed BEFORE the index is read: a writer commits its row before it writes
+        the manifest, so a version being stored meanwhile is never taken for a lost one.
+        """
+        recorded = [(n, v) for n, v, _ in self.manifests.entries()]
+        indexed = {(r.name, r.version) for r in self._all_rows()}
+        return [names.version_ref(n, v) for n, v in recorded if (n, v) not in indexed]
 
     def gc(self) -> tuple[int, int]:
         """Delete blobs no version references and leftovers of interrupted writes.
 
-        Returns (blobs removed, bytes freed). Waits for writers in progress to finish.
+        A blob is kept while the index OR a version manifest names it, and nothing is deleted
+        while the index has lost versions its manifests record (``verify --repair`` first).
+        Files under ``blobs/`` that are not blobs are left alone. Returns (blobs removed,
+        bytes freed). Waits for writers in progress to finish.
         """
+        self._writable("collect garbage")
         removed = freed = 0
         with file_lock(self._lock_path, exclusive=True):
-            referenced = self.index.referenced_blobs()
+            lost = self.lost_versions()
+            if lost:
+                raise IndexDamagedError(
+                    f"the index lost {len(lost)} version{'s' if len(lost) != 1 else ''} its manifests record "
+                    f"({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}); nothing was deleted: "
+                    "run `adapters verify --repair`")
+            referenced = self.index.referenced_blobs() | self.manifests.referenced_blobs()
             for sha in list(self.blobs.all()):
                 if sha not in referenced:
-                    freed += self.blobs.remove(sha)
-                    removed += 1
+                    try:
+                        freed += self.blobs.remove(sha)
+                        removed += 1
+                    except OSError:
+                        continue
             self.blobs.clear_tmp()
             live = {(r.name, r.version) for r in self._all_rows()}
             for adapter_dir in list(self.cache.iterdir()):
@@ -571,17 +687,23 @@ class Registry:
         return removed, freed
 
     def _all_rows(self) -> list[VersionRow]:
-        return self.index.versions()
+        return self.index.versions() if self.index is not None else []
 
     def verify(self, ref: str | None = None) -> list[str]:
         """Re-hash every blob of every version (or of ``ref``: a version, or all of a bare name).
 
+        For the whole registry it also checks the index file itself, versions the index lost
+        (their manifests remain), versions without a manifest, blobs no version references,
+        files under ``blobs/`` that are not blobs, and temporaries of interrupted writes.
         Returns one line per problem found; an empty list means the registry is intact.
         """
         problems: list[str] = []
+        if self.index is None:
+            return [self.index_fault or "index: damaged", *self._manifest_problems()]
         if ref is None:
             problems += [f"index: {p}" for p in self.index.quick_check()]
             records = [_record(row) for row in self._all_rows()]
+            problems += self._manifest_problems(records)
         else:
             parsed = names.parse_ref(ref)
             records = self.versions(parsed.name) if parsed.is_bare else [self.resolve(ref)]
@@ -594,6 +716,120 @@ class Registry:
                 if seen[key]:
                     problems.append(f"{record.ref}: {fname}: {seen[key]} (blob {entry.sha256[:12]}…)")
         return problems
+
+    def _manifest_problems(self, records: Sequence[VersionRecord] | None = None) -> list[str]:
+        problems = []
+        lost = self.lost_versions() if self.index is not None else [
+            names.version_ref(n, v) for n, v, _ in self.manifests.entries()]
+        if lost:
+            problems.append(f"index: lost {len(lost)} version{'s' if len(lost) != 1 else ''} that manifests record "
+                            f"({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}); run `adapters verify --repair`")
+        if records is not None:
+            have = {(n, v) for n, v, _ in self.manifests.entries()}
+            missing = [r.ref for r in records if (r.name, r.version) not in have]
+            if missing:
+                problems.append(f"manifests: {len(missing)} version{'s' if len(missing) != 1 else ''} have none "
+                                f"({', '.join(missing[:5])}); `adapters verify --repair` writes them")
+        referenced = (self.index.referenced_blobs() if self.index is not None else set()) \
+            | self.manifests.referenced_blobs()
+        orphans = [sha for sha in self.blobs.all() if sha not in referenced] if self.blobs.dir.is_dir() else []
+        if orphans:
+            size = sum(self.blobs.path(sha).stat().st_size for sha in orphans)
+            problems.append(f"blobs: {len(orphans)} blob{'s' if len(orphans) != 1 else ''} ({_mb(size)}) referenced by "
+                            "no version; if versions are missing, do not remove anything and run "
+                            "`adapters verify --repair`")
+        foreign = self.blobs.foreign() if self.blobs.dir.is_dir() else []
+        if foreign:
+            problems.append(f"blobs: {len(foreign)} file{'s' if len(foreign) != 1 else ''} that are not blobs "
+                            f"({', '.join(str(p.relative_to(self.root)) for p in foreign[:3])}); they are ignored")
+        stale = self.blobs.stale_tmp()
+        if stale:
+            size = sum(p.stat().st_size for p in stale if p.is_file())
+            problems.append(f"tmp: {len(stale)} leftover{'s' if len(stale) != 1 else ''} of interrupted writes "
+                            f"({_mb(size)}); removed by the next write or by `adapters verify --repair`")
+        return problems
+
+    def repair(self) -> list[str]:
+        """Rebuild what can be rebuilt, git-fsck style; returns one line per repair made.
+
+        A damaged index file is moved aside and a new one built from the manifests; versions the
+        index lost are restored from their manifests (with their aliases); versions without a
+        manifest get one; leftovers of interrupted writes are removed.
+        """
+        if self.read_only:
+            raise ReadOnlyRegistryError(f"the registry at {self.root} is read-only: cannot repair it")
+        done: list[str] = []
+        with file_lock(self._lock_path, exclusive=True):
+            if self.index is None:
+                stamp = utc_now().replace(":", "")
+                for suffix in ("", "-wal", "-shm"):
+                    damaged = self.root / f"index.db{suffix}"
+                    if damaged.exists():
+                        damaged.rename(self.root / f"index.db{suffix}.damaged-{stamp}")
+                self.index = Index(self.root / "index.db")
+                self.index_fault = None
+                done.append(f"index: the damaged index.db was moved to index.db.damaged-{stamp}; rebuilt from manifests")
+            indexed = {(r.name, r.version) for r in self._all_rows()}
+            restored = []
+            for name, version, path in self.manifests.entries():
+                if (name, version) in indexed:
+                    continue
+                try:
+                    self.index.restore_version(_from_manifest(self.manifests.read(path)), version)
+                except (ValueError, KeyError, TypeError, LoradexError) as exc:
+                    done.append(f"manifests: {path.relative_to(self.root)} could not be restored ({exc})")
+                    continue
+                restored.append(names.version_ref(name, version))
+            if restored:
+                done.append(f"index: restored {len(restored)} version{'s' if len(restored) != 1 else ''} from "
+                            f"manifests ({', '.join(restored[:5])}{', ...' if len(restored) > 5 else ''})")
+                for name in sorted({ref.split("@", 1)[0] for ref in restored}):
+                    for alias, version in self.manifests.aliases(name).items():
+                        if self.index.set_alias(name, alias, version):
+                            done.append(f"aliases: restored {name}@{alias} → v{version}")
+            before = {(n, v) for n, v, _ in self.manifests.entries()}
+            written = [r for r in self._all_rows() if (r.name, r.version) not in before]
+            for row in written:
+                self.manifests.write(_record(row).to_dict())
+            if written:
+                done.append(f"manifests: wrote {len(written)} missing manifest{'s' if len(written) != 1 else ''}")
+            count, size = self.blobs.clear_stale_tmp()
+            if count:
+                done.append(f"tmp: removed {count} leftover{'s' if count != 1 else ''} of interrupted writes ({_mb(size)})")
+        return done
+
+
+def check_destination(dest: Path) -> None:
+    """Refuse an export destination that exists and is not an empty folder, or lies under a file."""
+    for parent in [dest, *dest.parents]:
+        if parent.exists():
+            if parent != dest and not parent.is_dir():
+                raise RegistryError(f"{dest}: cannot be created: {parent} is a file")
+            break
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise RegistryError(f"{dest}: exists and is not an empty folder; export needs a new or empty folder")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _slug(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+
+
+def _from_manifest(data: Mapping[str, Any]) -> NewVersion:
+    spec = AdapterSpec.from_dict(data["spec"], source=f"manifest of {data['name']}@v{data['version']}")
+    headline_data = data.get("headline") or {}
+    return NewVersion(
+        name=data["name"], task=data["task"], spec_json=spec.to_json(), metrics=data.get("metrics", {}),
+        base=spec.backbone.name, fingerprint=spec.backbone.fingerprint,
+        files=tuple((f, e["sha256"], int(e["size"])) for f, e in data["files"].items()),
+        created=data["created"], kind=data["kind"], args=data.get("args", {}), parents=tuple(data.get("parents", ())),
+        headline_name=headline_data.get("metric"), headline_value=headline_data.get("value"),
+    )
 
 
 def _with_files(new: NewVersion, files: list[tuple[str, str, int]]) -> NewVersion:

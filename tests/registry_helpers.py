@@ -46,16 +46,18 @@ def write_peft_folder(folder: Path, *, seed: int = 0, head: bool = True, config:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     (folder / "adapter_config.json").write_text(json.dumps(dict(config or peft_config())))
+    width = 192  # tiny-vit's hidden size: imports are checked against the base
     lora = {
         f"base_model.model.encoder.layer.{i}.attention.attention.{m}.lora_{ab}.weight": rng.standard_normal(
-            (4, 16) if ab == "A" else (16, 4)
+            (4, width) if ab == "A" else (width, 4)
         ).astype(np.float32)
         for i in range(2) for m in ("query", "value") for ab in ("A", "B")
     }
     save_file(lora, str(folder / "adapter_model.safetensors"))
-    if head:
-        save_file({"fc.weight": rng.standard_normal((2, 16)).astype(np.float32),
-                   "fc.bias": np.zeros(2, np.float32)}, str(folder / "head.safetensors"))
+    if head:  # a classification head for labels ("a", "b")
+        save_file({"norm.weight": np.ones(width, np.float32), "norm.bias": np.zeros(width, np.float32),
+                   "classifier.weight": rng.standard_normal((2, width)).astype(np.float32),
+                   "classifier.bias": np.zeros(2, np.float32)}, str(folder / "head.safetensors"))
     return folder
 
 

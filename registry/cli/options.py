@@ -20,6 +20,7 @@ LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 RUN_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "head", "init")
 CONFIG_KEYS = RUN_KEYS + LORA_FIELDS + TRAIN_FIELDS
+TEXT_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "init", "scheduler", "mixed_precision")
 
 
 def _click_type(cls: type, name: str) -> Any:
@@ -71,6 +72,8 @@ def read_config(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown key {key!r}.{suggest(norm, CONFIG_KEYS)}")
         if norm == "head" and not isinstance(value, dict):
             raise ConfigError(f"{path}: key 'head' must be a mapping (e.g. pooling: mean)")
+        if norm in TEXT_KEYS and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: key {key!r} must be text, got {type(value).__name__} {value!r:.40}")
         config[norm] = value
     return config
 

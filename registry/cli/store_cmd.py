@@ -241,6 +241,8 @@ def import_cmd(path: Path, task: str, name: str | None, base: str | None) -> Non
     """Import a plain PEFT adapter folder (adapter_config.json + safetensors) as a new version."""
     with open_registry() as reg:
         record = reg.import_folder(path, task=task, name=name, base=base)
+    if record.args.get("import_note"):
+        _note(f"note: {record.args['import_note']}")
     if not record.spec.head:
         _note("note: no loradex.json in the folder, so the head configuration is unknown")
     click.echo(f"imported {path} as {record.ref} ({human_size(record.size)})")
@@ -266,16 +268,25 @@ def export_cmd(ref: str, dest: Path, merged: bool) -> None:
 
 @click.command("verify")
 @click.argument("ref", metavar="[NAME[@VER]]", required=False)
+@click.option("--repair", is_flag=True,
+              help="Rebuild what can be: the index from the version manifests, missing manifests, leftovers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON to stdout.")
-def verify_cmd(ref: str | None, as_json: bool) -> None:
-    """Re-hash every stored file; report corruption and exit non-zero if any is found."""
+def verify_cmd(ref: str | None, repair: bool, as_json: bool) -> None:
+    """Re-hash every stored file and check the index; report problems and exit non-zero if any is found."""
     from loradex.core.errors import IntegrityError
+    from loradex.registry.store import Registry
 
-    with open_registry() as reg:
+    reg = Registry.open(_home(), allow_damaged=True)
+    try:
+        repairs = reg.repair() if repair else []
         problems = reg.verify(ref)
+    finally:
+        reg.close()
     if as_json:
-        _echo_json({"ok": not problems, "problems": problems})
+        _echo_json({"ok": not problems, "problems": problems, "repaired": repairs})
     else:
+        for line in repairs:
+            click.echo(f"repaired: {line}")
         for problem in problems:
             click.echo(problem)
     if problems:

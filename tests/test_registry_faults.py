@@ -1,0 +1,137 @@
+"""The registry under damage: an emptied or corrupt index, a read-only home, stray files, dead writers."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from loradex.core.errors import IndexDamagedError, ReadOnlyRegistryError
+from loradex.registry.cli import cli
+from loradex.registry.store import Registry
+
+from .registry_helpers import make_adapter, tree_snapshot
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A registry with two adapters (three versions) and an alias."""
+    root = tmp_path / "home"
+    with Registry.open(root) as registry:
+        registry.put(make_adapter(tmp_path / "a1", seed=1), name="alpha")
+        registry.put(make_adapter(tmp_path / "a2", seed=2), name="alpha")
+        registry.put(make_adapter(tmp_path / "b1", seed=3), name="beta")
+        registry.tag("alpha@v1", "prod")
+    return root
+
+
+def run(home, *args):
+    return CliRunner().invoke(cli, ["--home", str(home), *map(str, args)])
+
+
+def one_line(result, message):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and message in last, result.stderr
+
+
+def blob_files(home):
+    return sorted(p for p in (home / "blobs").rglob("*") if p.is_file())
+
+
+def test_an_emptied_index_loses_nothing_and_repair_brings_every_version_back(home, tmp_path):
+    blobs = blob_files(home)
+    (home / "index.db").write_bytes(b"")  # `: > index.db`
+    for suffix in ("-wal", "-shm"):
+        (home / f"index.db{suffix}").unlink(missing_ok=True)
+    verified = run(home, "verify")
+    assert verified.exit_code != 0
+    assert "index: lost 3 versions that manifests record (alpha@v1, alpha@v2, beta@v1)" in verified.stdout
+    one_line(run(home, "rm", "alpha"), "no adapter named 'alpha'")
+    with Registry.open(home) as registry:  # a write on an index that forgot versions is refused
+        with pytest.raises(IndexDamagedError, match="lost 3 versions"):
+            registry.put(make_adapter(tmp_path / "c", seed=9), name="gamma")
+        with pytest.raises(IndexDamagedError, match="nothing was deleted"):
+            registry.gc()
+    assert blob_files(home) == blobs, "no blob may be deleted while the index is not trusted"
+    repaired = run(home, "verify", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "restored 3 versions from manifests" in repaired.stdout and "restored alpha@prod → v1" in repaired.stdout
+    listed = {row["name"]: row for row in json.loads(run(home, "list", "--json").stdout)}
+    assert listed["alpha"]["versions"] == 2 and listed["alpha"]["aliases"] == {"prod": 1}
+    assert run(home, "export", "alpha@prod", tmp_path / "out").exit_code == 0
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated"])
+def test_a_corrupt_index_is_one_line_everywhere_and_repair_rebuilds_it(home, damage):
+    db = home / "index.db"
+    with Registry.open(home):
+        pass  # checkpointed: the rows are in index.db itself
+    data = db.read_bytes()
+    db.write_bytes(os.urandom(len(data)) if damage == "random" else data[: len(data) // 3])
+    for suffix in ("-wal", "-shm"):
+        (home / f"index.db{suffix}").unlink(missing_ok=True)
+    for args in (["list"], ["show", "alpha"], ["tag", "alpha@v2", "x"], ["rm", "beta"]):
+        one_line(run(home, *args), "run `adapters verify --repair`")
+    verified = run(home, "verify")
+    assert verified.exit_code != 0 and "index.db" in verified.stdout and "Traceback" not in verified.output
+    repaired = run(home, "verify", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert any(p.name.startswith("index.db.damaged-") for p in home.iterdir())
+    assert [r["name"] for r in json.loads(run(home, "list", "--json").stdout)] == ["alpha", "beta"]
+
+
+def test_a_read_only_registry_lists_shows_predicts_and_exports_but_refuses_changes(home, tmp_path, monkeypatch):
+    import loradex.registry.store as store
+
+    with Registry.open(home):
+        pass
+    before = tree_snapshot(home)
+    monkeypatch.setattr(store.os, "access", lambda path, mode: mode != os.W_OK)  # what a read-only mount reports
+    assert json.loads(run(home, "list", "--json").stdout)[0]["name"] == "alpha"
+    assert run(home, "show", "alpha@prod", "--json").exit_code == 0
+    assert run(home, "export", "alpha@v2", tmp_path / "exported").exit_code == 0
+    assert (tmp_path / "exported" / "adapter_model.safetensors").is_file()
+    for args in (["tag", "alpha@v2", "new"], ["rm", "beta"], ["untag", "alpha@prod"]):
+        one_line(run(home, *args), "is read-only")
+    with Registry.open(home) as registry:
+        assert registry.read_only
+        folder = registry.materialize("alpha@v1")  # somewhere outside the read-only home
+        assert not folder.is_relative_to(home) and (folder / "loradex.json").is_file()
+        with pytest.raises(ReadOnlyRegistryError):
+            registry.put(make_adapter(tmp_path / "c", seed=7), name="gamma")
+    assert tree_snapshot(home) == before
+
+
+def test_stray_files_under_blobs_are_ignored_and_reported(home):
+    (home / "blobs" / ".DS_Store").write_bytes(b"finder")
+    some = next(p for p in (home / "blobs").iterdir() if p.is_dir())
+    (some / ".DS_Store").write_bytes(b"finder")
+    result = run(home, "rm", "beta")
+    assert result.exit_code == 0, result.output
+    assert "removed beta@v1" in result.stdout
+    assert [r["name"] for r in json.loads(run(home, "list", "--json").stdout)] == ["alpha"]
+    verified = run(home, "verify")
+    assert "blobs: 2 files that are not blobs" in verified.stdout
+    assert (home / "blobs" / ".DS_Store").is_file(), "foreign files are left alone"
+
+
+def test_leftovers_of_a_killed_writer_are_reported_and_cleaned_by_the_next_write(home, tmp_path):
+    stale = home / "tmp" / "blob-999999999-abc.part"  # no process has this pid
+    stale.write_bytes(b"x" * 1_000_000)
+    verified = run(home, "verify")
+    assert verified.exit_code != 0 and "tmp: 1 leftover of interrupted writes (1.0 MB)" in verified.stdout
+    mine = home / "tmp" / f"blob-{os.getpid()}-live.part"  # a live writer's file is kept
+    mine.write_bytes(b"y")
+    with Registry.open(home) as registry:
+        registry.put(make_adapter(tmp_path / "c", seed=5), name="gamma")
+    assert not stale.exists() and mine.exists()
+    mine.unlink()
+    assert run(home, "verify").exit_code == 0
+
+
+def test_a_version_number_beyond_sqlite_integers_is_one_line(home):
+    one_line(run(home, "show", "alpha@v99999999999999999999"), "is out of range")
