@@ -90,6 +90,16 @@ class Canvas:
         if label:
             self._place_label(label, colour, anchors=[(cx + r, cy - r, "above"), (cx + r, cy + r, "inside")])
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the original image: the coordinates drawing methods take."""
+        return self.image.width // self.scale, self.image.height // self.scale
+
+    def text(self, x: float, y: float, text: str, *, colour: Sequence[int]) -> None:
+        """A label on a filled tag at (x, y), moved down if it would cover an earlier label."""
+        cx, cy = self._xy(x, y)
+        self._place_label(text, colour, anchors=[(cx, cy, "inside")])
+
     def legend(self, text: str, *, colour: Sequence[int]) -> None:
         """A line in the legend band above the image (one per task, typically)."""
         self._legend.append((text, tuple(colour)))  # type: ignore[arg-type]

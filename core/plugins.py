@@ -2,9 +2,11 @@
 
 Built-in plugins are module names registered with ``pm.register``; third-party plugins come
 from the ``loradex`` entry-point group. ``LORADEX_LOAD_PLUGINS`` (comma-separated
-distribution or entry-point names; empty for none) limits which third-party plugins load. A
-plugin that fails to import, or implements a hook loradex does not define, is reported by
-name and left out; the rest keeps working.
+distribution or entry-point names; empty for none) limits which third-party plugins load; a
+name in it that matches no installed plugin is warned about. A plugin that fails to import,
+raises in a hook, registers a taken name or implements a hook loradex does not define is
+disabled as a whole — nothing it registered stays — and reported with its distribution;
+``LORADEX_DEBUG=1`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 ENTRY_POINT_GROUP = "loradex"
 LOAD_ENV = "LORADEX_LOAD_PLUGINS"
+DEBUG_ENV = "LORADEX_DEBUG"
 
 pm = pluggy.PluginManager("loradex")
 pm.add_hookspecs(hookspecs)
@@ -72,10 +75,27 @@ def _warn(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr)
 
 
+def debugging() -> bool:
+    """Whether ``LORADEX_DEBUG`` asks for tracebacks."""
+    return os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
+
+
 def _fail(plugin: str, exc: BaseException | str) -> None:
+    """Disable ``plugin`` entirely (its hooks and whatever it registered) and say so once."""
+    if plugin in _state.failures:
+        return
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     _state.failures[plugin] = text
-    _warn(f"plugin {plugin!r} is disabled: {text}")
+    dist = _state.dists.get(plugin)
+    source = f" (from {dist[0]} {dist[1]})" if dist else ""
+    hint = "" if debugging() else f"; {DEBUG_ENV}=1 shows the traceback"
+    _warn(f"plugin {plugin!r}{source} is disabled: {text}{hint}")
+    if debugging() and isinstance(exc, BaseException):
+        import traceback
+
+        print("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), file=sys.stderr)
+    if plugin not in BUILTIN_PLUGINS and pm.get_plugin(plugin) is not None:
+        pm.unregister(name=plugin)
 
 
 def load_plugins() -> pluggy.PluginManager:
@@ -89,20 +109,28 @@ def load_plugins() -> pluggy.PluginManager:
 
     allowed = os.environ.get(LOAD_ENV)
     wanted = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
+    if wanted:
+        known = {ep.name for ep in found} | {ep.dist.name for ep in found if ep.dist}
+        for name in sorted(wanted - known):
+            from .errors import suggest
+
+            _warn(f"{LOAD_ENV} names {name!r}, which is not an installed plugin.{suggest(name, known)} "
+                  f"Installed: {', '.join(sorted(known)) or 'none'}")
+    for ep in found:
         dist_name = ep.dist.name if ep.dist else None
         if wanted is not None and ep.name not in wanted and dist_name not in wanted:
             continue
         if pm.get_plugin(ep.name) is not None or ep.name in _state.failures:
             continue
+        if ep.dist:
+            _state.dists[ep.name] = (ep.dist.name, ep.dist.version)
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
             _fail(ep.name, exc)
             continue
-        if ep.dist:
-            _state.dists[ep.name] = (ep.dist.name, ep.dist.version)
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
@@ -111,33 +139,36 @@ def load_plugins() -> pluggy.PluginManager:
     return pm
 
 
-def _call_each(hook_name: str, **kwargs: Any) -> None:
-    """Call every implementation of a hook separately, so one broken plugin is isolated."""
-    for impl in getattr(load_plugins().hook, hook_name).get_hookimpls():
-        try:
-            impl.function(**kwargs)
-        except Exception as exc:  # noqa: BLE001
-            _fail(impl.plugin_name, exc)
-
-
 def _collect(hook_name: str, kind: str, check: Callable[[Any], bool]) -> dict[str, Registration]:
+    """Every registration of one hook; a plugin's registrations count only if its hook completed."""
     found: dict[str, Registration] = {}
     for impl in getattr(load_plugins().hook, hook_name).get_hookimpls():
         plugin = impl.plugin_name
+        if plugin in _state.failures:
+            continue
+        mine: dict[str, Registration] = {}
 
-        def register(obj: Any, _plugin: str = plugin) -> None:
+        def register(obj: Any, _plugin: str = plugin, _mine: dict = mine) -> None:
             name = getattr(obj, "name", None)
             if not isinstance(name, str) or not name or not check(obj):
                 raise PluginError(f"{_plugin} registered {obj!r}, which is not a valid {kind}")
-            if name in found:
-                raise PluginError(f"{kind} {name!r} is already registered by {found[name].plugin}")
-            found[name] = Registration(name=name, obj=obj, plugin=_plugin)
+            owner = found.get(name) or _mine.get(name)
+            if owner is not None:
+                raise PluginError(f"{kind} {name!r} is already registered by {owner.plugin}")
+            _mine[name] = Registration(name=name, obj=obj, plugin=_plugin)
 
         try:
             impl.function(register=register)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - nothing of a failing plugin is kept
             _fail(plugin, exc)
+            continue
+        found.update(mine)
     return dict(sorted(found.items()))
+
+
+def _alive(registrations: dict[str, Registration]) -> dict[str, Registration]:
+    """Registrations of plugins that have not failed since (a later hook may disable one)."""
+    return {name: r for name, r in registrations.items() if r.plugin not in _state.failures}
 
 
 def get_tasks() -> dict[str, Registration]:
@@ -146,7 +177,7 @@ def get_tasks() -> dict[str, Registration]:
         from .task import Task
 
         _state.tasks = _collect("register_tasks", "task", lambda obj: isinstance(obj, Task))
-    return _state.tasks
+    return _alive(_state.tasks)
 
 
 def get_task(name: str):
@@ -163,7 +194,7 @@ def get_backbones() -> dict[str, Registration]:
         from .backbone import Backbone
 
         _state.backbones = _collect("register_backbones", "backbone", lambda obj: isinstance(obj, Backbone))
-    return _state.backbones
+    return _alive(_state.backbones)
 
 
 def resolve_backbone(source: str):
@@ -178,8 +209,28 @@ def resolve_backbone(source: str):
 
 
 def register_commands(cli: Any) -> None:
-    """Let every plugin add commands to the root click group ``cli``."""
-    _call_each("register_commands", cli=cli)
+    """Let every plugin add commands to the root click group ``cli``.
+
+    A plugin may not replace a built-in command: the built-in stays and the plugin is told.
+    A plugin whose hook raises is disabled, and the commands it added are taken back out.
+    """
+    for impl in load_plugins().hook.register_commands.get_hookimpls():
+        plugin = impl.plugin_name
+        if plugin in _state.failures:
+            continue
+        before = dict(cli.commands)
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # noqa: BLE001
+            cli.commands.clear()
+            cli.commands.update(before)
+            _fail(plugin, exc)
+            continue
+        for name, command in list(cli.commands.items()):
+            if name in before and before[name] is not command:
+                cli.commands[name] = before[name]
+                _warn(f"plugin {plugin!r} tried to add the command {name!r}, which is already "
+                      f"{'built in' if plugin not in BUILTIN_PLUGINS else 'taken'}; its command is ignored")
 
 
 def plugin_infos(*, include_builtin: bool = False) -> list[PluginInfo]:

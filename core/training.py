@@ -16,7 +16,7 @@ from typing import Any
 from . import plugins
 from .artifact import model_card, save_artifact
 from .backbone import LoadedBackbone
-from .engine import EpochLog, TrainResult, train
+from .engine import EpochLog, TrainResult, resolve_mixed_precision, train
 from .inference import draw_samples
 from .runs import check_run_location, new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
 from .errors import ConfigError
@@ -143,6 +143,7 @@ def train_adapter(
     task = plugins.get_task(request.task)
     lora, settings = resolve_settings(task, request)
     check_run_location(request.project, request.run_name)  # before anything is loaded or written
+    resolve_mixed_precision(settings.mixed_precision)
     start = init_spec(request.init) if request.init is not None else None
     backbone_name = request.backbone or (start.backbone.name if start else DEFAULT_BACKBONE)
     revision = request.revision or (start.backbone.revision if start else None)

@@ -176,7 +176,7 @@ def test_broken_third_party_plugin_does_not_break_train(tmp_path, monkeypatch):
         result = run("train", "classification", "--data", "synthetic:train=10,val=5,test=0", "--epochs", "1",
                      "--no-progress", home=home)
         assert result.exit_code == 0, result.output
-        assert "plugin 'broken_plugin' is disabled" in result.stderr
+        assert "plugin 'broken_plugin' (from loradex-broken 0.1) is disabled" in result.stderr
         assert json.loads(run("list", "--json", home=home).stdout)[0]["name"] == "classification"
     finally:
         plugins.reset()
@@ -221,6 +221,18 @@ def test_install_resolves_into_this_environment(capfd):
     assert result.exit_code == 0, result.output
     captured = capfd.readouterr()
     assert "loradex-example-task" in captured.out + captured.err
+
+
+def test_install_takes_several_editable_projects(capfd, tmp_path):
+    """`-e A -e B` installs both (it used to install only B)."""
+    root = Path(__file__).resolve().parents[1]
+    other = tmp_path / "other-plugin"
+    other.mkdir()
+    (other / "pyproject.toml").write_text('[project]\nname = "loradex-other-plugin"\nversion = "0.1"\n')
+    result = run("install", "--dry-run", "-e", root / "docs" / "example-plugin", "-e", other)
+    assert result.exit_code == 0, result.output
+    out = capfd.readouterr()
+    assert "loradex-example-task" in out.out + out.err and "loradex-other-plugin" in out.out + out.err
 
 
 def test_install_needs_a_package():

@@ -65,7 +65,8 @@ def test_plugin_that_raises_on_import_is_reported_and_isolated(fresh_plugins, tm
     tasks = plugins.get_tasks()
     assert "classification" in tasks
     assert "boom at import" in plugins.failures()["broken_plugin"]
-    assert "plugin 'broken_plugin' is disabled: RuntimeError: boom at import" in capsys.readouterr().err
+    assert ("plugin 'broken_plugin' (from loradex-broken 0.1) is disabled: RuntimeError: boom at import"
+            in capsys.readouterr().err)
     infos = {info.name: info for info in plugins.plugin_infos()}
     assert infos["broken_plugin"].error.startswith("RuntimeError")
 
@@ -133,3 +134,59 @@ def test_register_commands_hook_adds_a_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith("0.2000")
     assert "brightness-of" in cli.list_commands(None)
+
+
+def test_a_failed_plugin_keeps_nothing_it_registered(fresh_plugins, tmp_path):
+    """Its other task and its backbone go too, not only the registration that clashed."""
+    source = ("from loradex.core.hookspecs import hookimpl\n"
+              "from loradex.plugins.classification.task import ClassificationTask\n"
+              "from loradex.plugins.backbones.presets import PRESETS\n"
+              "import dataclasses\n\n"
+              "class Counting(ClassificationTask):\n    name = 'counting'\n\n"
+              "@hookimpl\ndef register_backbones(register):\n"
+              "    register(dataclasses.replace(PRESETS[0], name='half-vit'))\n\n"
+              "@hookimpl\ndef register_tasks(register):\n    register(Counting())\n    register(ClassificationTask())\n")
+    install_fake_plugin(tmp_path / "site", "loradex-half", "half_plugin", source)
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    assert "half-vit" in plugins.get_backbones()  # collected before the task hook failed ...
+    tasks = plugins.get_tasks()
+    assert "already registered" in plugins.failures()["half_plugin"]
+    assert "counting" not in tasks  # ... and taken back with everything else of the plugin
+    assert "half-vit" not in plugins.get_backbones()
+    assert plugins.pm.get_plugin("half_plugin") is None
+
+
+def test_a_plugin_command_cannot_shadow_a_built_in(fresh_plugins, tmp_path, capsys):
+    source = ("import click\nfrom loradex.core.hookspecs import hookimpl\n\n@hookimpl\ndef register_commands(cli):\n"
+              "    @cli.command(name='train')\n    def train():\n        'Not the real train.'\n")
+    install_fake_plugin(tmp_path / "site", "loradex-shadow", "shadow_plugin", source)
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    from loradex.registry.cli import cli
+
+    cli.plugins_loaded = False
+    before = cli.commands["train"]
+    try:
+        cli.load_plugin_commands()
+        assert cli.commands["train"] is before
+        assert "plugin 'shadow_plugin' tried to add the command 'train', which is already built in" in \
+            capsys.readouterr().err
+    finally:
+        cli.plugins_loaded = False
+        cli.commands["train"] = before
+
+
+def test_unknown_names_in_load_plugins_are_warned_about(fresh_plugins, capsys):
+    fresh_plugins.setenv("LORADEX_LOAD_PLUGINS", "loradex-example-tsk")
+    plugins.load_plugins()
+    err = capsys.readouterr().err
+    assert "LORADEX_LOAD_PLUGINS names 'loradex-example-tsk', which is not an installed plugin." in err
+    assert "Did you mean 'loradex-example-task'?" in err
+
+
+def test_debug_switch_shows_a_failed_plugins_traceback(fresh_plugins, tmp_path, capsys):
+    install_fake_plugin(tmp_path / "site", "loradex-broken", "broken_plugin", "def f():\n    1 / 0\nf()\n")
+    fresh_plugins.syspath_prepend(str(tmp_path / "site"))
+    fresh_plugins.setenv("LORADEX_DEBUG", "1")
+    plugins.load_plugins()
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err and "broken_plugin.py" in err

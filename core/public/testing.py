@@ -1,8 +1,10 @@
-"""Helpers for tests of loradex and of its plugins: adapters with random weights, no training.
+"""Helpers for tests of loradex and of its plugins.
 
-``random_adapter`` writes a complete adapter folder (PEFT files, head, spec) whose LoRA
-factors are random rather than zero, so that an adapter changes the base's output a lot and
-a test comparing two ways of running it can fail.
+- :class:`TaskContract`: the tests every task must pass, to subclass in a plugin's test suite;
+- ``loradex_home``: a pytest fixture giving each test its own registry (``LORADEX_HOME``);
+- :func:`random_adapter`: a complete adapter folder (PEFT files, head, spec) whose LoRA factors
+  are random rather than zero, so that an adapter changes the base's output a lot and a test
+  comparing two ways of running it can fail — no training needed.
 """
 
 from __future__ import annotations
@@ -97,3 +99,187 @@ def _build(task: Any, backbone: Any, spec: Any, config: Any) -> Any:
     model = TaskModel(backbone, get_peft_model(backbone.model, config, adapter_name="default"))
     model.add_head("default", new_head(task, backbone, spec), spec)
     return model
+
+
+# --------------------------------------------------------------------------- the task contract
+
+
+try:  # the contract and the fixture need pytest; random_adapter does not
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+
+if pytest is not None:
+
+    @pytest.fixture
+    def loradex_home(tmp_path, monkeypatch):
+        """A registry home of this test's own: ``LORADEX_HOME`` points at it, so nothing touches yours.
+
+        Use it from a conftest.py: ``from loradex.testing import loradex_home  # noqa: F401``.
+        """
+        home = tmp_path / "loradex-home"
+        monkeypatch.setenv("LORADEX_HOME", str(home))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        return home
+
+
+class TaskContract:
+    """What every task must do, as pytest tests: subclass it in your plugin's tests.
+
+    ::
+
+        from loradex.testing import TaskContract
+
+        class TestMyTask(TaskContract):
+            task = "mytask"
+            data = "synthetic:train=8,val=4"      # a small source your task reads
+
+    The tests build the task's head on a tiny base, run a batch of its data through it, and
+    check: the data and head configuration are JSON; the head's outputs give a finite loss and
+    gradients; the metrics compute and the report and plots are written; predictions are
+    JSON-ready and in the original image's pixels; the adapter survives save → registry → load
+    unchanged; ``summary``, ``render`` and ``draw`` run; the prediction options parse. In the
+    spirit of PEFT's common tester: one contract, every task.
+    """
+
+    task: str
+    """Name of the task under test (as registered)."""
+    data: str | None = "synthetic:train=8,val=4,test=0"
+    backbone: str = "tiny-vit"
+
+    @(pytest.fixture(scope="class") if pytest is not None else (lambda f: f))
+    @classmethod
+    def contract(cls, tmp_path_factory):
+        """The task, a tiny base, a batch of its data and a fresh model (built once per class)."""
+        import torch
+
+        from loradex.core import plugins
+        from loradex.core.model import build_model
+        from loradex.core.spec import AdapterSpec
+
+        task = plugins.get_task(cls.task)
+        backbone = plugins.resolve_backbone(cls.backbone).load(cls.backbone)
+        size = task.default_train(cls.backbone).image_size or backbone.image_size
+        data = task.load_data(cls.data, transform=backbone.transform_at(size), image_size=size, seed=0)
+        spec = AdapterSpec(task=task.name, backbone=backbone.ref, head={**task.default_head(), **data.head_config},
+                           lora=dataclasses.replace(task.default_lora(), rank=4, target_modules=backbone.target_modules(
+                               task.default_lora().targets)), image_size=size)
+        torch.manual_seed(0)
+        private = dataclasses.replace(backbone, model=copy.deepcopy(backbone.model))
+        model = build_model(task, private, spec)
+        items = [data.val[i] for i in range(min(4, len(data.val)))]
+        batch = task.collate(items)
+        return {"task": task, "backbone": backbone, "data": data, "spec": spec, "model": model, "batch": batch,
+                "root": tmp_path_factory.mktemp(f"contract-{cls.task}")}
+
+    def test_data_and_head_configuration_are_json(self, contract):
+        """The data source reads, has train and val splits, and its head configuration is JSON."""
+        import json
+
+        data = contract["data"]
+        assert data.train is not None and len(data.train) > 0, "the training split is empty"
+        assert data.val is not None and len(data.val) > 0, "the validation split is empty"
+        json.dumps(data.head_config, allow_nan=False)
+        assert data.description, "TaskData.description should say what was read"
+
+    def test_head_gives_a_finite_loss_and_gradients(self, contract):
+        """One training step: the loss is a finite scalar and reaches the head and the LoRA."""
+        import math
+
+        model, task, batch = contract["model"], contract["task"], contract["batch"]
+        model.train()
+        loss = task.loss(model(batch["pixel_values"]), batch["targets"])
+        assert loss.ndim == 0 and math.isfinite(float(loss.detach())), f"loss is {loss}"
+        loss.backward()
+        lora, head = model.trainable_parameters()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head), "no gradient reaches the head"
+        assert any(p.grad is not None for p in lora), "no gradient reaches the LoRA weights"
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+    def test_metrics_report_and_plots(self, contract, tmp_path):
+        """The accumulator computes the primary metric; report returns text; plot writes existing files."""
+        import math
+
+        import torch
+
+        model, task, batch, spec = contract["model"], contract["task"], contract["batch"], contract["spec"]
+        metrics = task.metrics(spec.head)
+        with torch.inference_mode():
+            metrics.update(model(batch["pixel_values"]), batch["targets"])
+        result = metrics.compute()
+        assert task.primary_metric in result.metrics, f"{task.primary_metric!r} is not among {list(result.metrics)}"
+        assert all(isinstance(v, float) and math.isfinite(v) for v in result.metrics.values())
+        assert isinstance(task.report(result, spec.head), str)
+        for path in task.plot(result, spec.head, tmp_path) or []:
+            assert path.is_file(), f"plot() returned {path}, which was not written"
+
+    def test_predictions_are_json_in_image_pixels(self, contract):
+        """postprocess returns one JSON-ready dict per image; summary is one line."""
+        import json
+
+        import torch
+
+        model, task, batch, spec = contract["model"], contract["task"], contract["batch"], contract["spec"]
+        sizes = [(640, 480)] * batch["pixel_values"].shape[0]
+        with torch.inference_mode():
+            predictions = task.postprocess(model(batch["pixel_values"]), spec.head, image_sizes=sizes,
+                                           **task.parse_options({}))
+        assert len(predictions) == len(sizes)
+        for prediction in predictions:
+            json.dumps(prediction, allow_nan=False)
+            line = task.summary(prediction, spec.head)
+            assert isinstance(line, str) and "\n" not in line
+
+    def test_adapter_round_trips_through_the_registry(self, contract):
+        """save_artifact → Registry.put → MultiTaskModel: the same outputs as the model that was saved."""
+        import torch
+
+        from loradex.core.artifact import save_artifact
+        from loradex.core.multitask import MultiTaskModel
+        from loradex.registry.store import Registry
+
+        model, spec, root = contract["model"], contract["spec"], contract["root"]
+        folder = save_artifact(model.eval(), spec, root / "adapter")
+        with Registry.open(root / "home") as registry:
+            record = registry.put(folder, name="contract")
+            base = contract["backbone"]
+            loaded = MultiTaskModel(dataclasses.replace(base, model=copy.deepcopy(base.model)))
+            loaded.attach(record.ref, registry.materialize(record))
+        pixels = contract["batch"]["pixel_values"]
+        with torch.inference_mode():
+            before, after = model(pixels), loaded(pixels)
+        for a, b in zip(_tensors(before), _tensors(after)):
+            assert torch.allclose(a, b, atol=1e-4), "the stored adapter predicts differently"
+
+    def test_drawing_runs(self, contract):
+        """draw() gives an image; a multi-task drawing (ImageResult.draw) includes this task."""
+        import torch
+        from PIL import Image
+
+        model, task, batch, spec = contract["model"], contract["task"], contract["batch"], contract["spec"]
+        with torch.inference_mode():
+            (prediction,) = task.postprocess(model(batch["pixel_values"][:1]), spec.head, image_sizes=[(96, 64)],
+                                             **task.parse_options({}))
+        drawn = task.draw(Image.new("RGB", (96, 64), (40, 40, 40)), prediction, spec.head)
+        assert isinstance(drawn, Image.Image) and drawn.width >= 96
+
+    def test_prediction_options_have_defaults(self, contract):
+        """``predict_options`` is a dataclass whose defaults parse; an unknown option is refused."""
+        from loradex.core.errors import ConfigError
+
+        task = contract["task"]
+        assert isinstance(task.parse_options({}), dict)
+        with pytest.raises(ConfigError):
+            task.parse_options({"no_such_option_anywhere": 1})
+
+
+def _tensors(outputs):
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, dict):
+        return [v for _, v in sorted(outputs.items()) if isinstance(v, torch.Tensor)]
+    return [v for v in outputs if isinstance(v, torch.Tensor)]

@@ -44,11 +44,17 @@ class LoradexGroup(click.Group):
         return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context):
-        """Run the command; user-facing errors become a single line on stderr."""
+        """Run the command; user-facing errors become a single line on stderr (with --traceback, more)."""
         try:
             return super().invoke(ctx)
         except LoradexError as exc:
-            error = click.ClickException(str(exc))
+            from loradex.core.plugins import debugging
+
+            if debugging():
+                import traceback
+
+                click.echo(traceback.format_exc().rstrip(), err=True)
+            error = click.ClickException(str(exc).replace("\n", " "))
             error.exit_code = exc.exit_code
             raise error from None
 
@@ -57,11 +63,15 @@ class LoradexGroup(click.Group):
 @click.version_option(package_name="loradex", prog_name="adapters")
 @click.option("--home", type=click.Path(file_okay=False), envvar="LORADEX_HOME", default=None,
               help="Registry folder (default: $LORADEX_HOME or ~/.cache/loradex).")
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help="Show tracebacks of errors and of plugins that fail to load (as LORADEX_DEBUG=1 does).")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None) -> None:
+def cli(ctx: click.Context, home: str | None, show_traceback: bool) -> None:
     """loradex: train, version, merge and share LoRA adapters on one shared vision backbone."""
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
+    if show_traceback:
+        os.environ["LORADEX_DEBUG"] = "1"
 
 
 def _quiet_libraries() -> None:

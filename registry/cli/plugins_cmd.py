@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+from pathlib import Path
+
 import click
 
 from loradex.core.errors import LoradexError
@@ -98,20 +100,34 @@ def _run_installer(verb: str, args: list[str]) -> None:
 @click.command(name="install")
 @click.argument("packages", nargs=-1)
 @click.option("-U", "--upgrade", is_flag=True, help="Upgrade packages that are already installed.")
-@click.option("-e", "--editable", type=click.Path(exists=True, file_okay=False), help="Install a local project in editable mode.")
+@click.option("-e", "--editable", "editables", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Install a local project in editable mode (repeat for several).")
 @click.option("--dry-run", is_flag=True, help="Resolve and report what would be installed, change nothing.")
-def install_command(packages: tuple[str, ...], upgrade: bool, editable: str | None, dry_run: bool) -> None:
+def install_command(packages: tuple[str, ...], upgrade: bool, editables: tuple[str, ...], dry_run: bool) -> None:
     """Install plugin packages into the environment loradex runs in (pip, or uv where there is no pip)."""
-    if not packages and not editable:
+    if not packages and not editables:
         raise click.UsageError("name at least one package, or --editable PATH")
     args = list(packages)
     if upgrade:
         args.insert(0, "--upgrade")
     if dry_run:
         args.insert(0, "--dry-run")
-    if editable:
-        args += ["--editable", editable]
+    for path in editables:
+        args += ["--editable", path]
     _run_installer("install", args)
+    project = _uv_project()
+    if project is not None and not dry_run:
+        names = " ".join([*packages, *editables])
+        click.echo(f"Note: this environment belongs to the uv project {project}: `uv sync` removes what "
+                   f"`adapters install` added. Keep it with `uv add {names}`.", err=True)
+
+
+def _uv_project() -> Path | None:
+    """The uv project whose environment this is (a uv.lock beside the running .venv), if any."""
+    env = Path(sys.prefix)
+    if env.name == ".venv" and (env.parent / "uv.lock").is_file():
+        return env.parent
+    return None
 
 
 @click.command(name="uninstall")

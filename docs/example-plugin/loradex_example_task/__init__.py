@@ -1,11 +1,6 @@
-"""loradex-example-task: a complete third-party loradex task plugin.
+"""loradex-example-task: the task ``brightness`` (regress an image's mean brightness) and one command."""
 
-It adds the task ``brightness``: regress the mean brightness (0..1) of an image. Everything a
-task needs is here — data (synthetic, or a folder of images with a ``labels.csv``), a head, a
-loss, metrics, post-processing and drawing — registered through the public hooks only.
-"""
-
-from loradex.core.hookspecs import hookimpl
+from loradex import hookimpl
 
 
 @hookimpl
