@@ -46,6 +46,10 @@ class UnknownNameError(LoradexError):
         self.kind, self.name, self.known = kind, name, known
 
 
+class HubError(LoradexError):
+    """A Hugging Face Hub operation failed (not found, not allowed, unreachable, a hash mismatch)."""
+
+
 class TrainingDivergedError(LoradexError):
     """The loss became NaN or infinite: nothing is stored."""
 

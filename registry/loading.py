@@ -19,16 +19,25 @@ class RegistrySource:
         self.registry = registry
 
     def locate(self, ref: str) -> LocatedAdapter:
-        """Resolve ``ref`` and materialise its files (each one hash-checked)."""
-        record = self.registry.resolve(ref)
+        """Resolve ``ref`` (pulling ``org/repo@rev`` from the Hub first) and materialise its files."""
+        record = resolve(self.registry, ref)
         return LocatedAdapter(ref=record.ref, folder=self.registry.materialize(record), spec=record.spec)
 
     def canonical(self, ref: str) -> str:
         """``ref`` as ``name@vN``."""
-        return self.registry.resolve(ref).ref
+        return resolve(self.registry, ref).ref
 
     def __repr__(self) -> str:
         return f"RegistrySource({self.registry.root})"
+
+
+def resolve(registry: Registry, ref: str):
+    """The registry version ``ref`` names; a Hub reference (``org/repo@v2``) is pulled first (once)."""
+    from .hub import is_hub_ref, pull
+
+    if is_hub_ref(ref):
+        return pull(registry, ref)
+    return registry.resolve(ref)
 
 
 def parse_refs(refs: str | Sequence[str]) -> list[str]:
@@ -57,7 +66,7 @@ def load(
     string. Adapters on different bases are refused with both bases named.
     """
     registry = registry or Registry.open(home)
-    records = [registry.resolve(ref) for ref in parse_refs(refs)]
+    records = [resolve(registry, ref) for ref in parse_refs(refs)]
     check_same_base([(r.ref, r.spec) for r in records])
     first = records[0].spec.backbone
     backbone = plugins.resolve_backbone(first.name).load(first.name, revision=first.revision)

@@ -64,9 +64,10 @@ def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir:
     options = parse_option_pairs(option_pairs)
     ref_list = parse_refs(refs)
     images = image_inputs(list(inputs))  # missing files, empty folders, globs matching nothing: fail now
+    from loradex.registry.loading import resolve
+
     registry = open_registry()
-    for ref in ref_list:  # unknown refs fail before the base is loaded
-        registry.resolve(ref)
+    ref_list = [resolve(registry, ref).ref for ref in ref_list]  # unknown refs fail before the base loads
     model = load(ref_list, device=device, registry=registry, allow_base_mismatch=allow_base_mismatch)
     stream = model.stream(images, batch_size=batch_size, skip_bad=skip_bad, **options)
     if save_dir:
