@@ -119,6 +119,12 @@ class LoadedBackbone:
     target_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     interpolates: bool = False
     """Whether the model takes ``interpolate_pos_encoding`` (to run at other resolutions)."""
+    kind: str = "encoder"
+    """``encoder``: pixels → tokens that a task's head reads (ViT and kin). ``encoder-decoder``: pixels
+    and a prompt → text (Florence-2); its tasks own their forward pass and generation."""
+    target_patterns: dict[str, str] = field(default_factory=dict)
+    """Semantic target → regex over full module paths, for models whose targets are not in one list
+    of blocks (a vision tower and a language model); used instead of ``target_names`` when set."""
 
     @classmethod
     def from_model(
@@ -179,8 +185,20 @@ class LoadedBackbone:
         if image_size != self.image_size and not self.interpolates and self.ref.architecture != "dinov2":
             raise BackboneError(f"backbone {self.ref.name!r} runs at {self.image_size}px only, not {image_size}px")
 
+    @property
+    def image_processor(self) -> Any:
+        """The image part of ``processor`` (a vision-language processor also holds a tokenizer)."""
+        return getattr(self.processor, "image_processor", self.processor)
+
     def target_modules(self, targets: Iterable[str]) -> str:
         """A PEFT ``target_modules`` regex for semantic ``targets`` on this architecture."""
+        if self.target_patterns:
+            missing = [t for t in targets if t not in self.target_patterns]
+            if missing:
+                have = ", ".join(self.target_patterns) or "none"
+                raise BackboneError(f"backbone {self.ref.name!r} ({self.ref.architecture}) has no {missing[0]!r} "
+                                    f"module; it has {have}")
+            return "^(?:" + "|".join(self.target_patterns[t] for t in targets) + ")$"
         rels: list[str] = []
         for target in targets:
             names = self.target_names.get(target)
@@ -220,7 +238,7 @@ class LoadedBackbone:
 
     def transform(self, image: Image.Image) -> torch.Tensor:
         """One PIL image → normalised (3, H, W) tensor at the backbone's resolution."""
-        pixel_values = self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        pixel_values = self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
         return pixel_values[0]
 
     def transform_at(self, image_size: int | None) -> Callable[[Image.Image], torch.Tensor]:
@@ -235,9 +253,9 @@ class LoadedBackbone:
 
         image = image.convert("RGB").resize((size, size), PILImage.BILINEAR)
         options = {"do_resize": False}
-        if getattr(self.processor, "do_center_crop", None) is not None:
+        if getattr(self.image_processor, "do_center_crop", None) is not None:
             options["do_center_crop"] = False
-        return self.processor(images=image, return_tensors="pt", **options)["pixel_values"][0]
+        return self.image_processor(images=image, return_tensors="pt", **options)["pixel_values"][0]
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
         """Run ``model`` (this base, possibly wrapped by PEFT) and split its tokens."""

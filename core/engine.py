@@ -82,10 +82,12 @@ def evaluate(
     device = getattr(model, "device", None) if accelerator is None else None
     with torch.inference_mode():
         for batch in loader:
-            outputs = model(batch["pixel_values"], adapter=adapter) if adapter else model(batch["pixel_values"])
-            targets = to_device(batch["targets"], device) if device is not None else batch["targets"]
+            if device is not None:
+                batch = {**batch, "targets": to_device(batch["targets"], device)}
+            loss, outputs = task.validate(model, batch, adapter=adapter)
+            targets = batch["targets"]
             n = batch["pixel_values"].shape[0]
-            total += float(task.loss(outputs, targets)) * n
+            total += float(loss) * n
             count += n
             if accelerator is not None and accelerator.num_processes > 1:
                 outputs, targets = accelerator.gather_for_metrics((outputs, targets))
@@ -94,7 +96,9 @@ def evaluate(
     return accumulator.compute(), total / max(count, 1)
 
 
-def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: int, sampler: Any = None) -> DataLoader:
+    if sampler is not None:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=task.collate)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=task.collate, generator=generator)
 
@@ -144,14 +148,10 @@ def train(
     if init is not None:
         load_initial_weights(model, task, spec, Path(init))
     lora_params, head_params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": lora_params, "lr": settings.lr},
-            {"params": head_params, "lr": settings.head_lr or settings.lr},
-        ],
-        weight_decay=settings.weight_decay,
-    )
-    train_loader = _loader(task, data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed)
+    groups = [{"params": lora_params, "lr": settings.lr}, {"params": head_params, "lr": settings.head_lr or settings.lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=settings.weight_decay)
+    train_loader = _loader(task, data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+                           sampler=task.train_sampler(data.train, settings))
     val_loader = _loader(task, data.val, batch_size=settings.batch_size * 2, shuffle=False, seed=settings.seed)
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum)
     total_steps = steps_per_epoch * settings.epochs
@@ -181,8 +181,7 @@ def train(
             running, batches = 0.0, 0
             for batch in train_loader:
                 with accelerator.accumulate(model):
-                    outputs = model(batch["pixel_values"])
-                    loss = task.loss(outputs, batch["targets"])
+                    loss, _ = task.step(model, batch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(trainable, 1.0)

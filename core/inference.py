@@ -22,7 +22,10 @@ def predict_pil(task: Task, model: TaskModel, images: Sequence[Any], *, adapter:
     transform = model.backbone.transform_at(spec.image_size)
     pixels = torch.stack([transform(im) for im in images])
     with torch.inference_mode():
-        outputs = model(pixels, adapter=name)
+        if task.requires == "encoder-decoder":
+            outputs = task.generate(model.runner(name), model.backbone, pixels, spec.head, **task.parse_options(options))
+        else:
+            outputs = model(pixels, adapter=name)
     return task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images], **task.parse_options(options))
 
 
@@ -59,4 +62,6 @@ def draw_samples(task: Task, model: TaskModel, dataset: Any, out_dir: Path, *, c
         path = out_dir / f"val_{index}.png"
         task.draw(image, prediction, head_config).save(path)
         written.append(path)
+        if isinstance(prediction.get("text"), str):  # a generative task: keep what it wrote beside the drawing
+            path.with_suffix(".txt").write_text(prediction["text"] + "\n", encoding="utf-8")
     return written

@@ -87,10 +87,8 @@ class _PatchedLinear:
         weight, bias = module.weight, module.bias
         if not plan:
             return nn.functional.linear(x, weight, bias)
-        if plan[0].start != 0 or plan[-1].stop != x.shape[0]:
-            raise RuntimeError(f"segments cover rows {plan[0].start}:{plan[-1].stop} of a batch of {x.shape[0]}")
         width_in, width_out = weight.shape[1], weight.shape[0]
-        if len(plan) == 1:  # the whole pass through one adapter: the common case, kept short
+        if len(plan) == 1:  # the whole pass through one adapter: rows need not be counted (windows, beams)
             factors = self.adapters.get(plan[0].adapter)  # type: ignore[arg-type]
             if factors is None:
                 return nn.functional.linear(x, weight, bias)
@@ -101,6 +99,9 @@ class _PatchedLinear:
             return out
         if not any(seg.adapter in self.adapters for seg in plan):
             return nn.functional.linear(x, weight, bias)
+        if plan[0].start != 0 or plan[-1].stop != x.shape[0]:
+            raise RuntimeError(f"segments cover rows {plan[0].start}:{plan[-1].stop} of a batch of {x.shape[0]}: "
+                               "a layer that regroups the batch (windows, beams) can run one adapter at a time only")
         out = x.new_empty((*x.shape[:-1], width_out))
         rows_per_item = x.numel() // (width_in * x.shape[0]) if x.shape[0] else 1
         pending: list[tuple[int, int, LoraFactors | None]] = []  # a run of segments sharing one base matmul

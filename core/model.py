@@ -59,6 +59,16 @@ class TaskModel(nn.Module):
             results[name] = (index, self.heads[name](sub))
         return results
 
+    def runner(self, adapter: str | None = None) -> Any:
+        """The base with adapter ``adapter`` (the only one if None) on: call it, or ``.generate`` with it.
+
+        What a task that owns its forward pass (``Task.step``) runs.
+        """
+        name = adapter or self._only()
+        if len(self.heads) > 1 and self.encoder.active_adapter != name:
+            self.encoder.set_adapter(name, inference_mode=not self.training)
+        return self.encoder
+
     def _only(self) -> str:
         if len(self.heads) != 1:
             raise ValueError(f"model holds adapters {self.adapter_names}; name the one to run")

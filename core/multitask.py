@@ -336,17 +336,25 @@ class MultiTaskModel(nn.Module):
             self._peft.set_adapter(lora, inference_mode=True)
         return self.backbone.encode(self._peft, rows)
 
-    def forward(self, pixel_values: torch.Tensor, adapter: str | None = None) -> Any:
-        """Raw head outputs of one adapter's head (``adapter``: its key; the only one if None)."""
+    def runner(self, adapter: str | None = None) -> AdapterRunner:
+        """The base with one head's adapter on, to call or ``.generate`` with (tasks that own their forward)."""
+        entry = self._entry(adapter)
+        return AdapterRunner(self, next(a.lora for a in self._adapters.values() if entry in a.heads))
+
+    def _entry(self, adapter: str | None) -> HeadEntry:
         entries = self.head_entries()
         if adapter is None:
             if len(entries) != 1:
                 raise ConfigError(f"the model holds {len(entries)} heads; name one")
-            entry = entries[0]
-        else:
-            entry = next((h for h in entries if h.key == adapter), None)
-            if entry is None:
-                raise NotFoundError(f"no head {adapter!r}; heads: {', '.join(h.key for h in entries)}")
+            return entries[0]
+        entry = next((h for h in entries if h.key == adapter), None)
+        if entry is None:
+            raise NotFoundError(f"no head {adapter!r}; heads: {', '.join(h.key for h in entries)}")
+        return entry
+
+    def forward(self, pixel_values: torch.Tensor, adapter: str | None = None) -> Any:
+        """Raw head outputs of one adapter's head (``adapter``: its key; the only one if None)."""
+        entry = self._entry(adapter)
         lora = next(a.lora for a in self._adapters.values() if entry in a.heads)
         features = self.encode_rows(pixel_values, [Segment(lora, 0, pixel_values.shape[0])])
         with torch.inference_mode():
@@ -406,6 +414,21 @@ class MultiTaskModel(nn.Module):
             return results
         sizes = [image.size for _, image in loaded]
         lora_of = {h.key: a.lora for a in self._adapters.values() for h in a.heads}
+
+        def keep(head: HeadEntry, outputs: Any) -> None:
+            predictions = head.task.postprocess(outputs, head.config, image_sizes=sizes, **per_head[head.key])
+            for (result, _), prediction in zip(loaded, predictions):
+                result.results[head.key] = TaskResult(key=head.key, task=head.task, prediction=prediction,
+                                                      head_config=head.config, path=result.path, image=result.image)
+
+        for head in [h for h in heads if h.task.requires == "encoder-decoder"]:  # tasks that generate
+            transform = self.backbone.transform_at(head.image_size)
+            pixels = torch.stack([transform(image) for _, image in loaded]).to(self.device)
+            with torch.inference_mode():
+                outputs = head.task.generate(AdapterRunner(self, lora_of[head.key]), self.backbone, pixels,
+                                             head.config, **per_head[head.key])
+            keep(head, outputs)
+        heads = [h for h in heads if h.task.requires != "encoder-decoder"]
         for image_size in dict.fromkeys(h.image_size for h in heads):
             group = [h for h in heads if h.image_size == image_size]
             loras = list(dict.fromkeys(lora_of[h.key] for h in group))
@@ -419,11 +442,7 @@ class MultiTaskModel(nn.Module):
                 rows = slice(k * n, (k + 1) * n)
                 with torch.inference_mode():
                     outputs = head.module(EncoderOutput(cls=features.cls[rows], patches=features.patches[rows]))
-                predictions = head.task.postprocess(outputs, head.config, image_sizes=sizes, **per_head[head.key])
-                for (result, _), prediction in zip(loaded, predictions):
-                    result.results[head.key] = TaskResult(key=head.key, task=head.task, prediction=prediction,
-                                                          head_config=head.config, path=result.path,
-                                                          image=result.image)
+                keep(head, outputs)
         return results
 
     def _chosen_heads(self, tasks: Sequence[str] | str | None) -> list[HeadEntry]:
@@ -477,6 +496,34 @@ class MultiTaskModel(nn.Module):
         self.device = next(self.base.parameters()).device
         self._bank.to(self.device)
         return self
+
+
+class AdapterRunner:
+    """The shared base with one adapter on: ``runner(**inputs)`` and ``runner.generate(**inputs)``.
+
+    Every row of every pass goes through that adapter, whatever the base does with the batch
+    (windows, beams), so a vision-language model generates as it would with the adapter merged.
+    """
+
+    def __init__(self, model: MultiTaskModel, lora: str) -> None:
+        self.model, self.lora = model, lora
+
+    def _target(self) -> Any:
+        if self.model._peft_mode:
+            peft = self.model._peft
+            if peft.active_adapter != self.lora:
+                peft.set_adapter(self.lora, inference_mode=True)
+            return peft
+        return self.model.base
+
+    def __call__(self, **inputs: Any) -> Any:
+        with LoraBank.segments([Segment(self.lora, 0, 1)]):
+            return self._target()(**inputs)
+
+    def generate(self, **inputs: Any) -> Any:
+        """The base's ``generate`` with this adapter on."""
+        with LoraBank.segments([Segment(self.lora, 0, 1)]):
+            return self._target().generate(**inputs)
 
 
 def check_same_base(refs_and_specs: Sequence[tuple[str, AdapterSpec]]) -> None:

@@ -29,6 +29,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "loradex.plugins.classification",
     "loradex.plugins.detection",
     "loradex.plugins.pose",
+    "loradex.plugins.grounding",
 )
 ENTRY_POINT_GROUP = "loradex"
 LOAD_ENV = "LORADEX_LOAD_PLUGINS"

@@ -24,9 +24,14 @@ MULTITASK_FORMAT = 2
 """Format of a spec with ``heads``: one LoRA, one head per task (what a multi-task merge writes)."""
 MULTITASK = "multitask"
 """The ``task`` of a multi-task adapter; its tasks are those of its heads."""
-SEMANTIC_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out")
-TARGET_GROUPS = {"attn": SEMANTIC_TARGETS[:4], "mlp": SEMANTIC_TARGETS[4:], "all": SEMANTIC_TARGETS}
+SEMANTIC_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out", "vision.attn", "vision.mlp")
+"""What a LoRA can target, named the same on every architecture. ``attn.*`` and ``mlp.*`` are the
+transformer blocks of an encoder (a ViT) or the language model of a vision-language model;
+``vision.*`` the vision tower of a vision-language model (Florence-2's attention and MLP)."""
+TARGET_GROUPS = {"attn": SEMANTIC_TARGETS[:4], "mlp": SEMANTIC_TARGETS[4:6], "all": SEMANTIC_TARGETS[:6],
+                 "vision": SEMANTIC_TARGETS[6:]}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+MIXES = ("interleave", "sequential")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
 """transformers' learning-rate schedules that need nothing but warmup and step counts."""
@@ -63,7 +68,7 @@ def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
         else:
             raise SpecError(
                 f"unknown LoRA target {item!r}.{suggest(item, SEMANTIC_TARGETS)} "
-                f"Use {', '.join(SEMANTIC_TARGETS)} or attn, mlp, all."
+                f"Use {', '.join(SEMANTIC_TARGETS)} or attn, mlp, all, vision."
             )
         out.extend(t for t in expanded if t not in out)
     if not out:
@@ -123,6 +128,8 @@ class TrainSettings:
     seed: int = _help("Seed for data order, head init and LoRA init.", 0)
     image_size: int | None = _help("Input resolution; None uses the backbone's.", None)
     max_train_samples: int | None = _help("Use at most this many training images.", None)
+    mix: str = _help("Order of data of several kinds (grounding: OD, region captions, phrases): interleave "
+                     "(shuffled together) or sequential (one kind after another).", "interleave")
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -144,6 +151,8 @@ class TrainSettings:
                             + suggest(str(self.scheduler), SCHEDULERS))
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             raise SpecError(f"monitor must be a metric name, got {self.monitor!r}")
+        if self.mix not in MIXES:
+            raise SpecError(f"mix must be one of {', '.join(MIXES)}, got {self.mix!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise SpecError(
                 f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"

@@ -97,12 +97,20 @@ class Task(abc.ABC):
     primary_metric: ClassVar[str]
     """Metric that selects the best epoch and is shown in ``adapters list``."""
     greater_is_better: ClassVar[bool] = True
+    requires: ClassVar[str] = "encoder"
+    """The kind of base the task runs on: ``encoder`` (its head reads the base's tokens: ViT and kin)
+    or ``encoder-decoder`` (pixels and a prompt → text: Florence-2). A task of the second kind owns
+    its forward pass (:meth:`step`, :meth:`validate`) and its generation (:meth:`generate`)."""
     predict_options: ClassVar[type] = NoOptions
     """A frozen dataclass of the options ``postprocess`` takes (``top_k``, score thresholds, ...).
 
     ``adapters predict -o KEY=VALUE`` and ``model.predict(..., KEY=VALUE)`` are checked
     against it; its defaults apply when an option is not given.
     """
+
+    def default_backbone(self) -> str:
+        """The built-in base this task trains on when none is given."""
+        return "tiny-vit" if self.requires == "encoder" else "tiny-florence2"
 
     def default_lora(self) -> LoraSettings:
         """LoRA settings used when the user gives none: r=16, alpha 32 on every attention and MLP
@@ -112,6 +120,10 @@ class Task(abc.ABC):
     def default_train(self, backbone: str) -> TrainSettings:
         """Training settings used when the user gives none, for this backbone name."""
         return TrainSettings()
+
+    def train_sampler(self, dataset: Any, settings: TrainSettings) -> Any:
+        """The order of the training items, as a torch ``Sampler`` (None: the engine shuffles them)."""
+        return None
 
     def default_head(self) -> dict[str, Any]:
         """Head settings recorded in every new spec (so later default changes cannot alter old adapters)."""
@@ -150,6 +162,30 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """Scalar training loss of one batch."""
+
+    def step(self, model: Any, batch: Mapping[str, Any], *, adapter: str | None = None) -> tuple[torch.Tensor, Any]:
+        """One forward pass of a training batch: ``(loss, outputs)``.
+
+        The default runs the base and this task's head (``model(pixels)``) and applies
+        :meth:`loss`. A generative task tokenises its prompts and targets here and takes the
+        loss of its language model (``model.runner(adapter)`` gives the base with the adapter on).
+        """
+        pixels = batch["pixel_values"]
+        outputs = model(pixels, adapter=adapter) if adapter else model(pixels)
+        return self.loss(outputs, batch["targets"]), outputs
+
+    def validate(self, model: Any, batch: Mapping[str, Any], *, adapter: str | None = None) -> tuple[torch.Tensor, Any]:
+        """``(loss, what the metric accumulator reads)`` for a validation batch (default: :meth:`step`).
+
+        A generative task generates here, so that its metrics see what it would predict.
+        """
+        return self.step(model, batch, adapter=adapter)
+
+    def generate(self, runner: Any, backbone: Any, pixel_values: torch.Tensor, head_config: Mapping[str, Any],
+                 **options: Any) -> Any:
+        """Outputs of an ``encoder-decoder`` task for :meth:`postprocess`: ``runner.generate(...)`` is the
+        base's generation with this adapter on. Encoder tasks never get here."""
+        raise NotImplementedError(f"task {self.name!r} does not generate")
 
     @abc.abstractmethod
     def metrics(self, head_config: Mapping[str, Any]) -> MetricAccumulator:

@@ -23,7 +23,6 @@ from .errors import ConfigError
 from .spec import AdapterSpec, LoraSettings, TrainSettings, settings_from_mapping
 from .task import Task, TaskData
 
-DEFAULT_BACKBONE = "tiny-vit"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +72,7 @@ def resolve_settings(task: Task, request: TrainRequest) -> tuple[LoraSettings, T
     else:
         base = dataclasses.asdict(task.default_lora())
     lora = settings_from_mapping(LoraSettings, {**base, **request.lora}, source="lora settings")
-    defaults = dataclasses.asdict(task.default_train(request.backbone or DEFAULT_BACKBONE))
+    defaults = dataclasses.asdict(task.default_train(request.backbone or task.default_backbone()))
     train = settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
     return lora, train
 
@@ -145,11 +144,14 @@ def train_adapter(
     check_run_location(request.project, request.run_name)  # before anything is loaded or written
     resolve_mixed_precision(settings.mixed_precision)
     start = init_spec(request.init) if request.init is not None else None
-    backbone_name = request.backbone or (start.backbone.name if start else DEFAULT_BACKBONE)
+    backbone_name = request.backbone or (start.backbone.name if start else task.default_backbone())
     revision = request.revision or (start.backbone.revision if start else None)
     if request.backbone is None and start is None:
-        say(f"backbone: none given, using the built-in preset {DEFAULT_BACKBONE!r}")
+        say(f"backbone: none given, using the built-in preset {backbone_name!r}")
     backbone = plugins.resolve_backbone(backbone_name).load(backbone_name, revision=revision)
+    if backbone.kind != task.requires:
+        raise ConfigError(f"task {task.name!r} needs an {task.requires} base; {backbone_name!r} is an {backbone.kind} "
+                          f"(try --backbone {task.default_backbone()})")
     if start is not None:
         from .artifact import check_fingerprint
 

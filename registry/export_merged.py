@@ -78,6 +78,8 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
     codes = []
     for head in spec.head_specs():
         task = plugins.get_task(head.task)
+        if task.requires == "encoder-decoder":  # it answers with the base's own head: the merged model is all
+            continue
         code = task.export_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size),
                                 head_config=head.config)
         if code is None:
@@ -127,4 +129,6 @@ def readme(record: Any, heads: list[dict[str, Any]], dest: Path) -> str:
             f"The LoRA of loradex adapter `{record.ref}` merged into its base `{record.spec.backbone.name}` "
             f"(`merge_and_unload`), with its head(s):\n\n{listing}\n\n"
             "## Load it with transformers alone\n\n```python\n" + LOADER.format(folder=dest) + "```\n\n"
-            "Then `run(\"" + heads[0]["name"] + "\", pixel_values)` gives the head's raw outputs.\n")
+            + (f"Then `run(\"{heads[0]['name']}\", pixel_values)` gives the head's raw outputs.\n" if heads else
+               "This model answers in text (Florence-2): `AutoModelForImageTextToText` / "
+               "`Florence2ForConditionalGeneration.from_pretrained(folder)` with `AutoProcessor`.\n"))

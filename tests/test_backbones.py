@@ -7,7 +7,7 @@ import torch
 
 from loradex.core import plugins
 from loradex.core.errors import BackboneError, UnknownNameError
-from loradex.core.spec import SEMANTIC_TARGETS
+from loradex.core.spec import TARGET_GROUPS
 
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8)
 
@@ -65,12 +65,12 @@ def test_hub_backbone_from_local_folder(arch, prefix, tmp_path):
     backbone = plugins.resolve_backbone(str(folder)).load(str(folder))
     assert backbone.num_prefix_tokens == prefix
     assert backbone.image_size == 32 and backbone.grid_size == (4, 4)
-    assert set(backbone.target_names) == set(SEMANTIC_TARGETS)
+    assert set(backbone.target_names) == set(TARGET_GROUPS["all"])  # a ViT has no separate vision tower
     assert backbone.ref.fingerprint.startswith("sha256:")
     assert not any(p.requires_grad for p in backbone.model.parameters())
 
     spec = AdapterSpec(task="t", backbone=backbone.ref,
-                       lora=LoraSettings(rank=2, targets="all", target_modules=backbone.target_modules(SEMANTIC_TARGETS)))
+                       lora=LoraSettings(rank=2, targets="all", target_modules=backbone.target_modules(TARGET_GROUPS["all"])))
     peft_model = get_peft_model(backbone.model, spec.to_lora_config())
     lora_modules = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
     assert len(lora_modules) == 2 * 6  # 2 blocks x 6 semantic targets, nothing outside the blocks

@@ -16,3 +16,8 @@ class TestDetectionContract(TaskContract):
 
 class TestPoseContract(TaskContract):
     task = "pose"
+
+
+class TestGroundingContract(TaskContract):
+    task = "grounding"
+    data = "synthetic:train=4,val=3,test=0"
