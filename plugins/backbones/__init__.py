@@ -1,4 +1,4 @@
-"""Built-in backbones: offline presets and any ViT-family encoder from transformers."""
+"""Built-in backbones: offline presets, any ViT-family encoder and Florence-2 from transformers."""
 
 from loradex.core.hookspecs import hookimpl
 
@@ -6,9 +6,10 @@ from loradex.core.hookspecs import hookimpl
 @hookimpl
 def register_backbones(register):
     """Register the offline presets and the Hub / local-folder loader."""
+    from .florence import FLORENCE_PRESETS
     from .hub import HubBackbone
     from .presets import PRESETS
 
-    for preset in PRESETS:
+    for preset in (*PRESETS, *FLORENCE_PRESETS):
         register(preset)
     register(HubBackbone())

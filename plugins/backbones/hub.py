@@ -21,7 +21,7 @@ class HubBackbone:
     """Loads ViT, DeiT, DINOv2, CLIP/SigLIP vision and kin with safetensors weights only."""
 
     name = "hf"
-    description = "any ViT-family encoder by Hub id (org/name) or local folder; --revision pins it"
+    description = "any ViT-family encoder or Florence-2 by Hub id (org/name) or local folder; --revision pins it"
 
     def handles(self, source: str) -> bool:
         """A local folder, or something shaped like a Hub repo id ``org/name``."""
@@ -34,6 +34,10 @@ class HubBackbone:
 
         try:
             config = AutoConfig.from_pretrained(source, revision=revision)
+            if config.model_type == "florence2":
+                from .florence import load_florence
+
+                return load_florence(source, revision=revision)
             tower = _VISION_TOWERS.get(config.model_type)
             kwargs = {"revision": revision, "use_safetensors": True}
             if tower:
