@@ -103,9 +103,12 @@ def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: i
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=task.collate, generator=generator)
 
 
-def _improved(value: float, best: float | None, greater: bool) -> bool:
+def _improved(value: float, best: float | None, greater: bool, *, loss: float, best_loss: float | None) -> bool:
+    """Better on the monitored metric; on a tie (a metric still flat at 0.0, say) a lower validation loss wins."""
     if best is None:
         return True
+    if value == best:
+        return best_loss is not None and loss < best_loss
     return value > best if greater else value < best
 
 
@@ -169,6 +172,7 @@ def train(
     greater = task.greater_is_better if monitor == task.primary_metric else not monitor.endswith("loss")
     history: list[EpochLog] = []
     best_value: float | None = None
+    best_loss: float | None = None
     best_epoch, best_state, best_val = 0, None, None
     stale, stopped_early = 0, False
     seen, start = 0, time.perf_counter()
@@ -222,8 +226,8 @@ def train(
                 step=epoch,
             )
             value = val_loss if monitor == "val_loss" else val_result.metrics[monitor]
-            if _improved(value, best_value, greater):
-                best_value, best_epoch, best_val, stale = value, epoch, val_result, 0
+            if _improved(value, best_value, greater, loss=val_loss, best_loss=best_loss):
+                best_value, best_loss, best_epoch, best_val, stale = value, val_loss, epoch, val_result, 0
                 best_state = _trainable_state(accelerator.unwrap_model(model))
             else:
                 stale += 1

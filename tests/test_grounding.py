@@ -184,3 +184,16 @@ def test_grounding_adapters_merge_push_style_round_trip(tmp_path, isolated_home)
     from transformers import Florence2ForConditionalGeneration
 
     assert Florence2ForConditionalGeneration.from_pretrained(tmp_path / "merged") is not None
+
+
+def test_mix_orders_the_kinds_of_records():
+    from loradex.plugins.grounding.data import MixSampler
+
+    kinds = ["phrase", "od", "region", "od", "phrase", "region", "od"]
+    sequential = list(MixSampler(kinds, mix="sequential", seed=0))
+    assert [kinds[i] for i in sequential] == ["od"] * 3 + ["region"] * 2 + ["phrase"] * 2
+    assert sorted(sequential) == list(range(len(kinds)))
+    interleaved = MixSampler(kinds, mix="interleave", seed=0)
+    first, second = list(interleaved), list(interleaved)
+    assert sorted(first) == list(range(len(kinds))) and first != second  # reshuffled every epoch
+    assert [kinds[i] for i in first] != [kinds[i] for i in sequential]

@@ -156,3 +156,12 @@ def test_adapter_for_another_base_is_refused_unless_allowed(outcome, tmp_path):
     with pytest.raises(FingerprintMismatchError, match="pass --allow-base-mismatch"):
         attach(base, task, other)
     assert attach(base, task, other, allow_base_mismatch=True).adapter_names == ["default"]
+
+
+def test_a_flat_metric_does_not_stop_training_while_the_loss_falls():
+    from loradex.core.engine import _improved
+
+    assert _improved(0.0, 0.0, True, loss=6.4, best_loss=6.6)        # tie on the metric: lower loss wins
+    assert not _improved(0.0, 0.0, True, loss=6.7, best_loss=6.6)
+    assert not _improved(0.4, 0.5, True, loss=1.0, best_loss=9.0)    # the metric still comes first
+    assert _improved(0.2, 0.5, False, loss=9.0, best_loss=1.0)

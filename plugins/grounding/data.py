@@ -49,7 +49,7 @@ from .locations import SuffixError, dequantize, location_text, objects_text, par
 OD, REGION, PHRASE = "<OD>", "<DENSE_REGION_CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>"
 KINDS = {OD: "od", REGION: "region", PHRASE: "phrase"}
 KIND_ORDER = ("od", "region", "phrase")
-SYNTHETIC_DEFAULTS = {"train": 600, "val": 40, "test": 0, "seed": 0}
+SYNTHETIC_DEFAULTS = {"train": 300, "val": 30, "test": 0, "seed": 0}
 COLOURS = {"red": (235, 60, 60), "green": (70, 210, 90), "blue": (80, 130, 255), "yellow": (240, 225, 60),
            "white": (245, 245, 245), "purple": (190, 100, 240)}
 

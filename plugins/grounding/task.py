@@ -57,7 +57,7 @@ class GroundingTask(Task):
 
     def default_train(self, backbone: str) -> TrainSettings:
         """Measured on the tiny-florence2 preset and the synthetic scenes (see GroundingTask's notes)."""
-        return TrainSettings(epochs=12, batch_size=16, lr=3e-3, warmup_ratio=0.05, patience=4)
+        return TrainSettings(epochs=8, batch_size=16, lr=3e-3, warmup_ratio=0.05, patience=4)
 
     def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
         """JSONL (Florence-2's prefix/suffix/image records), COCO, YOLO or ``synthetic[:...]``."""
