@@ -197,3 +197,15 @@ def test_mix_orders_the_kinds_of_records():
     first, second = list(interleaved), list(interleaved)
     assert sorted(first) == list(range(len(kinds))) and first != second  # reshuffled every epoch
     assert [kinds[i] for i in first] != [kinds[i] for i in sequential]
+
+
+def test_a_phrase_implies_phrase_grounding():
+    from loradex.core.errors import ConfigError
+    from loradex.plugins.grounding.data import REGION
+    from loradex.plugins.grounding.task import GroundingTask
+
+    task = GroundingTask()
+    assert task.parse_options({"text": "the red circle"})["prompt"] == PHRASE
+    assert task.parse_options({})["prompt"] == "<OD>"
+    with pytest.raises(ConfigError, match="takes none"):
+        task.parse_options({"prompt": REGION, "text": "the red circle"})

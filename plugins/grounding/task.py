@@ -25,15 +25,19 @@ class GroundingOptions:
     """Prediction options of the grounding task."""
 
     prompt: str = option_help(f"The task: {OD} (objects), {REGION} (region captions) or {PHRASE} (with text).", OD)
-    text: str = option_help(f"The phrase to ground, after {PHRASE} (e.g. 'the red circle').", "")
+    text: str = option_help(f"The phrase to ground (e.g. 'the red circle'); implies prompt {PHRASE}.", "")
     max_new_tokens: int = option_help("Longest answer generated, in tokens.", 128)
     min_score: float = option_help("Leave out boxes whose location tokens score below this (0..1).", 0.0)
 
     def __post_init__(self) -> None:
+        if self.text.strip() and self.prompt == OD:  # a phrase given with the default prompt: ground it
+            object.__setattr__(self, "prompt", PHRASE)
         if self.prompt not in (OD, REGION, PHRASE):
             raise ConfigError(f"prompt must be {OD}, {REGION} or {PHRASE}, got {self.prompt!r}")
         if self.prompt == PHRASE and not self.text.strip():
             raise ConfigError(f"{PHRASE} needs the phrase to ground: -o text='the red circle'")
+        if self.text.strip() and self.prompt != PHRASE:
+            raise ConfigError(f"text is the phrase of {PHRASE}; prompt {self.prompt} takes none")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if not 0 <= self.min_score <= 1:
