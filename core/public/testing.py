@@ -222,7 +222,6 @@ class TaskContract:
         """postprocess returns one JSON-ready dict per image; summary is one line."""
         import json
 
-        import torch
 
         from PIL import Image
 
@@ -261,7 +260,6 @@ class TaskContract:
 
     def test_drawing_runs(self, contract):
         """draw() gives an image; a multi-task drawing (ImageResult.draw) includes this task."""
-        import torch
         from PIL import Image
 
         from loradex.core.inference import predict_pil
