@@ -197,7 +197,7 @@ def build_app(session: DemoSession, *, refs: Sequence[str] = ()) -> Any:
                 run = gr.Button("Run", variant="primary", elem_id="run")
                 gr.Examples(example_images(Path(tempfile.mkdtemp(prefix="loradex-demo-"))), inputs=[image])
             with gr.Column(scale=4):
-                drawing = gr.Image(type="pil", label="Every task on one drawing", elem_id="drawing",
+                drawing = gr.Image(type="pil", label="Every task on one drawing", show_label=False, elem_id="drawing",
                                    interactive=False, format="png")
                 record = gr.JSON(label="Predictions (as adapters predict --json)", elem_id="predictions")
             with gr.Column(scale=2):
