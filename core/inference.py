@@ -21,12 +21,13 @@ def predict_pil(task: Task, model: TaskModel, images: Sequence[Any], *, adapter:
     spec = model.specs[name]
     transform = model.backbone.transform_at(spec.image_size)
     pixels = torch.stack([transform(im) for im in images])
+    parsed = task.parse_options(options)
     with torch.inference_mode():
-        if task.requires == "encoder-decoder":
-            outputs = task.generate(model.runner(name), model.backbone, pixels, spec.head, **task.parse_options(options))
+        if task.generates:
+            outputs = task.generate(model.runner(name), model.backbone, pixels, spec.head, **parsed)
         else:
             outputs = model(pixels, adapter=name)
-    return task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images], **task.parse_options(options))
+    return task.postprocess(outputs, spec.head, image_sizes=[im.size for im in images], **parsed)
 
 
 def evaluate_dataset(task: Task, model: Any, dataset: Any, *, head_config: dict[str, Any], adapter: str | None = None,

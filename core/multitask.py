@@ -421,14 +421,14 @@ class MultiTaskModel(nn.Module):
                 result.results[head.key] = TaskResult(key=head.key, task=head.task, prediction=prediction,
                                                       head_config=head.config, path=result.path, image=result.image)
 
-        for head in [h for h in heads if h.task.requires == "encoder-decoder"]:  # tasks that generate
+        for head in [h for h in heads if h.task.generates]:
             transform = self.backbone.transform_at(head.image_size)
             pixels = torch.stack([transform(image) for _, image in loaded]).to(self.device)
             with torch.inference_mode():
                 outputs = head.task.generate(AdapterRunner(self, lora_of[head.key]), self.backbone, pixels,
                                              head.config, **per_head[head.key])
             keep(head, outputs)
-        heads = [h for h in heads if h.task.requires != "encoder-decoder"]
+        heads = [h for h in heads if not h.task.generates]
         for image_size in dict.fromkeys(h.image_size for h in heads):
             group = [h for h in heads if h.image_size == image_size]
             loras = list(dict.fromkeys(lora_of[h.key] for h in group))

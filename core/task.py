@@ -108,6 +108,11 @@ class Task(abc.ABC):
     against it; its defaults apply when an option is not given.
     """
 
+    @property
+    def generates(self) -> bool:
+        """Whether the base writes this task's answer (:meth:`generate`) instead of a head reading its tokens."""
+        return self.requires == "encoder-decoder"
+
     def default_backbone(self) -> str:
         """The built-in base this task trains on when none is given."""
         return "tiny-vit" if self.requires == "encoder" else "tiny-florence2"

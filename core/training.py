@@ -24,7 +24,6 @@ from .spec import AdapterSpec, LoraSettings, TrainSettings, settings_from_mappin
 from .task import Task, TaskData
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class TrainRequest:
     """What the user asked for; anything left out comes from the task's defaults."""

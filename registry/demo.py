@@ -114,20 +114,16 @@ def _text_options(model: Any, text: str) -> dict[str, Any]:
     """The page's text box as the ``text`` option of the chosen tasks that take one (phrase grounding)."""
     import dataclasses
 
+    from loradex.core import plugins
+
     text = text.strip()
     if not text:
         return {}
     takers = [a for a in model.adapters.values()
-              if any(f.name == "text" for f in dataclasses.fields(_task(a.spec.task).predict_options))]
+              if any(f.name == "text" for f in dataclasses.fields(plugins.get_task(a.spec.task).predict_options))]
     if not takers:
         raise ConfigError("none of the chosen adapters takes a text prompt; clear the prompt box")
     return {"text": text}
-
-
-def _task(name: str) -> Any:
-    from loradex.core import plugins
-
-    return plugins.get_task(name)
 
 
 def _describe(record: VersionRecord, registry: Registry) -> str:

@@ -9,7 +9,6 @@ tokens, and a README whose loader snippet uses torch, safetensors and transforme
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 from loradex.core import plugins
 from loradex.core.artifact import head_file, load_weights, native_names
 from loradex.core.errors import RegistryError
+
+from .store import check_destination, staged_folder
 
 EXPORT_FILE = "loradex_export.json"
 
@@ -67,8 +68,7 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
     from peft import PeftModel
 
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise RegistryError(f"{dest}: exists and is not an empty folder; export needs a new or empty folder")
+    check_destination(dest)  # before the base loads: a wrong destination fails at once
     spec = record.spec
     base_ref = spec.backbone
     backbone = plugins.resolve_backbone(base_ref.name).load(base_ref.name, revision=base_ref.revision)
@@ -78,7 +78,7 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
     codes = []
     for head in spec.head_specs():
         task = plugins.get_task(head.task)
-        if task.requires == "encoder-decoder":  # it answers with the base's own head: the merged model is all
+        if task.generates:  # it answers with the base's own language-model head: the merged model is all
             continue
         code = task.export_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size),
                                 head_config=head.config)
@@ -86,9 +86,7 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
             raise RegistryError(f"task {head.task!r} cannot export its head as standalone code; "
                                 "export the adapter without --merged and load it with loradex")
         codes.append((head, code))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with staged_folder(dest) as staging:
         with tempfile.TemporaryDirectory(prefix="loradex-native-") as scratch:
             lora = native_names(source, backbone, Path(scratch))
             merged = PeftModel.from_pretrained(backbone.model, str(lora)).merge_and_unload()
@@ -111,12 +109,6 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
                     "num_prefix_tokens": backbone.num_prefix_tokens, "heads": heads}
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(readme(record, heads, dest), encoding="utf-8")
-        if dest.exists():
-            dest.rmdir()
-        os.rename(staging, dest)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 

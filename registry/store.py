@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -580,19 +580,10 @@ class Registry:
         """Write the version as a self-contained PEFT-format folder at ``dest`` (new or empty)."""
         record = self.resolve(ref)
         dest = Path(dest)
-        check_destination(dest)
-        source = self.materialize(record)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-        try:
+        with staged_folder(dest) as staging:
+            source = self.materialize(record)
             for fname in record.files:
                 shutil.copyfile(source / fname, staging / fname)
-            if dest.exists():
-                dest.rmdir()
-            os.rename(staging, dest)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         return dest
 
     def check_base(self, ref: str | VersionRecord, fingerprint: str, *, allow_mismatch: bool = False) -> None:
@@ -808,6 +799,25 @@ def check_destination(dest: Path) -> None:
             break
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise RegistryError(f"{dest}: exists and is not an empty folder; export needs a new or empty folder")
+
+
+@contextlib.contextmanager
+def staged_folder(dest: Path) -> Iterator[Path]:
+    """A scratch folder beside ``dest`` that becomes ``dest`` (new or empty) only if the block succeeds.
+
+    Nothing is half-written: on any error the scratch folder is removed and ``dest`` is untouched.
+    """
+    check_destination(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield staging
+        if dest.exists():
+            dest.rmdir()
+        os.rename(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _mb(size: int) -> str:

@@ -92,3 +92,23 @@ def cli_group():
     from loradex.registry.cli import cli
 
     return cli
+
+
+def random_shelf(root: Path, adapters: list[tuple[str, str, dict[str, Any]]], *,
+                 args: Mapping[str, Any] | None = None) -> Path:
+    """A registry at ``root/home`` holding one random tiny-vit adapter per (name, task, random_adapter options).
+
+    A name listed twice gets a second version. ``args`` are recorded with every version, as training would.
+    """
+    from loradex.core import plugins
+    from loradex.registry.store import Registry
+    from loradex.testing import random_adapter
+
+    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    home = root / "home"
+    with Registry.open(home) as registry:
+        for index, (name, task, options) in enumerate(adapters):
+            folder = random_adapter(root / "build" / f"{name}-{index}", task, backbone=backbone, **options)
+            recorded = {**(args or {}), "primary_metric": plugins.get_task(task).primary_metric} if args else None
+            registry.put(folder, name=name, **({"args": recorded} if recorded else {}))
+    return home

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from loradex.registry.cli import cli
 
+from .registry_helpers import random_shelf
+
 gradio = pytest.importorskip("gradio", reason="the demo extra (loradex[demo]) is not installed")
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "demo.png"
@@ -26,18 +28,13 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def shelf(tmp_path_factory):
     """A registry holding classification (v1, v2), detection and pose adapters on tiny-vit."""
-    from loradex.core import plugins
     from loradex.registry.store import Registry
-    from loradex.testing import random_adapter
 
     root = tmp_path_factory.mktemp("demo")
-    home = root / "home"
-    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    home = random_shelf(root, [(name, task, {"seed": seed, "scale": 0.02}) for name, task, seed in (
+        ("cls", "classification", 1), ("cls", "classification", 2), ("det", "detection", 3), ("pose", "pose", 4))],
+        args={"data": "synthetic"})
     with Registry.open(home) as registry:
-        for name, task, seed in (("cls", "classification", 1), ("cls", "classification", 2), ("det", "detection", 3),
-                                 ("pose", "pose", 4)):
-            registry.put(random_adapter(root / f"{name}{seed}", task, backbone=backbone, seed=seed, scale=0.02),
-                         name=name, args={"data": "synthetic"})
         registry.tag("cls@v1", "prod")
     from loradex.registry.demo import example_images
 

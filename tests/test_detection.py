@@ -151,7 +151,7 @@ def write_yolo(root, lines=("1 0.5 0.5 0.2 0.4", "0 0.1 0.1 0.2 0.2"), layout="s
     for split in ("train", "val"):
         for i in range(3 if split == "train" else 2):
             folder = f"images/{split}" if layout == "split" else "images"
-            image = save_image(root / folder / f"{split}{i}.png")
+            save_image(root / folder / f"{split}{i}.png")
             labels = root / folder.replace("images", "labels") / f"{split}{i}.txt"
             labels.parent.mkdir(parents=True, exist_ok=True)
             if i != 2:  # an image without a label file has no objects

@@ -18,7 +18,7 @@ from loradex.registry.cli import cli
 from loradex.registry.store import Registry
 from loradex.testing import random_adapter
 
-from .registry_helpers import make_adapter
+from .registry_helpers import make_adapter, random_shelf
 
 SMALL = "synthetic:train=8,val=24,test=0"
 
@@ -26,17 +26,12 @@ SMALL = "synthetic:train=8,val=24,test=0"
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """Random adapters with a recorded (small, synthetic) data source, as training records it."""
-    root = tmp_path_factory.mktemp("merge")
-    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
-    home = root / "home"
-    with Registry.open(home) as registry:
-        for name, task, options in (("cls-a", "classification", {"seed": 1}),
-                                    ("cls-b", "classification", {"seed": 2, "rank": 4}),
-                                    ("det", "detection", {"seed": 3, "image_size": 96}),
-                                    ("pose", "pose", {"seed": 4, "targets": "all"})):
-            folder = random_adapter(root / name, task, backbone=backbone, scale=0.02, **options)
-            registry.put(folder, name=name, args={"data": SMALL, "primary_metric": plugins.get_task(task).primary_metric})
-    return home
+    return random_shelf(tmp_path_factory.mktemp("merge"), [
+        ("cls-a", "classification", {"seed": 1, "scale": 0.02}),
+        ("cls-b", "classification", {"seed": 2, "rank": 4, "scale": 0.02}),
+        ("det", "detection", {"seed": 3, "image_size": 96, "scale": 0.02}),
+        ("pose", "pose", {"seed": 4, "targets": "all", "scale": 0.02}),
+    ], args={"data": SMALL})
 
 
 def run(home, *args):

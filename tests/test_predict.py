@@ -11,26 +11,20 @@ from click.testing import CliRunner
 from PIL import Image
 
 import loradex
-from loradex.core import plugins
 from loradex.plugins.shapes import SHAPES, scene_image, single_shape_image
 from loradex.registry.cli import cli
 from loradex.registry.store import Registry
-from loradex.testing import random_adapter
 
-from .registry_helpers import make_adapter
+from .registry_helpers import make_adapter, random_shelf
 
 
 @pytest.fixture(scope="module")
 def shelf(tmp_path_factory):
     """A registry with a classification, a detection (96 px) and a pose adapter, and a folder of images."""
     root = tmp_path_factory.mktemp("shelf")
-    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
-    home = root / "home"
+    home = random_shelf(root, [("cls", "classification", {"seed": 3}), ("det", "detection", {"seed": 3, "image_size": 96}),
+                               ("pose", "pose", {"seed": 4, "targets": "all"})])
     with Registry.open(home) as registry:
-        for name, task, options in (("cls", "classification", {}), ("det", "detection", {"image_size": 96}),
-                                    ("pose", "pose", {"targets": "all"})):
-            folder = random_adapter(root / "build" / name, task, backbone=backbone, seed=len(name), **options)
-            registry.put(folder, name=name)
         registry.tag("det@v1", "prod")
     images = root / "images"
     (images / "more").mkdir(parents=True)

@@ -9,7 +9,7 @@ that must stay inside the data folder), synthetic sources (:mod:`.synthetic`), C
 from .datasets import ImageDataset, TensorListDataset
 from .images import IMAGE_EXTENSIONS, image_size, is_image_file, open_image, to_rgb, verify_image
 from .labelled import Labelled, image_folder, labels_csv
-from .paths import find_in, inside, require_folder
+from .paths import find_in, inside, require_folder, require_path
 from .splits import (
     SPLIT_ALIASES,
     SPLITS,
@@ -26,5 +26,5 @@ __all__ = [
     "IMAGE_EXTENSIONS", "ImageDataset", "Labelled", "SPLITS", "SPLIT_ALIASES", "SPLIT_OFFSETS", "SYNTHETIC",
     "TensorListDataset", "VAL_FRACTION", "describe_counts", "find_in", "find_split_files", "find_split_folders",
     "image_folder", "image_size", "inside", "is_image_file", "labels_csv", "open_image", "parse_synthetic",
-    "require_folder", "seeded_split", "split_of", "synthetic_splits", "to_rgb", "verify_image",
+    "require_folder", "require_path", "seeded_split", "split_of", "synthetic_splits", "to_rgb", "verify_image",
 ]

@@ -8,6 +8,14 @@ from pathlib import Path
 from ..errors import DataError
 
 
+def require_path(source: str) -> Path:
+    """``source`` as an existing file or folder, or a DataError naming it."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: data file or folder does not exist")
+    return path
+
+
 def require_folder(source: str) -> Path:
     """``source`` as an existing folder, or a DataError naming it."""
     path = Path(source).expanduser()

@@ -12,9 +12,8 @@ Every split is a dataset of ``(pixel_values, target)`` items (targets: :mod:`.ta
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from loradex.core.data import TensorListDataset, find_split_files, parse_synthetic, synthetic_splits
+from loradex.core.data import TensorListDataset, find_split_files, parse_synthetic, require_path, synthetic_splits
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
@@ -30,9 +29,7 @@ def load_detection_data(source: str | None, *, transform: ImageTransform, image_
     options = parse_synthetic(source, SYNTHETIC_DEFAULTS)
     if options is not None:
         return synthetic_scenes(transform=transform, image_size=image_size, **options)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: data file or folder does not exist")
+    path = require_path(source)
     if path.is_file():
         if path.suffix.lower() != ".json":
             raise DataError(f"{path}: expected a COCO .json file or a dataset folder")

@@ -36,6 +36,7 @@ from loradex.core.data import (
     image_size,
     open_image,
     parse_synthetic,
+    require_path,
     seeded_split,
     split_of,
     synthetic_splits,
@@ -153,9 +154,7 @@ def load_grounding_data(source: str | None, *, transform: ImageTransform, image_
     options = parse_synthetic(source, SYNTHETIC_DEFAULTS)
     if options is not None:
         return synthetic_data(transform=transform, image_size=image_size, **options)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: data file or folder does not exist")
+    path = require_path(source)
     if path.is_file() and path.suffix.lower() == ".jsonl":
         records = read_jsonl(path, root=path.parent)
         train, val = seeded_split(records, seed, group=lambda r: str(r.path))
