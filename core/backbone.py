@@ -125,6 +125,11 @@ class LoadedBackbone:
     target_patterns: dict[str, str] = field(default_factory=dict)
     """Semantic target → regex over full module paths, for models whose targets are not in one list
     of blocks (a vision tower and a language model); used instead of ``target_names`` when set."""
+    pretrained: bool = False
+    """Whether the weights were learned (a Hub checkpoint, the efficientnet-lite0 preset) rather than
+    drawn from a seed; tasks pick other defaults for learned features (see ``Task.defaults``)."""
+    default_targets: tuple[str, ...] = ()
+    """The LoRA targets measured best for this base; empty: the task's own default targets."""
 
     @classmethod
     def from_model(

@@ -294,8 +294,9 @@ def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> An
 def factors_from_peft(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> dict[str, LoraFactors]:
     """Per module path, the LoRA factors in a PEFT adapter state dict, scaled as PEFT scales them.
 
-    Raises ArtifactError for a key that is not a LoRA A/B weight (embeddings, biases,
-    magnitudes), or a layer with only one of its two factors.
+    A conv layer's factors come back flattened to matrices (see :func:`conv_kernels`). Raises
+    ArtifactError for a key that is not a LoRA A/B weight (embeddings, biases, magnitudes), or
+    a layer with only one of its two factors.
     """
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
@@ -312,8 +313,11 @@ def factors_from_peft(config: Mapping[str, Any], state: Mapping[str, torch.Tenso
         if set(ab) != {"A", "B"}:
             raise ArtifactError(f"layer {module!r} has lora_{next(iter(ab))} but not its partner")
         a, b = ab["A"], ab["B"]
+        if a.ndim == 4 and b.ndim == 4 and tuple(b.shape[2:]) == (1, 1):  # a conv: B is 1x1, A holds the kernel
+            a, b = a.flatten(1), b.flatten(1)
         if a.ndim != 2 or b.ndim != 2:
-            raise ArtifactError(f"layer {module!r}: LoRA factors are not matrices (a convolution?)")
+            raise ArtifactError(f"layer {module!r}: LoRA factors of shapes {tuple(a.shape)} and {tuple(b.shape)} are "
+                                "neither a Linear's matrices nor a convolution's kernel and 1x1 pair")
         r = int(_pattern_value(rank_pattern, module, rank))
         layer_alpha = float(_pattern_value(alpha_pattern, module, alpha))
         if a.shape[0] != r:
@@ -322,6 +326,21 @@ def factors_from_peft(config: Mapping[str, Any], state: Mapping[str, torch.Tenso
             )
         scale = layer_alpha / math.sqrt(r) if rslora else layer_alpha / r
         out[module] = LoraFactors(a=a, b=b, scale=scale)
+    return out
+
+
+def conv_kernels(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Per conv layer of a PEFT state dict, lora_A's shape after its rank: ``(in, kh, kw)``.
+
+    :func:`factors_from_peft` flattens a conv's factors into matrices (``A`` to ``(r, in*kh*kw)``,
+    ``B`` to ``(out, r)``), so merges and compression treat them like any layer; writing them
+    back (``to_peft(kernels=...)``) restores the kernel shape.
+    """
+    out: dict[str, tuple[int, ...]] = {}
+    for key, tensor in state.items():
+        match = _KEY.match(key)
+        if match and match["part"] == "A" and tensor.ndim == 4:
+            out[match["module"]] = tuple(tensor.shape[1:])
     return out
 
 

@@ -26,6 +26,20 @@ class TaskModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.specs: dict[str, AdapterSpec] = {}
 
+    def train(self, mode: bool = True) -> TaskModel:
+        """Train the LoRA and heads; the frozen base's batch-norm layers stay in eval mode.
+
+        In train mode a BatchNorm normalises with batch statistics and overwrites its running
+        mean and variance: that would change the shared base (and its fingerprint) under every
+        other adapter, and give a CNN base different features from those it was trained with.
+        """
+        super().train(mode)
+        if mode:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
     @property
     def adapter_names(self) -> list[str]:
         """Names of the attached adapters, in attachment order."""

@@ -24,12 +24,17 @@ MULTITASK_FORMAT = 2
 """Format of a spec with ``heads``: one LoRA, one head per task (what a multi-task merge writes)."""
 MULTITASK = "multitask"
 """The ``task`` of a multi-task adapter; its tasks are those of its heads."""
-SEMANTIC_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out", "vision.attn", "vision.mlp")
+SEMANTIC_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.in", "mlp.out", "vision.attn", "vision.mlp",
+                    "attn.qkv", "conv.pw", "conv.full")
 """What a LoRA can target, named the same on every architecture. ``attn.*`` and ``mlp.*`` are the
 transformer blocks of an encoder (a ViT) or the language model of a vision-language model;
-``vision.*`` the vision tower of a vision-language model (Florence-2's attention and MLP)."""
+``vision.*`` the vision tower of a vision-language model (Florence-2's attention and MLP).
+``attn.qkv`` is a fused query-key-value projection (timm's ViTs; on those ``attn.q``/``k``/``v``
+name the same layer); ``conv.pw`` the pointwise (1x1) convolutions of a CNN's blocks and head,
+``conv.full`` its dense kxk convolutions (timm's EfficientNets, ResNets, ...). New names are
+appended, so the order of older specs' targets never changes."""
 TARGET_GROUPS = {"attn": SEMANTIC_TARGETS[:4], "mlp": SEMANTIC_TARGETS[4:6], "all": SEMANTIC_TARGETS[:6],
-                 "vision": SEMANTIC_TARGETS[6:]}
+                 "vision": SEMANTIC_TARGETS[6:8], "conv": SEMANTIC_TARGETS[9:11]}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 MIXES = ("interleave", "sequential")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -68,7 +73,7 @@ def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
         else:
             raise SpecError(
                 f"unknown LoRA target {item!r}.{suggest(item, SEMANTIC_TARGETS)} "
-                f"Use {', '.join(SEMANTIC_TARGETS)} or attn, mlp, all, vision."
+                f"Use {', '.join(SEMANTIC_TARGETS)} or {', '.join(TARGET_GROUPS)}."
             )
         out.extend(t for t in expanded if t not in out)
     if not out:

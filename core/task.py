@@ -126,6 +126,18 @@ class Task(abc.ABC):
         """Training settings used when the user gives none, for this backbone name."""
         return TrainSettings()
 
+    def pretrained_defaults(self, backbone: Any) -> dict[str, dict[str, Any]]:
+        """Changes to the defaults on a base with learned weights (``backbone.pretrained``).
+
+        ``{"lora": {...}, "train": {...}, "head": {...}}``, each a partial mapping over
+        :meth:`default_lora`, :meth:`default_train` and :meth:`default_head`. Learned features
+        want a lower learning rate, a smaller rank and fewer epochs than a random-init base; the
+        built-in tasks return what they measured on ``efficientnet-lite0`` (bench/real_data.py).
+        The base's own ``default_targets`` (pointwise convs on a CNN) replace the task's targets
+        whether or not it is pretrained. Options the user gives always win.
+        """
+        return {}
+
     def train_sampler(self, dataset: Any, settings: TrainSettings) -> Any:
         """The order of the training items, as a torch ``Sampler`` (None: the engine shuffles them)."""
         return None

@@ -55,12 +55,16 @@ class TrainOutcome:
     primary_metric: str
 
 
-def resolve_settings(task: Task, request: TrainRequest) -> tuple[LoraSettings, TrainSettings]:
+def resolve_settings(task: Task, request: TrainRequest, backbone: LoadedBackbone | None = None,
+                     ) -> tuple[LoraSettings, TrainSettings]:
     """The task's defaults overridden by the request, validated before anything is loaded.
 
-    Starting from an adapter (``request.init``), its LoRA settings are kept: they define the
-    weights being continued.
+    With ``backbone`` (once it is loaded) the defaults fit it: its own LoRA targets, and the
+    task's :meth:`~loradex.core.task.Task.pretrained_defaults` on a pretrained base. Starting
+    from an adapter (``request.init``), its LoRA settings are kept: they define the weights
+    being continued.
     """
+    fitted = _fitted_defaults(task, backbone)
     if request.init is not None:
         start = init_spec(request.init)
         changed = sorted(k for k, v in request.lora.items() if getattr(start.lora, k, v) != v and k != "dropout")
@@ -69,11 +73,25 @@ def resolve_settings(task: Task, request: TrainRequest) -> tuple[LoraSettings, T
                               f"(its LoRA has rank {start.lora.rank}, targets {','.join(start.lora.targets)})")
         base = dataclasses.asdict(dataclasses.replace(start.lora, target_modules=None))
     else:
-        base = dataclasses.asdict(task.default_lora())
+        base = {**dataclasses.asdict(task.default_lora()), **fitted["lora"]}
     lora = settings_from_mapping(LoraSettings, {**base, **request.lora}, source="lora settings")
-    defaults = dataclasses.asdict(task.default_train(request.backbone or task.default_backbone()))
+    defaults = {**dataclasses.asdict(task.default_train(request.backbone or task.default_backbone())), **fitted["train"]}
     train = settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
     return lora, train
+
+
+def _fitted_defaults(task: Task, backbone: LoadedBackbone | None) -> dict[str, dict[str, Any]]:
+    fitted: dict[str, dict[str, Any]] = {"lora": {}, "train": {}, "head": {}}
+    if backbone is None:
+        return fitted
+    if backbone.default_targets:
+        fitted["lora"]["targets"] = backbone.default_targets
+    if backbone.pretrained:
+        for key, values in task.pretrained_defaults(backbone).items():
+            if key not in fitted:
+                raise ConfigError(f"task {task.name!r}: pretrained_defaults() key {key!r} is not lora, train or head")
+            fitted[key].update(values)
+    return fitted
 
 
 def init_spec(folder: Path) -> AdapterSpec:
@@ -95,7 +113,7 @@ def build_spec(
         task=task.name,
         backbone=backbone.ref,
         lora=dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets)),
-        head={**task.default_head(), **data.head_config, **request.head},
+        head={**task.default_head(), **_fitted_defaults(task, backbone)["head"], **data.head_config, **request.head},
         train=train,
         image_size=train.image_size or backbone.image_size,
     )
@@ -155,6 +173,7 @@ def train_adapter(
         from .artifact import check_fingerprint
 
         check_fingerprint(start, backbone.ref.fingerprint, where=str(request.init), allow_mismatch=False)
+    lora, settings = resolve_settings(task, request, backbone)  # the defaults that fit this base
     image_size = settings.image_size or backbone.image_size
     data = task.load_data(request.data, transform=backbone.transform_at(image_size), image_size=image_size,
                           seed=settings.seed)

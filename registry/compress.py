@@ -79,8 +79,12 @@ def compress_layers(layers: Mapping[str, LoraFactors], *, rank: int | None, ener
 
 
 def build(source: Path, config: Mapping[str, Any], layers: Mapping[str, LoraFactors], spec: Any, folder: Path, *,
-          rank: int | None, energy: float | None, dtype: str | None, name: str | None = None) -> Compressed:
-    """Write the compressed adapter of the folder ``source`` (its LoRA ``layers``) into ``folder``."""
+          rank: int | None, energy: float | None, dtype: str | None, name: str | None = None,
+          kernels: Mapping[str, tuple[int, ...]] | None = None) -> Compressed:
+    """Write the compressed adapter of the folder ``source`` (its LoRA ``layers``) into ``folder``.
+
+    ``kernels``: the conv layers' kernel shapes (``MergeInput.kernels``), to write their factors back as convs.
+    """
     from safetensors.torch import save_file
 
     check_request(rank=rank, energy=energy, dtype=dtype, adapter_rank=max(f.rank for f in layers.values()))
@@ -93,7 +97,8 @@ def build(source: Path, config: Mapping[str, Any], layers: Mapping[str, LoraFact
     if dtype is not None:
         new_layers = algebra.cast(new_layers, DTYPES[dtype])
         errors = _with_storage_error(layers, new_layers, errors)
-    new_config, state = algebra.to_peft(new_layers, base_config=config, per_layer_rank=energy is not None)
+    new_config, state = algebra.to_peft(new_layers, base_config=config, per_layer_rank=energy is not None,
+                                           kernels=kernels)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ADAPTER_CONFIG).write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})

@@ -225,6 +225,7 @@ def compress_version(
     compressing.check_layers(item.layers, record.ref)
     with tempfile.TemporaryDirectory(prefix="loradex-compress-") as scratch:
         built = compressing.build(item.folder, item.config, item.layers, record.spec, Path(scratch) / "out",
+                                  kernels=item.kernels,
                                   rank=rank, energy=energy, dtype=dtype, name=target)
         probe = "compressed@v1"
         model.attach(probe, built.folder)

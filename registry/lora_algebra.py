@@ -222,13 +222,16 @@ def cast(layers: Mapping[str, LoraFactors], dtype: torch.dtype) -> Layers:
 
 
 def to_peft(layers: Mapping[str, LoraFactors], *, base_config: Mapping[str, object], per_layer_rank: bool = False,
-            ) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+            kernels: Mapping[str, tuple[int, ...]] | None = None) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
     """``(adapter_config, state dict)`` in PEFT's format for ``layers``.
 
     Scales are folded into B (alpha = r, so PEFT's scale is 1). One rank serves every layer,
     layers of lower rank zero-padded, unless ``per_layer_rank`` writes PEFT's ``rank_pattern``
     and ``alpha_pattern`` (used where per-layer ranks are the point, as in ``compress --energy``).
+    ``kernels``: conv layers' ``(in, kh, kw)`` (``conv_kernels`` of an input), whose flattened
+    factors are written back as PEFT's conv pair: A ``(r, in, kh, kw)``, B ``(out, r, 1, 1)``.
     """
+    kernels = kernels or {}
     folded = {m: (f.a, f.b * f.scale if f.scale != 1.0 else f.b) for m, f in layers.items()}
     rank = max(a.shape[0] for a, _ in folded.values())
     state: dict[str, torch.Tensor] = {}
@@ -240,6 +243,8 @@ def to_peft(layers: Mapping[str, LoraFactors], *, base_config: Mapping[str, obje
             b = torch.cat([b, b.new_zeros(b.shape[0], rank - r)], dim=1)
         elif r != rank:
             rank_pattern[re.escape(module)] = r
+        if module in kernels:
+            a, b = a.reshape(a.shape[0], *kernels[module]), b.reshape(*b.shape, 1, 1)
         state[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
         state[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
     config = {key: value for key, value in base_config.items()

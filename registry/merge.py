@@ -34,7 +34,7 @@ from loradex.core.artifact import (
 )
 from loradex.core import plugins
 from loradex.core.errors import ConfigError, RegistryError, suggest
-from loradex.core.lora_runtime import LoraFactors, factors_from_peft, unsupported_reason
+from loradex.core.lora_runtime import LoraFactors, conv_kernels, factors_from_peft, unsupported_reason
 from loradex.core.multitask import check_same_base
 from loradex.core.spec import MULTITASK, AdapterSpec, HeadSpec, LoraSettings, parse_targets
 
@@ -78,6 +78,8 @@ class MergeInput:
     folder: Path
     config: dict[str, Any]
     layers: dict[str, LoraFactors]
+    kernels: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Conv layers' kernel shapes (their factors are flattened in ``layers``)."""
 
     @property
     def ref(self) -> str:
@@ -124,7 +126,7 @@ def load_input(record: Any, folder: Path, backbone: Any) -> MergeInput:
         layers = factors_from_peft(config, state)
     except Exception as exc:  # noqa: BLE001 - ArtifactError and shape errors alike
         raise RegistryError(f"cannot merge {record.ref}: {exc}") from None
-    return MergeInput(record=record, folder=folder, config=config, layers=layers)
+    return MergeInput(record=record, folder=folder, config=config, layers=layers, kernels=conv_kernels(state))
 
 
 def check_request(count: int, *, method: str, weights: Sequence[float] | None, density: float | None,
@@ -270,7 +272,8 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
     groups = group_heads(inputs)
     merged, stored_rank = merge_layers(chosen, inputs, weights, density=density, rank=rank, base=base)
     error = 0.0 if chosen.exact else update_error(merged, inputs, weights, base)
-    config, state = algebra.to_peft(merged, base_config=inputs[0].config)
+    kernels = {m: k for i in inputs for m, k in i.kernels.items()}
+    config, state = algebra.to_peft(merged, base_config=inputs[0].config, kernels=kernels)
     first = inputs[0].spec
     targets = parse_targets([t for i in inputs for t in i.spec.lora.targets])
     lora = LoraSettings(rank=stored_rank, alpha=stored_rank, dropout=0.0, targets=targets,

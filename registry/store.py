@@ -50,6 +50,7 @@ from loradex.core.errors import (
     ReadOnlyRegistryError,
     RegistryError,
 )
+from loradex.core.home import loradex_home
 from loradex.core.spec import AdapterSpec
 
 from . import names
@@ -61,7 +62,6 @@ from .locks import file_lock
 from .manifests import Manifests
 from .weights import check_safetensors
 
-HOME_ENV = "LORADEX_HOME"
 HEADLINE_METRICS = ("f1_macro", "map50", "pck@0.1")
 KINDS = ("trained", "merged", "compressed", "imported", "pulled")
 OPTIONAL_FILES = (METRICS_FILE, CARD_FILE)
@@ -73,11 +73,7 @@ def default_home() -> Path:
 
     Like ``HF_HOME``: ``$XDG_CACHE_HOME/loradex`` or ``~/.cache/loradex``.
     """
-    env = os.environ.get(HOME_ENV)
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-    return Path(cache).expanduser() / "loradex"
+    return loradex_home()
 
 
 class FileEntry(NamedTuple):

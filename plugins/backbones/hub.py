@@ -1,4 +1,4 @@
-"""Any ViT-family encoder from transformers, by Hub id or local folder, at a pinned revision."""
+"""Any ViT-family encoder from transformers, or a timm model, by Hub id or local folder, at a pinned revision."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class HubBackbone:
     """Loads ViT, DeiT, DINOv2, CLIP/SigLIP vision and kin with safetensors weights only."""
 
     name = "hf"
-    description = "any ViT-family encoder or Florence-2 by Hub id (org/name) or local folder; --revision pins it"
+    description = ("any ViT-family encoder, timm model or Florence-2 by Hub id (org/name) or local folder; "
+                   "--revision pins it")
 
     def handles(self, source: str) -> bool:
         """A local folder, or something shaped like a Hub repo id ``org/name``."""
@@ -38,6 +39,10 @@ class HubBackbone:
                 from .florence import load_florence
 
                 return load_florence(source, revision=revision)
+            if config.model_type == "timm_wrapper":
+                from .timm_models import load_timm
+
+                return load_timm(source, revision=revision)
             tower = _VISION_TOWERS.get(config.model_type)
             kwargs = {"revision": revision, "use_safetensors": True}
             if tower:
@@ -51,7 +56,7 @@ class HubBackbone:
         return finish_loading(model, processor, name=source, revision=revision)
 
 
-def finish_loading(model, processor, *, name: str, revision: str | None) -> LoadedBackbone:
+def finish_loading(model, processor, *, name: str, revision: str | None, pretrained: bool = True) -> LoadedBackbone:
     """Measure image size and prefix-token count with one dummy image, then freeze."""
     import torch
     from PIL import Image
@@ -70,6 +75,8 @@ def finish_loading(model, processor, *, name: str, revision: str | None) -> Load
     prefix = tokens - (height // patch) * (width // patch)
     if prefix < 0:
         raise BackboneError(f"backbone {name!r}: {tokens} tokens for a {height // patch}² patch grid")
-    return LoadedBackbone.from_model(
+    loaded = LoadedBackbone.from_model(
         model, processor, name=name, revision=revision, image_size=height, num_prefix_tokens=prefix
     )
+    loaded.pretrained = pretrained
+    return loaded

@@ -49,7 +49,7 @@ class PresetBackbone:
         processor = processor_cls(
             size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
         )
-        return finish_loading(model, processor, name=self.name, revision=None)
+        return finish_loading(model, processor, name=self.name, revision=None, pretrained=False)
 
 
 PRESETS: tuple[PresetBackbone, ...] = (

@@ -36,6 +36,15 @@ class ClassificationTask(Task):
         """Settings measured to reach macro-F1 >= 0.9 on synthetic shapes in minutes on a CPU."""
         return TrainSettings(epochs=8, batch_size=32, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05, patience=3)
 
+    def pretrained_defaults(self, backbone: Any) -> dict[str, dict[str, Any]]:
+        """On learned features: r=8, 4 epochs, patience 2, and the base's own pooled vector (``cls``).
+
+        Measured on Fashion-MNIST (10k train, 64px) with efficientnet-lite0 on 2 CPU cores: 90.8% test
+        accuracy in 5 minutes, the best validation epoch the third (bench/real_data.py).
+        """
+        return {"lora": {"rank": 8, "alpha": 16}, "train": {"epochs": 4, "patience": 2},
+                "head": {"pooling": "cls"}}
+
     def default_head(self) -> dict[str, Any]:
         """Max pooling over patch tokens (see ClassificationHead for the alternatives)."""
         return {"pooling": "max"}

@@ -7,7 +7,8 @@ Every split is a dataset of ``(pixel_values, target)`` items (targets: :mod:`.ta
 * ``None`` or ``synthetic[:train=N,val=N,test=N,seed=N]`` — built-in scenes of 1-4 circles,
   squares and triangles (see :func:`loradex.plugins.shapes.scene_image`);
 * a COCO detection JSON file, or a folder of COCO JSON files (see :mod:`.coco`);
-* a YOLO folder with ``images/`` and ``labels/`` (see :mod:`.yolo`).
+* a YOLO folder with ``images/`` and ``labels/`` (see :mod:`.yolo`);
+* a Pascal VOC folder: XML per image, as LabelImg writes it (see :mod:`.voc`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
 from ..shapes import SCENE_SHAPES, scene_image
-from . import coco, yolo
+from . import coco, voc, yolo
 from .targets import head_config, make_target
 
 SYNTHETIC_DEFAULTS = {"train": 1000, "val": 200, "test": 200, "seed": 0}
 
 
 def load_detection_data(source: str | None, *, transform: ImageTransform, image_size: int, seed: int) -> TaskData:
-    """Read ``source``: None/``synthetic[:opts]``, a COCO JSON file or folder, or a YOLO folder."""
+    """Read ``source``: None/``synthetic[:opts]``, a COCO JSON file or folder, a YOLO folder or a VOC folder."""
     options = parse_synthetic(source, SYNTHETIC_DEFAULTS)
     if options is not None:
         return synthetic_scenes(transform=transform, image_size=image_size, **options)
@@ -36,11 +37,14 @@ def load_detection_data(source: str | None, *, transform: ImageTransform, image_
         return coco.load_coco(path, transform=transform, seed=seed)
     if yolo.is_yolo_folder(path):
         return yolo.load_yolo(path, transform=transform, seed=seed)
+    if voc.is_voc_folder(path):
+        return voc.load_voc(path, transform=transform, seed=seed)
     if find_split_files(path):
         return coco.load_coco(path, transform=transform, seed=seed)
     raise DataError(
         f"{path}: not a detection dataset: expected a COCO JSON file, a folder with train/val COCO JSON "
-        "files (or annotations/instances_train*.json), or a YOLO folder with images/ and labels/"
+        "files (or annotations/instances_train*.json), a YOLO folder with images/ and labels/, or a Pascal VOC "
+        "folder of XML files (LabelImg's format)"
     )
 
 

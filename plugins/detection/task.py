@@ -33,8 +33,8 @@ class DetectionTask(Task):
     """Object detection with a dense anchor-free head on the patch grid (boxes + class scores)."""
 
     name = "detection"
-    description = "object detection, boxes per class (COCO JSON, YOLO txt, synthetic scenes)"
-    formats = ("coco", "yolo", "synthetic")
+    description = "object detection, boxes per class (COCO JSON, YOLO txt, Pascal VOC XML, synthetic scenes)"
+    formats = ("coco", "yolo", "voc", "synthetic")
     primary_metric = "map50"
     predict_options = DetectionOptions
 
@@ -48,7 +48,7 @@ class DetectionTask(Task):
         return TrainSettings(epochs=6, batch_size=16, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05, image_size=96)
 
     def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
-        """COCO JSON file/folder, YOLO folder, or None/``synthetic[:train=N,val=N,test=N,seed=N]``."""
+        """COCO JSON file/folder, YOLO folder, Pascal VOC folder, or None/``synthetic[:train=N,val=N,test=N,seed=N]``."""
         from .data import load_detection_data
 
         return load_detection_data(source, transform=transform, image_size=image_size, seed=seed)

@@ -1,0 +1,161 @@
+"""Real labelled images that install offline, written as folders loradex reads.
+
+- Fashion-MNIST (Debian ``dataset-fashion-mnist``, IDX files): an ImageFolder with a fixed
+  10,000-image train subset and 2,000-image val subset of the 60k training set (seeded), and
+  the full 10,000-image test set.
+- scikit-learn's digits (1,797 8x8 scans): an ImageFolder, a stratified 70/30 train/val split
+  (seed 0), the val images doubling as the test set.
+- deepforest's aerial trees (PyPI ``deepforest`` 2.1.0, installed with ``--no-deps``): a Pascal
+  VOC folder, LabelImg-style (``train/`` and ``val/``, each image beside its XML). The two large
+  crops are tiled into 400 px tiles (a box kept on the tile that holds most of it, clipped); train
+  = the 2299x2472 crop's tiles and OSBS_029, val = the 1249x1035 crop's tiles and SOAP_061. Every
+  box is a ``Tree`` (SOAP_061's Alive/Dead included).
+
+Each ``write_*`` returns the folder, and does nothing when it is already complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import struct
+from pathlib import Path
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+TILE = 400
+
+
+def read_idx(path: Path):
+    """An IDX file (gzip) as a numpy array."""
+    import numpy as np
+
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype, dims = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * dims, data[4:4 + 4 * dims])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _done(root: Path) -> bool:
+    return (root / ".complete").is_file()
+
+
+def _write_images(root: Path, split: str, images, labels, names) -> None:
+    from PIL import Image
+
+    for index, (pixels, label) in enumerate(zip(images, labels)):
+        folder = root / split / names[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{split}_{index:05d}.png")
+
+
+def write_fashion(root: Path, *, train: int = 10_000, val: int = 2_000, seed: int = 0) -> Path:
+    """Fashion-MNIST as ``root/{train,val,test}/CLASS/*.png``."""
+    import numpy as np
+
+    if _done(root):
+        return root
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
+        raise SystemExit(f"{FASHION_DIR}: Fashion-MNIST is missing; apt-get install dataset-fashion-mnist")
+    images = read_idx(FASHION_DIR / "train-images-idx3-ubyte.gz")
+    labels = read_idx(FASHION_DIR / "train-labels-idx1-ubyte.gz")
+    order = np.random.default_rng(seed).permutation(len(images))
+    _write_images(root, "train", images[order[:train]], labels[order[:train]], FASHION_CLASSES)
+    _write_images(root, "val", images[order[train:train + val]], labels[order[train:train + val]], FASHION_CLASSES)
+    _write_images(root, "test", read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz"),
+                  read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz"), FASHION_CLASSES)
+    (root / ".complete").touch()
+    return root
+
+
+def write_digits(root: Path, *, seed: int = 0) -> Path:
+    """scikit-learn's digits as ``root/{train,val,test}/DIGIT/*.png`` (test = val)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if _done(root):
+        return root
+    digits = load_digits()
+    pixels = (digits.images * (255 / 16)).round().astype(np.uint8)
+    train_x, val_x, train_y, val_y = train_test_split(pixels, digits.target, test_size=0.3, random_state=seed,
+                                                      stratify=digits.target)
+    names = [str(d) for d in range(10)]
+    _write_images(root, "train", train_x, train_y, names)
+    _write_images(root, "val", val_x, val_y, names)
+    _write_images(root, "test", val_x, val_y, names)
+    (root / ".complete").touch()
+    return root
+
+
+def deepforest_data() -> Path:
+    """The folder of deepforest's sample images and annotations (without importing deepforest)."""
+    spec = importlib.util.find_spec("deepforest")
+    if spec is None or spec.origin is None:
+        raise SystemExit("deepforest is not installed: uv pip install --no-deps deepforest==2.1.0")
+    return Path(spec.origin).parent / "data"
+
+
+def _voc_xml(filename: str, width: int, height: int, boxes) -> str:
+    objects = "".join(
+        f"  <object>\n    <name>Tree</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
+        f"    <difficult>0</difficult>\n    <bndbox>\n      <xmin>{x1}</xmin>\n      <ymin>{y1}</ymin>\n"
+        f"      <xmax>{x2}</xmax>\n      <ymax>{y2}</ymax>\n    </bndbox>\n  </object>\n"
+        for x1, y1, x2, y2 in boxes)
+    return (f"<annotation>\n  <folder>images</folder>\n  <filename>{filename}</filename>\n  <size>\n"
+            f"    <width>{width}</width>\n    <height>{height}</height>\n    <depth>3</depth>\n  </size>\n"
+            f"  <segmented>0</segmented>\n{objects}</annotation>\n")
+
+
+def _boxes(xml: Path) -> list[tuple[int, int, int, int]]:
+    from xml.etree import ElementTree
+
+    root = ElementTree.parse(xml).getroot()
+    return [tuple(int(float(o.findtext(f"bndbox/{k}"))) for k in ("xmin", "ymin", "xmax", "ymax"))
+            for o in root.findall("object")]
+
+
+def _tiles(image, boxes, stem: str):
+    """400 px tiles of ``image`` with the boxes whose larger part lies on them, clipped."""
+    width, height = image.size
+    for top in range(0, height, TILE):
+        for left in range(0, width, TILE):
+            right, bottom = min(left + TILE, width), min(top + TILE, height)
+            if right - left < TILE // 2 or bottom - top < TILE // 2:
+                continue
+            kept = []
+            for x1, y1, x2, y2 in boxes:
+                cx1, cy1, cx2, cy2 = max(x1, left), max(y1, top), min(x2, right), min(y2, bottom)
+                if cx2 - cx1 < 2 or cy2 - cy1 < 2:
+                    continue
+                if (cx2 - cx1) * (cy2 - cy1) >= 0.5 * (x2 - x1) * (y2 - y1):
+                    kept.append((cx1 - left, cy1 - top, cx2 - left, cy2 - top))
+            yield f"{stem}_{top}_{left}", image.crop((left, top, right, bottom)), kept
+
+
+def write_trees(root: Path) -> Path:
+    """deepforest's trees as a LabelImg-style VOC folder ``root/{train,val}/`` (see the module doc)."""
+    from PIL import Image
+
+    if _done(root):
+        return root
+    source = deepforest_data()
+    plan = {
+        "train": [("2019_YELL_2_528000_4978000_image_crop2", "png", True), ("OSBS_029", "png", False)],
+        "val": [("2019_YELL_2_541000_4977000_image_crop", "png", True), ("SOAP_061", "png", False)],
+    }
+    for split, items in plan.items():
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem, extension, tile in items:
+            image = Image.open(source / f"{stem}.{extension}").convert("RGB")
+            boxes = _boxes(source / f"{stem}.xml")
+            pieces = _tiles(image, boxes, stem) if tile else [(stem, image, boxes)]
+            for name, piece, kept in pieces:
+                piece.save(folder / f"{name}.png")
+                (folder / f"{name}.xml").write_text(_voc_xml(f"{name}.png", *piece.size, kept), encoding="utf-8")
+    (root / ".complete").touch()
+    return root

