@@ -6,10 +6,12 @@
 - scikit-learn's digits (1,797 8x8 scans): an ImageFolder, a stratified 70/30 train/val split
   (seed 0), the val images doubling as the test set.
 - deepforest's aerial trees (PyPI ``deepforest`` 2.1.0, installed with ``--no-deps``): a Pascal
-  VOC folder, LabelImg-style (``train/`` and ``val/``, each image beside its XML). The two large
-  crops are tiled into 400 px tiles (a box kept on the tile that holds most of it, clipped); train
-  = the 2299x2472 crop's tiles and OSBS_029, val = the 1249x1035 crop's tiles and SOAP_061. Every
-  box is a ``Tree`` (SOAP_061's Alive/Dead included).
+  VOC folder in LabelImg's layout (one folder, each image beside its XML; loradex splits it 80/20
+  with the seed). The two large crops are tiled into 400 px tiles (a box kept on the tile that
+  holds most of it, clipped), beside the two 400 px images OSBS_029 and SOAP_061. Every box is a
+  ``Tree`` (SOAP_061's Alive/Dead included). A split by source image instead (train on one site,
+  validate on another) was tried first: with 37 training tiles every model overfits to the
+  training site (val mAP@.5 about 0.01 while the training loss falls).
 
 Each ``write_*`` returns the folder, and does nothing when it is already complete.
 """
@@ -137,25 +139,21 @@ def _tiles(image, boxes, stem: str):
 
 
 def write_trees(root: Path) -> Path:
-    """deepforest's trees as a LabelImg-style VOC folder ``root/{train,val}/`` (see the module doc)."""
+    """deepforest's trees as a LabelImg-style VOC folder ``root/`` (see the module doc)."""
     from PIL import Image
 
     if _done(root):
         return root
     source = deepforest_data()
-    plan = {
-        "train": [("2019_YELL_2_528000_4978000_image_crop2", "png", True), ("OSBS_029", "png", False)],
-        "val": [("2019_YELL_2_541000_4977000_image_crop", "png", True), ("SOAP_061", "png", False)],
-    }
-    for split, items in plan.items():
-        folder = root / split
-        folder.mkdir(parents=True, exist_ok=True)
-        for stem, extension, tile in items:
-            image = Image.open(source / f"{stem}.{extension}").convert("RGB")
-            boxes = _boxes(source / f"{stem}.xml")
-            pieces = _tiles(image, boxes, stem) if tile else [(stem, image, boxes)]
-            for name, piece, kept in pieces:
-                piece.save(folder / f"{name}.png")
-                (folder / f"{name}.xml").write_text(_voc_xml(f"{name}.png", *piece.size, kept), encoding="utf-8")
+    items = [("2019_YELL_2_528000_4978000_image_crop2", True), ("2019_YELL_2_541000_4977000_image_crop", True),
+             ("OSBS_029", False), ("SOAP_061", False)]
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, tile in items:
+        image = Image.open(source / f"{stem}.png").convert("RGB")
+        boxes = _boxes(source / f"{stem}.xml")
+        pieces = _tiles(image, boxes, stem) if tile else [(stem, image, boxes)]
+        for name, piece, kept in pieces:
+            piece.save(root / f"{name}.png")
+            (root / f"{name}.xml").write_text(_voc_xml(f"{name}.png", *piece.size, kept), encoding="utf-8")
     (root / ".complete").touch()
     return root

@@ -168,6 +168,11 @@ class LoadedBackbone:
             interpolates=interpolates,
         )
 
+    @property
+    def is_convolutional(self) -> bool:
+        """Whether the base is a CNN (on CUDA it then runs channels-last)."""
+        return False
+
     @functools.cached_property
     def module_names(self) -> frozenset[str]:
         """Paths of every module of the base (computed once)."""
@@ -243,15 +248,30 @@ class LoadedBackbone:
 
     def transform(self, image: Image.Image) -> torch.Tensor:
         """One PIL image → normalised (3, H, W) tensor at the backbone's resolution."""
-        pixel_values = self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
-        return pixel_values[0]
+        return self.transform_at(None)(image)
 
     def transform_at(self, image_size: int | None) -> Callable[[Image.Image], torch.Tensor]:
-        """The image transform for ``image_size`` pixels (the backbone's own when None)."""
-        if image_size is None or image_size == self.image_size:
-            return self.transform
-        self.check_image_size(image_size)
-        return functools.partial(self._resized, size=image_size)
+        """The image transform for ``image_size`` pixels (the backbone's own when None).
+
+        A :class:`~loradex.core.data.transforms.FastTransform` (the processor's resize and
+        normalisation, several times faster) where the processor does nothing more; else the
+        processor itself, on one image at a time.
+        """
+        size = self.image_size if image_size is None else image_size
+        if size != self.image_size:
+            self.check_image_size(size)
+        from .data.transforms import fast_transform_for
+
+        fast = fast_transform_for(self.image_processor, size)
+        if fast is not None:
+            return fast
+        if size == self.image_size:
+            return self._processed
+        return functools.partial(self._resized, size=size)
+
+    def _processed(self, image: Image.Image) -> torch.Tensor:
+        pixel_values = self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        return pixel_values[0]
 
     def _resized(self, image: Image.Image, *, size: int) -> torch.Tensor:
         from PIL import Image as PILImage

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .backbone import LoadedBackbone
+from .data.loading import attach_cache, checked_batches
 from .errors import ConfigError, DataError, TrainingDivergedError
 from .model import TaskModel, build_model
 from .spec import AdapterSpec
@@ -81,7 +82,7 @@ def evaluate(
     model.eval()
     device = getattr(model, "device", None) if accelerator is None else None
     with torch.inference_mode():
-        for batch in loader:
+        for batch in checked_batches(loader):
             if device is not None:
                 batch = {**batch, "targets": to_device(batch["targets"], device)}
             loss, outputs = task.validate(model, batch, adapter=adapter)
@@ -96,11 +97,26 @@ def evaluate(
     return accumulator.compute(), total / max(count, 1)
 
 
-def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: int, sampler: Any = None) -> DataLoader:
-    if sampler is not None:
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=task.collate)
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=task.collate, generator=generator)
+def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: int, sampler: Any = None,
+            workers: int | None = None, device: Any = None) -> DataLoader:
+    from .data.loading import default_workers, make_loader
+
+    count = default_workers(dataset, device=device) if workers is None else workers
+    cuda = device is not None and getattr(device, "type", "") == "cuda"
+    return make_loader(dataset, batch_size=batch_size, collate=task.collate, shuffle=shuffle, seed=seed,
+                       sampler=sampler, workers=count, pin_memory=cuda)
+
+
+def _attach_caches(data: TaskData, kind: str, *, say: Callable[[str], None]) -> None:
+    """Decode and resize each split's images once (``--cache ram|disk``), announcing what it takes."""
+    from .home import loradex_home
+
+    found = False
+    for split in (data.train, data.val, data.test):
+        if split is not None:
+            found = attach_cache(split, kind=kind, folder=loradex_home() / "cache" / "images", say=say) or found
+    if not found:
+        say(f"cache: nothing to cache ({kind}): the data is in memory already, or its processor crops or pads")
 
 
 def _improved(value: float, best: float | None, greater: bool, *, loss: float, best_loss: float | None) -> bool:
@@ -122,6 +138,7 @@ def train(
     progress: bool = True,
     on_epoch: Callable[[EpochLog], None] | None = None,
     init: Path | None = None,
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> TrainResult:
     """Train the adapter ``spec`` describes on ``data``; keep the best epoch's weights.
 
@@ -138,11 +155,14 @@ def train(
     if data.val is None or len(data.val) == 0:
         raise DataError("the validation split is empty: early stopping and the best epoch need one")
     mixed_precision = resolve_mixed_precision(settings.mixed_precision)
+    from accelerate.utils import DataLoaderConfiguration
+
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=settings.grad_accum,
         log_with="tensorboard" if log_dir else None,
         project_dir=str(log_dir) if log_dir else None,
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
     )
     if log_dir:
         accelerator.init_trackers("tensorboard", config=_flat_config(spec))
@@ -153,9 +173,17 @@ def train(
     lora_params, head_params = model.trainable_parameters()
     groups = [{"params": lora_params, "lr": settings.lr}, {"params": head_params, "lr": settings.head_lr or settings.lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=settings.weight_decay)
+    if settings.cache:
+        _attach_caches(data, settings.cache, say=say)
+    if settings.compile:
+        model.encoder.compile()  # in place: parameter names (and so the saved adapter) stay the same
+    if accelerator.device.type == "cuda" and backbone.is_convolutional:
+        model.to(memory_format=torch.channels_last)  # what cuDNN's fastest conv kernels read
+    loading = {"workers": settings.workers, "device": accelerator.device}
     train_loader = _loader(task, data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
-                           sampler=task.train_sampler(data.train, settings))
-    val_loader = _loader(task, data.val, batch_size=settings.batch_size * 2, shuffle=False, seed=settings.seed)
+                           sampler=task.train_sampler(data.train, settings), **loading)
+    val_loader = _loader(task, data.val, batch_size=settings.batch_size * 2, shuffle=False, seed=settings.seed,
+                         **loading)
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum)
     total_steps = steps_per_epoch * settings.epochs
     scheduler = get_scheduler(
@@ -183,7 +211,7 @@ def train(
             epoch_start = time.perf_counter()
             model.train()
             running, batches = 0.0, 0
-            for batch in train_loader:
+            for batch in checked_batches(train_loader):
                 with accelerator.accumulate(model):
                     loss, _ = task.step(model, batch)
                     accelerator.backward(loss)
@@ -242,7 +270,8 @@ def train(
         _load_trainable_state(unwrapped, best_state)
     test_result = None
     if data.test is not None and len(data.test):
-        test_loader = accelerator.prepare(_loader(task, data.test, batch_size=settings.batch_size * 2, shuffle=False, seed=0))
+        test_loader = accelerator.prepare(_loader(task, data.test, batch_size=settings.batch_size * 2, shuffle=False,
+                                                  seed=0, **loading))
         test_result, _ = evaluate(task, model, test_loader, spec.head, accelerator=accelerator)
     accelerator.end_training()
     unwrapped.eval()

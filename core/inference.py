@@ -31,11 +31,17 @@ def predict_pil(task: Task, model: TaskModel, images: Sequence[Any], *, adapter:
 
 
 def evaluate_dataset(task: Task, model: Any, dataset: Any, *, head_config: dict[str, Any], adapter: str | None = None,
-                     batch_size: int = 32) -> tuple[EvalResult, float]:
-    """Metrics and mean loss on ``dataset`` of head ``adapter`` of ``model`` (a MultiTaskModel or TaskModel)."""
-    from torch.utils.data import DataLoader
+                     batch_size: int = 32, workers: int | None = None) -> tuple[EvalResult, float]:
+    """Metrics and mean loss on ``dataset`` of head ``adapter`` of ``model`` (a MultiTaskModel or TaskModel).
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
+    ``workers``: data-loading processes (None fits the machine, see ``default_workers``).
+    """
+    from .data.loading import default_workers, make_loader
+
+    device = getattr(model, "device", None)
+    count = default_workers(dataset, device=device) if workers is None else workers
+    loader = make_loader(dataset, batch_size=batch_size, collate=task.collate, workers=count,
+                         pin_memory=getattr(device, "type", "") == "cuda")
     return evaluate(task, model, loader, head_config, adapter=adapter)
 
 

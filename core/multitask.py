@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import types
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 from . import plugins
 from .artifact import check_complete, check_fingerprint, head_file, load_weights, native_names, read_lora
 from .backbone import EncoderOutput, LoadedBackbone
+from .data.loading import available_cpus
 from .devices import resolve_device
 from .errors import ArtifactError, ConfigError, DataError, FingerprintMismatchError, NotFoundError
 from .inputs import ImageInput, check_readable, image_inputs
@@ -361,7 +363,7 @@ class MultiTaskModel(nn.Module):
             return entry.module(features)
 
     def predict(self, images: Any, *, tasks: Sequence[str] | str | None = None, batch_size: int = DEFAULT_BATCH,
-                skip_bad: bool = False, **options: Any) -> list[ImageResult]:
+                skip_bad: bool = False, workers: int | None = None, **options: Any) -> list[ImageResult]:
         """Every chosen task's prediction for every image: one :class:`ImageResult` per image.
 
         ``images``: a path (file, folder or glob), a PIL image, a numpy array, or a list of
@@ -371,11 +373,16 @@ class MultiTaskModel(nn.Module):
         With ``skip_bad``, an image that cannot be read gets a result with ``error`` set
         instead of stopping the run.
         """
-        return list(self.stream(images, tasks=tasks, batch_size=batch_size, skip_bad=skip_bad, **options))
+        return list(self.stream(images, tasks=tasks, batch_size=batch_size, skip_bad=skip_bad, workers=workers,
+                                **options))
 
     def stream(self, images: Any, *, tasks: Sequence[str] | str | None = None, batch_size: int = DEFAULT_BATCH,
-               skip_bad: bool = False, **options: Any) -> Iterator[ImageResult]:
-        """Like :meth:`predict`, but yields results batch by batch (for long lists of files)."""
+               skip_bad: bool = False, workers: int | None = None, **options: Any) -> Iterator[ImageResult]:
+        """Like :meth:`predict`, but yields results batch by batch: 10,000 files never sit in memory at once.
+
+        ``workers``: threads that decode the next batch while this one runs (default: one per
+        usable core; 0 decodes in the calling thread).
+        """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         heads = self._chosen_heads(tasks)
@@ -387,21 +394,44 @@ class MultiTaskModel(nn.Module):
                 source, reason = next(iter(bad.items()))
                 more = f" (and {len(bad) - 1} more; --skip-bad predicts the others)" if len(bad) > 1 else ""
                 raise DataError(f"{source}: not a readable image ({reason}){more}")
-        for start in range(0, len(inputs), batch_size):
-            yield from self._predict_chunk(inputs[start:start + batch_size], heads, per_head,
-                                           batch_size=batch_size, skip_bad=skip_bad)
+        chunks = [inputs[start:start + batch_size] for start in range(0, len(inputs), batch_size)]
+        threads = available_cpus() if workers is None else workers
+        if threads < 1 or len(chunks) < 2:
+            for chunk in chunks:
+                yield from self._predict_chunk(self._load_chunk(chunk, None), heads, per_head,
+                                               batch_size=batch_size, skip_bad=skip_bad)
+            return
+        # decode the next chunk (in `threads` threads: PIL frees the GIL) while this one runs through the model;
+        # at most two chunks of images are in memory, however many inputs there are
+        with ThreadPoolExecutor(threads) as decoders, ThreadPoolExecutor(1) as prefetch:
+            ahead = prefetch.submit(self._load_chunk, chunks[0], decoders)
+            for index in range(len(chunks)):
+                loaded = ahead.result()
+                if index + 1 < len(chunks):
+                    ahead = prefetch.submit(self._load_chunk, chunks[index + 1], decoders)
+                yield from self._predict_chunk(loaded, heads, per_head, batch_size=batch_size, skip_bad=skip_bad)
 
-    def _predict_chunk(self, chunk: Sequence[ImageInput], heads: list[HeadEntry], per_head: dict[str, dict],
+    @staticmethod
+    def _load_chunk(chunk: Sequence[ImageInput], pool: Any) -> list[tuple[ImageInput, Any]]:
+        """Each input with its PIL image, or the DataError that reading it raised."""
+        def load(item: ImageInput) -> tuple[ImageInput, Any]:
+            try:
+                return item, item.load()
+            except DataError as exc:
+                return item, exc
+
+        return list(pool.map(load, chunk) if pool is not None else map(load, chunk))
+
+    def _predict_chunk(self, chunk: list[tuple[ImageInput, Any]], heads: list[HeadEntry], per_head: dict[str, dict],
                        *, batch_size: int, skip_bad: bool) -> list[ImageResult]:
         base = self.base_info
         results: list[ImageResult] = []
         loaded = []
-        for item in chunk:
-            try:
-                image = item.load()
-            except DataError as exc:
+        for item, image in chunk:
+            if isinstance(image, DataError):
+                exc = image
                 if not skip_bad:
-                    raise
+                    raise exc
                 results.append(ImageResult(source=item.source, width=0, height=0, base=base, error=str(exc),
                                            path=item.path))
                 continue

@@ -37,6 +37,7 @@ TARGET_GROUPS = {"attn": SEMANTIC_TARGETS[:4], "mlp": SEMANTIC_TARGETS[4:6], "al
                  "vision": SEMANTIC_TARGETS[6:8], "conv": SEMANTIC_TARGETS[9:11]}
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 MIXES = ("interleave", "sequential")
+CACHES = ("ram", "disk")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
 """transformers' learning-rate schedules that need nothing but warmup and step counts."""
@@ -135,6 +136,11 @@ class TrainSettings:
     max_train_samples: int | None = _help("Use at most this many training images.", None)
     mix: str = _help("Order of data of several kinds (grounding: OD, region captions, phrases): interleave "
                      "(shuffled together) or sequential (one kind after another).", "interleave")
+    workers: int | None = _help("Data-loading worker processes; None fits the machine (0 on a small CPU, up to 8 "
+                                "with a GPU).", None)
+    cache: str | None = _help("Keep decoded, resized images: ram or disk (under the loradex home); None: decode "
+                              "every epoch.", None)
+    compile: bool = _help("torch.compile the model (measure it: it pays on GPUs, rarely on CPUs).", False)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -156,6 +162,13 @@ class TrainSettings:
                             + suggest(str(self.scheduler), SCHEDULERS))
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             raise SpecError(f"monitor must be a metric name, got {self.monitor!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or isinstance(self.workers, bool)
+                                         or self.workers < 0):
+            raise SpecError(f"workers must be an integer >= 0 or null, got {self.workers!r}")
+        if self.cache is not None and self.cache not in CACHES:
+            raise SpecError(f"cache must be one of {', '.join(CACHES)} or null, got {self.cache!r}")
+        if not isinstance(self.compile, bool):
+            raise SpecError(f"compile must be true or false, got {self.compile!r}")
         if self.mix not in MIXES:
             raise SpecError(f"mix must be one of {', '.join(MIXES)}, got {self.mix!r}")
         if self.mixed_precision not in MIXED_PRECISION:

@@ -94,6 +94,19 @@ def _fitted_defaults(task: Task, backbone: LoadedBackbone | None) -> dict[str, d
     return fitted
 
 
+def _check_cpu(say: Callable[[str], None]) -> None:
+    """Fit torch's threads to this machine and warn when another process is busy on its cores."""
+    import torch
+
+    from .threads import competing_process, configure_threads
+
+    configure_threads()
+    if not torch.cuda.is_available() and is_main_process():
+        warning = competing_process()
+        if warning:
+            say(f"warning: {warning}")
+
+
 def init_spec(folder: Path) -> AdapterSpec:
     """The spec of the adapter training starts from; it must be a single-task adapter folder."""
     from .artifact import check_complete
@@ -165,6 +178,7 @@ def train_adapter(
     revision = request.revision or (start.backbone.revision if start else None)
     if request.backbone is None and start is None:
         say(f"backbone: none given, using the built-in preset {backbone_name!r}")
+    _check_cpu(say)
     backbone = plugins.resolve_backbone(backbone_name).load(backbone_name, revision=revision)
     if backbone.kind != task.requires:
         raise ConfigError(f"task {task.name!r} needs an {task.requires} base; {backbone_name!r} is an {backbone.kind} "
@@ -202,7 +216,7 @@ def train_adapter(
             f"val_loss {log.val_loss:.4f}  {parts}  {log.seconds:.1f}s")
 
     result = train(task, backbone, spec, data, log_dir=run_dir / "tensorboard", progress=progress, on_epoch=on_epoch,
-                   init=request.init)
+                   init=request.init, say=say)
     metrics = flat_metrics(result)
     write_results_csv(run_dir / "results.csv", result.history)
     write_json(run_dir / "metrics.json", {

@@ -171,7 +171,7 @@ def joint_svd(parts: Sequence[LoraFactors]) -> tuple[torch.Tensor, torch.Tensor,
     qb, rb = torch.linalg.qr(torch.cat([f.b.double() for f in parts], dim=1))
     blocks = [torch.linalg.qr((f.a.double() * f.scale).t()) for f in parts]  # (Qᵢ: in × rᵢ, Rᵢ: rᵢ × rᵢ)
     core = rb @ torch.block_diag(*[r for _, r in blocks]).t()
-    u_small, s, vh_small = torch.linalg.svd(core)
+    u_small, s, vh_small = torch.linalg.svd(core, full_matrices=False)  # a layer may have fewer outputs than Σ rᵢ
     keep = s > s[0] * 1e-7
     u = (qb @ u_small[:, keep]).float()
     vh_small = vh_small[keep]

@@ -73,6 +73,16 @@ def test_knots_keeps_a_lone_update_exactly_and_aligns_identical_ones():
     assert torch.allclose(same["q"].delta(), A["q"].delta(), atol=1e-4)  # TIES averages agreeing coordinates
 
 
+def test_knots_on_a_layer_with_fewer_outputs_than_the_summed_rank():
+    """A narrow layer (16 outputs, ranks 8 + 16 = 24; a CNN's first pointwise conv) merges exactly at density 1."""
+    narrow = [{"pw": factors(7, 8, shape=(16, 32))}, {"pw": factors(8, 16, shape=(16, 32))}]
+    merged = algebra.merge_knots(narrow, [1.0, 1.0], density=1.0)
+    assert merged["pw"].delta().shape == (16, 32)
+    assert relative_error(merged, narrow, [1.0, 1.0]) < 0.6  # TIES: each coordinate's elected sign only
+    lone = algebra.merge_knots([narrow[0], {}], [1.0, 1.0], density=1.0)
+    assert torch.allclose(lone["pw"].delta(), narrow[0]["pw"].delta(), atol=1e-4)
+
+
 def test_factorwise_methods_are_what_peft_add_weighted_adapter_computes():
     """PEFT itself is the oracle: same rank adapters in a PeftModel, merged by add_weighted_adapter."""
     from peft import LoraConfig, get_peft_model

@@ -69,6 +69,22 @@ def test_vit_folder_maps_fused_qkv(vit_folder):
         backbone.check_image_size(64)
 
 
+def test_a_folder_in_the_timm_hub_layout_loads_its_weights(tmp_path):
+    """What ``timm/...`` repos hold (timm's save_for_hf: timm's config.json, unprefixed safetensors keys)."""
+    import timm
+    from safetensors.torch import load_file
+    from timm.models._hub import save_for_hf
+
+    torch.manual_seed(1)
+    save_for_hf(timm.create_model("test_vit", pretrained=False), tmp_path / "hub", safe_serialization=True)
+    assert "model_type" not in json.loads((tmp_path / "hub" / "config.json").read_text())
+    backbone = plugins.resolve_backbone(str(tmp_path / "hub")).load(str(tmp_path / "hub"))
+    saved = load_file(tmp_path / "hub" / "model.safetensors")
+    loaded = backbone.model.timm_model.state_dict()
+    assert loaded and all(torch.equal(saved[k], v) for k, v in loaded.items())  # every weight, not a fresh init
+    assert backbone.default_targets[0] == "attn.qkv"
+
+
 def test_folder_without_safetensors_is_refused(cnn_folder, tmp_path):
     import shutil
 

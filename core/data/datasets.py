@@ -6,22 +6,29 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .images import open_image
+from .transforms import open_for
 
 
 class ImageDataset:
-    """Images read from disk on access (``paths``) with a target each, through ``transform``."""
+    """Images read from disk on access (``paths``) with a target each, through ``transform``.
+
+    With a ``cache`` (an :class:`~loradex.core.data.loading.ImageCache` the engine attaches for
+    ``--cache ram|disk``) the resized pixels come from there and are only normalised here.
+    """
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[Any], transform: Callable) -> None:
         if len(paths) != len(targets):
             raise ValueError("paths and targets differ in length")
         self.paths, self.targets, self.transform = list(paths), list(targets), transform
+        self.cache: Any = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        return self.transform(open_image(self.paths[index])), self.targets[index]
+        if self.cache is not None:
+            return self.transform.to_tensor(self.cache[index]), self.targets[index]
+        return self.transform(open_for(self.paths[index], self.transform)), self.targets[index]
 
 
 class TensorListDataset:

@@ -43,12 +43,18 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def open_image(path: Path):
-    """Open ``path`` as an RGB PIL image; a DataError names the file if it cannot be read."""
+def open_image(path: Path, *, draft: tuple[int, int] | None = None):
+    """Open ``path`` as an RGB PIL image; a DataError names the file if it cannot be read.
+
+    ``draft``: for a JPEG, let the decoder skip detail down to about this size (1/2, 1/4 or 1/8
+    scale, never below it): several times faster for photos that are resized smaller anyway.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if draft is not None and image.format == "JPEG":
+                image.draft("RGB", draft)
             return to_rgb(image)
     except _reading_errors() as exc:
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None

@@ -22,7 +22,6 @@ patch embedding) is no target either: it sees raw pixels, and LoRA there buys no
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,6 @@ from loradex.core.spec import BackboneRef
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
     from torch import nn
 
 ARCHITECTURE = "timm_wrapper"
@@ -86,6 +84,11 @@ class TimmLoadedBackbone(LoadedBackbone):
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
+    @property
+    def is_convolutional(self) -> bool:
+        """A timm CNN (no patch embedding): its features come from convolutions."""
+        return not hasattr(self.model.timm_model, "patch_embed")
+
     def grid_at(self, image_size: int) -> tuple[int, int]:
         """Feature grid (rows, cols) at ``image_size`` pixels: the image over the network's total stride."""
         side = -(-image_size // self.patch_size) if self.interpolates else image_size // self.patch_size
@@ -99,27 +102,17 @@ class TimmLoadedBackbone(LoadedBackbone):
         if image_size != self.image_size and not self.interpolates:
             raise BackboneError(f"backbone {self.ref.name!r} runs at {self.image_size}px only, not {image_size}px")
 
-    def transform(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image → (3, S, S) tensor: squashed to the base's size (as ViT processors do), normalised."""
-        return self._resized(image, size=self.image_size)
-
     def transform_at(self, image_size: int | None):
-        """The image transform for ``image_size`` pixels (the base's own when None)."""
-        if image_size is None or image_size == self.image_size:
-            return self.transform
-        self.check_image_size(image_size)
-        return functools.partial(self._resized, size=image_size)
-
-    def _resized(self, image: Image.Image, *, size: int) -> torch.Tensor:
-        import numpy as np
-        import torch
+        """Squash to ``image_size`` (the base's own when None) with a bicubic filter, as ViT processors
+        do, and normalise with the model's mean and std: a fast transform, cacheable."""
         from PIL import Image as PILImage
 
-        image = image.convert("RGB").resize((size, size), PILImage.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (pixels - mean) / std
+        from loradex.core.data.transforms import FastTransform
+
+        size = self.image_size if image_size is None else image_size
+        if size != self.image_size:
+            self.check_image_size(size)
+        return FastTransform(size=(size, size), resample=int(PILImage.BICUBIC), mean=self.mean, std=self.std)
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
         """Run the wrapped timm model (possibly under PEFT) and lay its last features out as a grid."""
@@ -201,11 +194,14 @@ def quiet_transformers() -> Iterator[None]:
 def load_timm(source: str, *, revision: str | None = None, name: str | None = None,
               pretrained: bool = True) -> TimmLoadedBackbone:
     """A timm base by Hub id or folder (``config.json`` with ``architecture``, safetensors weights)."""
-    from transformers import TimmWrapperImageProcessor, TimmWrapperModel
+    from transformers import TimmWrapperConfig, TimmWrapperImageProcessor, TimmWrapperModel
 
     try:
         with quiet_transformers():
-            model = TimmWrapperModel.from_pretrained(source, revision=revision, use_safetensors=True)
+            config = TimmWrapperConfig.from_pretrained(source, revision=revision)
+            if config.model_args:  # timm's save_for_hf may record num_classes here too; the feature model sets it
+                config.model_args = {k: v for k, v in config.model_args.items() if k != "num_classes"}
+            model = TimmWrapperModel.from_pretrained(source, config=config, revision=revision, use_safetensors=True)
             processor = TimmWrapperImageProcessor.from_pretrained(source, revision=revision)
     except (OSError, ValueError, KeyError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -65,13 +65,17 @@ class LoradexGroup(click.Group):
               help="Registry folder (default: $LORADEX_HOME or ~/.cache/loradex).")
 @click.option("--traceback", "show_traceback", is_flag=True,
               help="Show tracebacks of errors and of plugins that fail to load (as LORADEX_DEBUG=1 does).")
+@click.option("--threads", type=click.IntRange(min=1), envvar="LORADEX_THREADS", default=None,
+              help="CPU threads torch may use (default: the cores this process may run on).")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, show_traceback: bool) -> None:
+def cli(ctx: click.Context, home: str | None, show_traceback: bool, threads: int | None) -> None:
     """loradex: train, version, merge and share LoRA adapters on one shared vision backbone."""
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
     if show_traceback:
         os.environ["LORADEX_DEBUG"] = "1"
+    if threads is not None:
+        os.environ["LORADEX_THREADS"] = str(threads)  # read by configure_threads when torch is first used
 
 
 def _quiet_libraries() -> None:

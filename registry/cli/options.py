@@ -20,7 +20,8 @@ LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 RUN_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "head", "init")
 CONFIG_KEYS = RUN_KEYS + LORA_FIELDS + TRAIN_FIELDS
-TEXT_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "init", "scheduler", "mixed_precision")
+TEXT_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "init", "scheduler", "mixed_precision",
+             "cache")
 
 
 def _click_type(cls: type, name: str) -> Any:
@@ -29,7 +30,7 @@ def _click_type(cls: type, name: str) -> Any:
     base = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
     if name == "targets":
         return str
-    return {int: int, float: float, str: str}.get(base, str)
+    return {int: int, float: float, str: str, bool: bool}.get(base, str)
 
 
 def settings_options(func: Callable) -> Callable:
@@ -38,9 +39,12 @@ def settings_options(func: Callable) -> Callable:
         for name in names:
             help_text = field_help(cls, name)
             if name == "targets":
-                help_text += " Comma list: q,k,v,o, attn.q, mlp.in, mlp.out, attn, mlp, all."
-            func = click.option(f"--{name.replace('_', '-')}", name, type=_click_type(cls, name), default=None,
-                                help=help_text)(func)
+                help_text += " Comma list: q,k,v,o, attn.q, mlp.in, mlp.out, attn, mlp, all; conv.pw, conv on CNNs."
+            flag = name.replace("_", "-")
+            if _click_type(cls, name) is bool:
+                func = click.option(f"--{flag}/--no-{flag}", name, default=None, help=help_text)(func)
+                continue
+            func = click.option(f"--{flag}", name, type=_click_type(cls, name), default=None, help=help_text)(func)
     return func
 
 

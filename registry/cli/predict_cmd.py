@@ -46,11 +46,13 @@ def unique_drawing_path(folder: Path, source: str, taken: set[str]) -> Path:
               help="Images per step, and rows per pass through the base.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N, mps (default: a GPU if there is one).")
 @click.option("--skip-bad", is_flag=True, help="Predict the readable images and list the ones that are not.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Threads decoding the next batch while one runs (default: one per core; 0: none).")
 @click.option("-o", "--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
               help="A task's prediction option, e.g. top_k=3 or detection.min_score=0.5 (see `adapters tasks`).")
 @click.option("--allow-base-mismatch", is_flag=True, help="Load even if a base fingerprint differs.")
 def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir: Path | None, batch_size: int,
-                    device: str | None, skip_bad: bool, option_pairs: tuple[str, ...],
+                    device: str | None, skip_bad: bool, workers: int | None, option_pairs: tuple[str, ...],
                     allow_base_mismatch: bool) -> None:
     """Predict with one or more adapters on INPUT images (files, folders, globs).
 
@@ -69,7 +71,10 @@ def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir:
     registry = open_registry()
     ref_list = [resolve(registry, ref).ref for ref in ref_list]  # unknown refs fail before the base loads
     model = load(ref_list, device=device, registry=registry, allow_base_mismatch=allow_base_mismatch)
-    stream = model.stream(images, batch_size=batch_size, skip_bad=skip_bad, **options)
+    from loradex.core.threads import configure_threads
+
+    configure_threads()
+    stream = model.stream(images, batch_size=batch_size, skip_bad=skip_bad, workers=workers, **options)
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()

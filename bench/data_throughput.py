@@ -1,0 +1,288 @@
+"""Images per second of the data path, training and prediction: memory vs PNG vs JPEG folders.
+
+    uv run python bench/data_throughput.py [--work DIR] [--images 2000] [--parts data,train,predict]
+
+Sources, each with ``--images`` images at 224 px (the default):
+- ``memory``: tensors already transformed (what synthetic data is): the ceiling;
+- ``png``: scikit-learn's digits as small PNG files (8x8 scans upscaled to 32x32);
+- ``jpeg``: full-size photos: scikit-image's sample photos, cropped, flipped and resized at random
+  to 1024x768, re-encoded as JPEG (quality 90).
+
+(a) data path alone: a DataLoader over the folder, batch 32, nothing else running; ``before``
+    is the path as it was (PIL decode, then the transformers processor, one image per call, in
+    the training process); ``now`` is the fast transform (PIL resize + torch normalise, reduced-
+    scale JPEG decoding), for 0, 1 and 2 worker processes, and from a RAM cache.
+(b) training: one epoch of ``adapters train classification`` on tiny-vit (LoRA r=16 on every
+    projection) at 224 px from each source, workers 0 / 2 and the RAM cache, with the PEFT +
+    Trainer script (same base, LoRA, batch, images) side by side; vit-base for 64 images.
+(c) prediction: ``model.predict(folder)`` images/s with 0 and 2 decoding threads.
+
+Run it alone: two torch processes on two cores slow each other ten-fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SIZE = 224
+
+
+def write_png(root: Path, count: int) -> Path:
+    """Digits upscaled to 32x32 PNGs in ``root/CLASS/`` (cycled to ``count`` files)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if (root / ".complete").is_file():
+        return root
+    digits = load_digits()
+    for index in range(count):
+        pixels = (digits.images[index % len(digits.images)] * 255 / 16).astype(np.uint8)
+        folder = root / str(digits.target[index % len(digits.images)])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).resize((32, 32)).save(folder / f"{index:05d}.png")
+    (root / ".complete").touch()
+    return root
+
+
+def write_jpeg(root: Path, count: int) -> Path:
+    """Random crops of scikit-image's photos, resized to 1024x768 JPEGs in ``root/PHOTO/``."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    if (root / ".complete").is_file():
+        return root
+    photos = {name: Image.fromarray(getattr(data, name)()).convert("RGB")
+              for name in ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry")}
+    rng = np.random.default_rng(0)
+    names = sorted(photos)
+    for index in range(count):
+        name = names[index % len(names)]
+        photo = photos[name]
+        width, height = photo.size
+        w, h = int(width * rng.uniform(0.6, 1)), int(height * rng.uniform(0.6, 1))
+        left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        image = photo.crop((left, top, left + w, top + h)).resize((1024, 768), Image.BICUBIC)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index:05d}.jpg", quality=90)
+    (root / ".complete").touch()
+    return root
+
+
+class BeforeDataset:
+    """The data path as it was: decode in full, then the transformers processor on one image."""
+
+    def __init__(self, paths, backbone) -> None:
+        self.paths, self.backbone = paths, backbone
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        from loradex.core.data import open_image
+
+        return self.backbone._processed(open_image(self.paths[index])), 0
+
+
+def data_rate(dataset, workers: int, batches: int | None = None) -> float:
+    """Images/s of iterating ``dataset`` in batches of 32 through loradex's loader (first batch excluded)."""
+    from loradex.core.data.loading import checked_batches, make_loader
+
+    loader = make_loader(dataset, batch_size=32, collate=None, workers=workers)
+    count, start = 0, None
+    for index, (pixels, _) in enumerate(checked_batches(loader)):
+        if index == 0:
+            start = time.perf_counter()  # after the workers have started
+            continue
+        count += pixels.shape[0]
+        if batches is not None and index >= batches:
+            break
+    return count / (time.perf_counter() - start)
+
+
+def data_part(sources: dict[str, Path], report: dict) -> None:
+    """(a): the data path alone."""
+    from loradex.core import plugins
+    from loradex.core.data import ImageDataset
+    from loradex.core.data.loading import ImageCache
+
+    backbone = plugins.resolve_backbone("vit-base").load("vit-base")  # its processor: 224 px, the ViT-B default
+    fast = backbone.transform_at(SIZE)
+    print(f"\n(a) data path alone, {SIZE} px, batch 32 (images/s)", flush=True)
+    print(f"{'source':<8}{'before w0':>11}{'now w0':>9}{'now w1':>9}{'now w2':>9}{'ram cache':>11}{'w2/before':>11}")
+    for name, root in sources.items():
+        paths = sorted(p for p in root.rglob("*") if p.suffix in (".png", ".jpg"))
+        row = {"before_w0": data_rate(BeforeDataset(paths, backbone), 0)}
+        for workers in (0, 1, 2):
+            row[f"now_w{workers}"] = data_rate(ImageDataset(paths, [0] * len(paths), fast), workers)
+        cached = ImageDataset(paths, [0] * len(paths), fast)
+        cache = ImageCache(paths, fast, kind="ram")
+        fill = time.perf_counter()
+        cache.fill(say=lambda line: None)
+        row["cache_fill_s"] = time.perf_counter() - fill
+        cached.cache = cache
+        row["ram_cache"] = data_rate(cached, 0)
+        row["speedup_w2"] = row["now_w2"] / row["before_w0"]
+        report.setdefault("data", {})[name] = row
+        print(f"{name:<8}{row['before_w0']:11.0f}{row['now_w0']:9.0f}{row['now_w1']:9.0f}{row['now_w2']:9.0f}"
+              f"{row['ram_cache']:11.0f}{row['speedup_w2']:10.2f}x   (cache filled in {row['cache_fill_s']:.1f} s)",
+              flush=True)
+
+
+def train_rate(backbone_name: str, data: str, *, images: int, extra: dict, work: Path, name: str) -> float:
+    """Images/s of one epoch of loradex training (its own figure: training steps and the val pass)."""
+    from loradex.core.training import TrainRequest, train_adapter
+
+    request = TrainRequest(task="classification", data=data, backbone=backbone_name, project=work / "runs",
+                           run_name=name, lora={"rank": 16, "targets": "all"},
+                           train={"epochs": 1, "batch_size": 32, "image_size": SIZE, "max_train_samples": images,
+                                  **extra})
+    outcome = train_adapter(request, progress=False, say=lambda line: None)
+    return outcome.result.images_per_second
+
+
+def trainer_rate(backbone_name: str, root: Path, *, images: int, workers: int) -> float:
+    """Images/s of the same LoRA with a plain PEFT + transformers Trainer script, from the same folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+    from transformers import Trainer, TrainingArguments
+
+    from loradex.core import plugins
+    from loradex.core.data import image_folder
+
+    backbone = plugins.resolve_backbone(backbone_name).load(backbone_name)
+    processor = backbone.image_processor
+    items = image_folder(root, seed=0).splits["train"][:images]
+    labels = sorted({t for _, t in items})
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, index):
+            from PIL import Image
+
+            path, label = items[index]
+            with Image.open(path) as image:
+                pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+            return {"pixel_values": pixels, "labels": label}
+
+    encoder = get_peft_model(backbone.model, LoraConfig(r=16, lora_alpha=32,
+                                                        target_modules=backbone.target_modules(
+                                                            ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.in",
+                                                             "mlp.out"])))
+
+    class Classifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = encoder, nn.Linear(backbone.hidden_size, len(labels))
+
+        def forward(self, pixel_values, labels=None):
+            logits = self.head(encoder(pixel_values=pixel_values).last_hidden_state[:, 0])
+            return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+    args = TrainingArguments(output_dir="/tmp/loradex-bench-trainer", per_device_train_batch_size=32,
+                             num_train_epochs=1, save_strategy="no", report_to=[], logging_strategy="no",
+                             disable_tqdm=True, dataloader_num_workers=workers, use_cpu=True, seed=0)
+    start = time.perf_counter()
+    Trainer(model=Classifier(), args=args, train_dataset=Files()).train()
+    return len(items) / (time.perf_counter() - start)
+
+
+def train_part(sources: dict[str, Path], report: dict, work: Path, images: int) -> None:
+    """(b): training from memory and from folders, loradex and PEFT + Trainer."""
+    print(f"\n(b) training, tiny-vit LoRA r=16 all projections, {SIZE} px, batch 32, {images} images (images/s)",
+          flush=True)
+    rows = {}
+    rows["memory"] = train_rate("tiny-vit", f"synthetic:train={images},val=64,test=0", images=images,
+                                extra={"workers": 0}, work=work, name="memory")
+    print(f"{'memory':<8} loradex w0 {rows['memory']:6.1f}", flush=True)
+    for name in ("png", "jpeg"):
+        root = sources[name]
+        split = work / f"{name}-split"
+        if not split.exists():  # an ImageFolder with train/ and a small val/ (the engine needs one)
+            for index, path in enumerate(sorted(p for p in root.rglob("*") if p.suffix in (".png", ".jpg"))):
+                target = split / ("val" if index % 20 == 0 else "train") / path.parent.name / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
+        for label, extra in (("w0", {"workers": 0}), ("w2", {"workers": 2}), ("ram", {"workers": 0, "cache": "ram"})):
+            rows[f"{name}_{label}"] = train_rate("tiny-vit", str(split), images=images, extra=extra, work=work,
+                                                 name=f"{name}-{label}")
+        rows[f"{name}_trainer_w0"] = trainer_rate("tiny-vit", split, images=images, workers=0)
+        rows[f"{name}_trainer_w2"] = trainer_rate("tiny-vit", split, images=images, workers=2)
+        best = max(rows[f"{name}_w0"], rows[f"{name}_w2"], rows[f"{name}_ram"])
+        print(f"{name:<8} loradex w0 {rows[f'{name}_w0']:6.1f}  w2 {rows[f'{name}_w2']:6.1f}  ram cache "
+              f"{rows[f'{name}_ram']:6.1f}  | Trainer w0 {rows[f'{name}_trainer_w0']:6.1f}  w2 "
+              f"{rows[f'{name}_trainer_w2']:6.1f}  | best/memory {best / rows['memory']:.2f}x  "
+              f"best/Trainer-best {best / max(rows[f'{name}_trainer_w0'], rows[f'{name}_trainer_w2']):.2f}x",
+              flush=True)
+    rows["vit_base_jpeg_w0"] = train_rate("vit-base", str(work / "jpeg-split"), images=64, extra={"workers": 0},
+                                          work=work, name="vit-base-jpeg")
+    rows["vit_base_memory"] = train_rate("vit-base", "synthetic:train=64,val=32,test=0", images=64,
+                                         extra={"workers": 0}, work=work, name="vit-base-memory")
+    print(f"vit-base, 64 images: memory {rows['vit_base_memory']:.2f}, JPEG folder {rows['vit_base_jpeg_w0']:.2f} "
+          f"images/s ({rows['vit_base_jpeg_w0'] / rows['vit_base_memory']:.2f}x)", flush=True)
+    report["train"] = rows
+
+
+def predict_part(sources: dict[str, Path], report: dict, work: Path) -> None:
+    """(c): ``predict`` over a folder with and without decoding threads."""
+    from loradex.registry.loading import load
+
+    folder = next(iter((work / "runs" / "classification").glob("jpeg-w0*/adapter")), None)
+    if folder is None:
+        print("(c) skipped: run the train part first (it trains the adapter predicted with)", flush=True)
+        return
+    model = load([str(folder)])
+    rows = {}
+    print(f"\n(c) prediction, tiny-vit at {SIZE} px, batch 32 (images/s)", flush=True)
+    for name in ("png", "jpeg"):
+        for workers in (0, 2):
+            rates = []
+            for _ in range(2):
+                start = time.perf_counter()
+                count = sum(1 for _ in model.stream(sources[name], workers=workers, batch_size=32))
+                rates.append(count / (time.perf_counter() - start))
+            rows[f"{name}_w{workers}"] = statistics.median(rates)
+        print(f"{name:<8} threads 0 {rows[f'{name}_w0']:7.1f}   threads 2 {rows[f'{name}_w2']:7.1f}  "
+              f"({rows[f'{name}_w2'] / rows[f'{name}_w0']:.2f}x)", flush=True)
+    report["predict"] = rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("bench-results/data_throughput"))
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--train-images", type=int, default=640)
+    parser.add_argument("--parts", default="data,train,predict")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("LORADEX_HOME", str(work / "home"))
+    sources = {"png": write_png(work / "png", args.images), "jpeg": write_jpeg(work / "jpeg", args.images)}
+    report: dict = {"images": args.images, "cpus": os.cpu_count()}
+    parts = args.parts.split(",")
+    if "data" in parts:
+        data_part(sources, report)
+    if "train" in parts:
+        train_part(sources, report, work, args.train_images)
+    if "predict" in parts:
+        predict_part(sources, report, work)
+    (work / "data_throughput.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

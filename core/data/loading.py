@@ -1,0 +1,247 @@
+"""Batches for training and prediction: worker processes, pinned memory, an image cache, clear errors.
+
+- :func:`make_loader` builds the ``DataLoader``: ``workers`` processes (persistent across
+  epochs), pinned memory for CUDA, and the same seeded order with or without workers.
+- A :class:`~loradex.core.errors.LoradexError` raised inside a worker (an unreadable image,
+  named by file) reaches the caller as itself, one line, not as torch's "Caught DataError in
+  DataLoader worker process 0" with a traceback pasted in; a worker that dies (killed, out of
+  memory) is one :class:`DataError` saying so and what to try (:func:`checked_batches`).
+- :func:`default_workers` fits the machine: none on a CPU with few cores (the model needs them
+  all), up to 8 on a GPU machine, none for data already in memory.
+- :class:`ImageCache` keeps every image decoded and resized (uint8) in RAM or in a file under
+  the loradex home, filled once before training, after announcing what it will take.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DataError, LoradexError
+from ..spec import CACHES
+from .datasets import ImageDataset
+from .transforms import FastTransform
+
+
+class _Failed:
+    """A worker's LoradexError, carried to the main process as a value."""
+
+    def __init__(self, error: LoradexError) -> None:
+        self.error = error
+
+
+class _Carrying:
+    """``dataset`` whose LoradexErrors are returned as :class:`_Failed` instead of raised in a worker."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except LoradexError as exc:
+            return _Failed(exc)
+
+
+class _CarryingCollate:
+    def __init__(self, collate: Callable | None) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[Any]) -> Any:
+        failed = next((item for item in items if isinstance(item, _Failed)), None)
+        if failed is not None:
+            return failed
+        if self.collate is None:
+            from torch.utils.data import default_collate
+
+            return default_collate(items)
+        return self.collate(items)
+
+
+def default_workers(dataset: Any, *, device: Any = None, cpus: int | None = None) -> int:
+    """Worker processes that suit this machine for ``dataset`` (0: load in the training process).
+
+    Data already in memory needs none. On a GPU the data path is the bottleneck: up to 8, one
+    core left for the training process. On a CPU the model competes for the same cores: one
+    worker per 4 cores beyond the first 4 (none on 2 or 4 cores, where bench/data_throughput.py
+    measured workers slowing training down).
+    """
+    if find_image_dataset(dataset) is None:
+        return 0
+    cpus = cpus or available_cpus()
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        return max(0, min(8, cpus - 1))
+    return max(0, (cpus - 4) // 4)
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def make_loader(dataset: Any, *, batch_size: int, collate: Callable | None, shuffle: bool = False, seed: int = 0,
+                sampler: Any = None, workers: int = 0, pin_memory: bool = False) -> Any:
+    """A DataLoader over ``dataset``; iterate it through :func:`checked_batches`.
+
+    The order depends on ``seed`` only: each worker's random stream is seeded from the same
+    generator, and items come back in order whatever the number of workers.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    if workers < 0:
+        raise ConfigError(f"workers must be 0 or more, got {workers}")
+    options: dict[str, Any] = {"batch_size": batch_size, "collate_fn": _CarryingCollate(collate),
+                               "pin_memory": pin_memory}
+    if workers:
+        options.update(num_workers=workers, persistent_workers=True, prefetch_factor=4)
+    if sampler is not None:
+        options["sampler"] = sampler
+    else:
+        options.update(shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(_Carrying(dataset), **options)
+
+
+def checked_batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate ``loader``, raising a worker's LoradexError as itself and a dead worker as one DataError."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            text = str(exc)
+            if "DataLoader worker" in text:
+                first = text.strip().splitlines()[0]
+                raise DataError(f"a data-loading worker died ({first}); rerun with --workers 0 to load in the "
+                                "training process and see the image at fault") from None
+            raise
+        if isinstance(batch, _Failed):
+            raise batch.error
+        yield batch
+
+
+def find_image_dataset(dataset: Any) -> ImageDataset | None:
+    """The :class:`ImageDataset` inside ``dataset`` (through wrappers with a ``.dataset``), if any."""
+    seen = 0
+    while dataset is not None and seen < 8:
+        if isinstance(dataset, ImageDataset):
+            return dataset
+        dataset, seen = getattr(dataset, "dataset", None), seen + 1
+    return None
+
+
+class ImageCache:
+    """The resized uint8 pixels of every image of an :class:`ImageDataset`, in RAM or in a file.
+
+    On disk the file is ``<folder>/<key>.u8`` (``key``: a hash of the image paths, sizes,
+    modification times and the target size), reused by later runs on the same images; a file
+    is only used once its ``.json`` marker says it is complete.
+    """
+
+    def __init__(self, paths: list[Path], transform: FastTransform, *, kind: str, folder: Path | None = None) -> None:
+        if kind not in CACHES:
+            raise ConfigError(f"cache must be one of {', '.join(CACHES)}, got {kind!r}")
+        self.paths, self.transform, self.kind = list(paths), transform, kind
+        width, height = transform.size
+        self.shape = (len(self.paths), height, width, 3)
+        self.folder = folder
+        self.pixels: Any = None
+
+    @property
+    def nbytes(self) -> int:
+        """What the cache holds: one byte per channel per pixel of every image."""
+        count, height, width, channels = self.shape
+        return count * height * width * channels
+
+    def key(self) -> str:
+        """A hash of the images (paths, sizes, mtimes) and the target size and filter."""
+        digest = hashlib.sha256(json.dumps([self.shape, self.transform.resample]).encode())
+        for path in self.paths:
+            stat = os.stat(path)
+            digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()[:32]
+
+    def fill(self, *, say: Callable[[str], None], threads: int | None = None) -> None:
+        """Announce the size, check there is room, then decode every image (in threads: PIL frees the GIL)."""
+        import numpy as np
+
+        size_mb = self.nbytes / 1e6
+        where = "RAM" if self.kind == "ram" else f"disk ({self.folder})"
+        if self.kind == "ram":
+            available = _available_memory()
+            if available is not None and self.nbytes > 0.8 * available:
+                raise ConfigError(f"--cache ram needs {size_mb:,.0f} MB for {self.shape[0]:,} images but only "
+                                  f"{available / 1e6:,.0f} MB of memory is free; use --cache disk")
+            say(f"cache: {self.shape[0]:,} images at {self.shape[2]}x{self.shape[1]} take {size_mb:,.1f} MB of {where}")
+            self.pixels = np.empty(self.shape, dtype=np.uint8)
+            self._decode(range(len(self.paths)), threads)
+            return
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = self.key()
+        data, marker = self.folder / f"{key}.u8", self.folder / f"{key}.json"
+        if marker.is_file() and data.is_file() and data.stat().st_size == self.nbytes:
+            say(f"cache: reusing {data} ({size_mb:,.1f} MB, {self.shape[0]:,} images)")
+            self.pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=self.shape)
+            return
+        import shutil
+
+        free = shutil.disk_usage(self.folder).free
+        if self.nbytes > free:
+            raise ConfigError(f"--cache disk needs {size_mb:,.0f} MB in {self.folder} but only {free / 1e6:,.0f} MB "
+                              "is free")
+        say(f"cache: {self.shape[0]:,} images at {self.shape[2]}x{self.shape[1]} take {size_mb:,.1f} MB of {where}")
+        marker.unlink(missing_ok=True)
+        self.pixels = np.memmap(data, dtype=np.uint8, mode="w+", shape=self.shape)
+        self._decode(range(len(self.paths)), threads)
+        self.pixels.flush()
+        marker.write_text(json.dumps({"images": self.shape[0], "shape": self.shape}) + "\n", encoding="utf-8")
+        self.pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=self.shape)
+
+    def _decode(self, indices: Iterable[int], threads: int | None) -> None:
+        from .transforms import open_for
+
+        def one(index: int) -> None:
+            self.pixels[index] = self.transform.resize(open_for(self.paths[index], self.transform))
+
+        with ThreadPoolExecutor(max_workers=threads or available_cpus()) as pool:
+            for _ in pool.map(one, indices):
+                pass
+
+    def __getitem__(self, index: int) -> Any:
+        return self.pixels[index]
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def attach_cache(dataset: Any, *, kind: str, folder: Path, say: Callable[[str], None]) -> bool:
+    """Fill a cache for the images of ``dataset`` and make it read from there; False if it has no files
+    or its transform is not a :class:`FastTransform` (a processor that crops or pads)."""
+    images = find_image_dataset(dataset)
+    if images is None or not isinstance(images.transform, FastTransform) or not len(images):
+        return False
+    cache = ImageCache(images.paths, images.transform, kind=kind, folder=folder)
+    cache.fill(say=say)
+    images.cache = cache
+    return True
