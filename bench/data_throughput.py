@@ -176,8 +176,9 @@ def trainer_rate(backbone_name: str, root: Path, *, images: int, workers: int) -
             from PIL import Image
 
             path, label = items[index]
-            with Image.open(path) as image:
-                pixels = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+            with Image.open(path) as image:  # the processor itself, told the size (224 px, like loradex's run)
+                pixels = processor(images=image.convert("RGB"), size={"height": SIZE, "width": SIZE},
+                                   return_tensors="pt")["pixel_values"][0]
             return {"pixel_values": pixels, "labels": label}
 
     encoder = get_peft_model(backbone.model, LoraConfig(r=16, lora_alpha=32,
@@ -191,7 +192,8 @@ def trainer_rate(backbone_name: str, root: Path, *, images: int, workers: int) -
             self.encoder, self.head = encoder, nn.Linear(backbone.hidden_size, len(labels))
 
         def forward(self, pixel_values, labels=None):
-            logits = self.head(encoder(pixel_values=pixel_values).last_hidden_state[:, 0])
+            tokens = encoder(pixel_values=pixel_values, interpolate_pos_encoding=True).last_hidden_state
+            logits = self.head(tokens[:, 0])
             return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
 
     args = TrainingArguments(output_dir="/tmp/loradex-bench-trainer", per_device_train_batch_size=32,
@@ -240,13 +242,15 @@ def train_part(sources: dict[str, Path], report: dict, work: Path, images: int) 
 
 def predict_part(sources: dict[str, Path], report: dict, work: Path) -> None:
     """(c): ``predict`` over a folder with and without decoding threads."""
-    from loradex.registry.loading import load
+    from loradex.core import plugins
+    from loradex.core.multitask import MultiTaskModel
 
     folder = next(iter((work / "runs" / "classification").glob("jpeg-w0*/adapter")), None)
     if folder is None:
         print("(c) skipped: run the train part first (it trains the adapter predicted with)", flush=True)
         return
-    model = load([str(folder)])
+    model = MultiTaskModel(plugins.resolve_backbone("tiny-vit").load("tiny-vit"))
+    model.attach("jpeg@v1", folder)
     rows = {}
     print(f"\n(c) prediction, tiny-vit at {SIZE} px, batch 32 (images/s)", flush=True)
     for name in ("png", "jpeg"):

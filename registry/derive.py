@@ -122,7 +122,7 @@ def merge_versions(
     inputs = [merging.load_input(r, model.adapters[r.ref].folder, model.backbone) for r in records]
     base_input = (merging.load_input(base_record, registry.materialize(base_record), model.backbone)
                   if base_record else None)
-    merging.group_heads(inputs)  # a schema clash fails before any work
+    merging.group_heads(inputs)  # a head name clash fails before any work
     before = _keys(model, records)
     cache: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="loradex-merge-") as scratch:

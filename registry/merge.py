@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,23 +165,33 @@ def default_weights(inputs: Sequence[MergeInput]) -> list[float]:
 
 
 def group_heads(inputs: Sequence[MergeInput]) -> dict[str, list[tuple[int, HeadSpec]]]:
-    """Heads by task; heads of one task must share one schema (configuration and input size)."""
+    """The merged adapter's heads: head name → the input heads it serves.
+
+    Heads of one task with one schema (configuration and input size: two classifiers with the
+    same labels) become one averaged head named after the task. A head of the same task with
+    another schema (Fashion-MNIST's labels beside digits') keeps its own head, named
+    ``TASK-INPUTNAME``.
+    """
     groups: dict[str, list[tuple[int, HeadSpec]]] = {}
     for index, item in enumerate(inputs):
         for head in item.spec.head_specs():
-            groups.setdefault(head.task, []).append((index, head))
-    for task, members in groups.items():
-        (i0, first), *rest = members
-        for i, head in rest:
-            if head.config != first.config or head.image_size != first.image_size:
-                field_name = next((k for k in sorted({*head.config, *first.config})
-                                   if head.config.get(k) != first.config.get(k)), "image_size")
-                raise RegistryError(
-                    f"{inputs[i0].ref} and {inputs[i].ref} are both {task} but their heads differ in {field_name}: "
-                    f"{first.config.get(field_name, first.image_size)!r} vs {head.config.get(field_name, head.image_size)!r}; "
-                    "a same-task merge needs one head schema"
-                )
+            same = next((name for name, members in groups.items() if members[0][1].task == head.task
+                         and members[0][1].config == head.config and members[0][1].image_size == head.image_size),
+                        None)
+            if same is None:
+                taken = any(members[0][1].task == head.task for members in groups.values())
+                same = head.task if not taken else _head_name(f"{head.task}-{item.record.name}", groups)
+                groups[same] = []
+            groups[same].append((index, head))
     return groups
+
+
+def _head_name(wanted: str, taken: Mapping[str, Any]) -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "-", wanted.lower()).strip("-")[:60] or "head"
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate
 
 
 def effective_density(method: Method, density: float | None) -> float | None:
@@ -281,8 +292,8 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
     head_of: dict[tuple[str, str], str] = {}
     head_states: dict[str, dict[str, torch.Tensor]] = {}
     head_specs: list[HeadSpec] = []
-    for task, members in groups.items():
-        head_name = task
+    for head_name, members in groups.items():
+        task = members[0][1].task
         states = []
         for index, head in members:
             spec = inputs[index].spec

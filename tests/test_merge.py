@@ -239,7 +239,6 @@ def misfits(home, tmp_path_factory):
 @pytest.mark.parametrize(("args", "message"), [
     (["merge", "cls-a", "--name", "x"], "merge needs at least two adapters, got 1"),
     (["merge", "cls-a", "other", "--name", "x"], "is on base 'tiny-vit' (sha256:"),
-    (["merge", "cls-a", "odd-labels", "--name", "x"], "are both classification but their heads differ in labels"),
     (["merge", "cls-a", "cls-b", "--name", "x", "--weights", "1,2,3"], "--weights has 3 values for 2 adapters"),
     (["merge", "cls-a", "cls-b", "--name", "x", "--weights", "1,nope"], "is not a comma-separated list of numbers"),
     (["merge", "cls-a", "cls-b", "--name", "x", "--method", "ties", "--density", "0"], "--density must be in (0, 1]"),
@@ -266,6 +265,19 @@ def test_bad_merge_and_compress_input_is_one_line_and_changes_nothing(home, misf
     assert last.startswith("Error: ") and message in last, result.stderr
     assert versions(home) == before
     assert (tmp_path / "DEST" / "keep.txt").read_text() == "mine"
+
+
+def test_classifiers_with_other_labels_keep_their_own_heads(home, misfits):
+    """Two classification adapters with different label sets merge into one LoRA with two heads."""
+    result = run(home, "merge", "cls-a", "odd-labels", "--name", "two-label-sets", "--json")
+    assert result.exit_code == 0, result.output
+    with Registry.open(home) as registry:
+        spec = registry.resolve("two-label-sets").spec
+    heads = {h.name: h for h in spec.head_specs()}
+    assert spec.is_multitask and set(heads) == {"classification", "classification-odd-labels"}
+    assert heads["classification-odd-labels"].config["labels"] == ["x", "y"]
+    assert heads["classification"].config["labels"] != ["x", "y"]
+    assert run(home, "rm", "two-label-sets").exit_code == 0  # the module-wide shelf stays as the other tests expect
 
 
 def test_merge_with_a_base_adapter_is_task_arithmetic(home):

@@ -217,6 +217,10 @@ def test_efficientnet_lite0_converts_once_and_knows_imagenet(isolated_home):
     assert backbone.pretrained and backbone.hidden_size == 1280 and backbone.image_size == 224
     again = plugins.resolve_backbone("efficientnet-lite0").load("efficientnet-lite0")
     assert again.ref.fingerprint == backbone.ref.fingerprint
+    # the dilated variant: same weights, a grid twice as fine, and so another base
+    os16 = plugins.resolve_backbone("efficientnet-lite0-os16").load("efficientnet-lite0-os16")
+    assert backbone.patch_size == 32 and os16.patch_size == 16 and os16.grid_at(384) == (24, 24)
+    assert os16.ref.fingerprint != backbone.ref.fingerprint
 
 
 def test_efficientnet_lite0_without_its_package_says_what_to_install(monkeypatch):

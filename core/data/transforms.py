@@ -9,10 +9,10 @@ Its two halves are separate so that a cache can keep the resized uint8 pixels
 (:meth:`FastTransform.resize`) and normalise on access (:meth:`FastTransform.to_tensor`).
 
 JPEG decoding is where full-size photos spend their time: :func:`open_for` asks libjpeg to
-decode at a reduced scale (``Image.draft``: 1/2, 1/4 or 1/8) that is still at least twice the
-target size, which the resize then brings down. That is no longer the processor's exact result
-on large JPEGs (within 0.05 in normalised units on average; the test checks it), and it is why
-it is only used for JPEGs at least twice the target on each side.
+decode at a reduced scale (``Image.draft``: 1/2, 1/4 or 1/8) that is still at least the target
+size on each side, which the resize then brings down. That is no longer the processor's exact
+result on large JPEGs (within 0.05 in normalised units on average; the test checks it); images
+already near the target size are decoded in full.
 """
 
 from __future__ import annotations
@@ -90,4 +90,4 @@ def open_for(path: Path, transform: Any) -> Any:
     size = getattr(transform, "size", None) if isinstance(transform, FastTransform) else None
     if size is None or Path(path).suffix.lower() not in JPEG_SUFFIXES:
         return open_image(path)
-    return open_image(path, draft=(2 * size[0], 2 * size[1]))
+    return open_image(path, draft=size)

@@ -11,6 +11,7 @@ def register_backbones(register):
     from .hub import HubBackbone
     from .presets import PRESETS
 
-    for preset in (*PRESETS, EfficientNetLite0Preset(), *FLORENCE_PRESETS):
+    for preset in (*PRESETS, *(EfficientNetLite0Preset(output_stride=s) for s in (32, 16, 8)),
+                   *FLORENCE_PRESETS):
         register(preset)
     register(HubBackbone())

@@ -147,8 +147,10 @@ def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None
     if is_vit:
         patch = timm_model.patch_embed.patch_size
         stride = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
-    else:
-        stride = int(timm_model.feature_info[-1]["reduction"])
+    else:  # measured, not read from feature_info: a dilated model (output_stride=16) keeps its nominal reductions
+        with torch.no_grad():
+            side = model(pixel_values=torch.zeros(1, 3, image_size, image_size)).last_hidden_state.shape[-1]
+        stride = image_size // int(side)
     patterns = timm_target_patterns(model)
     if not patterns:
         raise BackboneError(f"backbone {name!r} ({model.config.architecture}): no Linear or conv layer LoRA can target")
@@ -192,18 +194,31 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def load_timm(source: str, *, revision: str | None = None, name: str | None = None,
-              pretrained: bool = True) -> TimmLoadedBackbone:
-    """A timm base by Hub id or folder (``config.json`` with ``architecture``, safetensors weights)."""
+              pretrained: bool = True, model_args: dict[str, Any] | None = None) -> TimmLoadedBackbone:
+    """A timm base by Hub id or folder (``config.json`` with ``architecture``, safetensors weights).
+
+    ``model_args``: extra ``timm.create_model`` arguments (``output_stride=16``: a finer grid, same weights).
+    """
     from transformers import TimmWrapperConfig, TimmWrapperImageProcessor, TimmWrapperModel
 
     try:
         with quiet_transformers():
             config = TimmWrapperConfig.from_pretrained(source, revision=revision)
-            if config.model_args:  # timm's save_for_hf may record num_classes here too; the feature model sets it
-                config.model_args = {k: v for k, v in config.model_args.items() if k != "num_classes"}
+            # timm's save_for_hf may record num_classes here too; the feature model sets it
+            config.model_args = {**{k: v for k, v in (config.model_args or {}).items() if k != "num_classes"},
+                                 **(model_args or {})} or None
             model = TimmWrapperModel.from_pretrained(source, config=config, revision=revision, use_safetensors=True)
             processor = TimmWrapperImageProcessor.from_pretrained(source, revision=revision)
     except (OSError, ValueError, KeyError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(f"cannot load timm backbone {source!r}: {first}") from None
-    return timm_backbone(model, processor, name=name or source, revision=revision, pretrained=pretrained)
+    backbone = timm_backbone(model, processor, name=name or source, revision=revision, pretrained=pretrained)
+    if model_args:
+        # the same weights computing other features (a dilated stage) are another base: its adapters do not move
+        import hashlib
+        import json
+        from dataclasses import replace
+
+        salted = hashlib.sha256(f"{backbone.ref.fingerprint}|{json.dumps(model_args, sort_keys=True)}".encode())
+        backbone.ref = replace(backbone.ref, fingerprint="sha256:" + salted.hexdigest())
+    return backbone
