@@ -127,9 +127,10 @@ class LoadedBackbone:
     of blocks (a vision tower and a language model); used instead of ``target_names`` when set."""
     pretrained: bool = False
     """Whether the weights were learned (a Hub checkpoint, the efficientnet-lite0 preset) rather than
-    drawn from a seed; tasks pick other defaults for learned features (see ``Task.defaults``)."""
+    drawn from a seed; tasks pick other defaults for learned features (``Task.pretrained_defaults``)."""
     default_targets: tuple[str, ...] = ()
     """The LoRA targets measured best for this base; empty: the task's own default targets."""
+    _transforms: dict[int, Callable] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_model(
@@ -141,6 +142,7 @@ class LoadedBackbone:
         revision: str | None,
         image_size: int,
         num_prefix_tokens: int,
+        pretrained: bool = False,
     ) -> LoadedBackbone:
         """Freeze ``model``, fingerprint it and resolve its LoRA targets."""
         config = model.config
@@ -166,6 +168,7 @@ class LoadedBackbone:
             block_prefix=prefix,
             target_names=resolve_target_names(model),
             interpolates=interpolates,
+            pretrained=pretrained,
         )
 
     @property
@@ -253,21 +256,23 @@ class LoadedBackbone:
     def transform_at(self, image_size: int | None) -> Callable[[Image.Image], torch.Tensor]:
         """The image transform for ``image_size`` pixels (the backbone's own when None).
 
-        A :class:`~loradex.core.data.transforms.FastTransform` (the processor's resize and
-        normalisation, several times faster) where the processor does nothing more; else the
-        processor itself, on one image at a time.
+        A :class:`~loradex.core.data.transforms.FastTransform` (see :meth:`fast_transform`) where
+        there is one; else the processor itself, on one image at a time. Built once per size.
         """
         size = self.image_size if image_size is None else image_size
-        if size != self.image_size:
-            self.check_image_size(size)
+        if size not in self._transforms:
+            if size != self.image_size:
+                self.check_image_size(size)
+            fast = self.fast_transform(size)
+            self._transforms[size] = fast if fast is not None else (
+                self._processed if size == self.image_size else functools.partial(self._resized, size=size))
+        return self._transforms[size]
+
+    def fast_transform(self, size: int) -> Any:
+        """The processor's resize and normalisation as a FastTransform, or None if it does more (crops, pads)."""
         from .data.transforms import fast_transform_for
 
-        fast = fast_transform_for(self.image_processor, size)
-        if fast is not None:
-            return fast
-        if size == self.image_size:
-            return self._processed
-        return functools.partial(self._resized, size=size)
+        return fast_transform_for(self.image_processor, size)
 
     def _processed(self, image: Image.Image) -> torch.Tensor:
         pixel_values = self.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .errors import ConfigError
@@ -28,6 +29,14 @@ def resolve_device(device: Any = None):
     if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(f"device {device!r}: Apple's MPS backend is not available here; use cpu or auto")
     return chosen
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def to_device(value: Any, device: Any) -> Any:

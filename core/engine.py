@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .backbone import LoadedBackbone
-from .data.loading import attach_cache, checked_batches
+from .data.loading import attach_cache, checked_batches, make_loader
 from .errors import ConfigError, DataError, TrainingDivergedError
 from .model import TaskModel, build_model
 from .spec import AdapterSpec
@@ -99,12 +99,8 @@ def evaluate(
 
 def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: int, sampler: Any = None,
             workers: int | None = None, device: Any = None) -> DataLoader:
-    from .data.loading import default_workers, make_loader
-
-    count = default_workers(dataset, device=device) if workers is None else workers
-    cuda = device is not None and getattr(device, "type", "") == "cuda"
     return make_loader(dataset, batch_size=batch_size, collate=task.collate, shuffle=shuffle, seed=seed,
-                       sampler=sampler, workers=count, pin_memory=cuda)
+                       sampler=sampler, workers=workers, device=device)
 
 
 def _attach_caches(data: TaskData, kind: str, *, say: Callable[[str], None]) -> None:

@@ -94,3 +94,9 @@ def suggest(name: str, known: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest known name, or an empty string."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name when it has none): a library error, quoted in one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -36,12 +36,10 @@ def evaluate_dataset(task: Task, model: Any, dataset: Any, *, head_config: dict[
 
     ``workers``: data-loading processes (None fits the machine, see ``default_workers``).
     """
-    from .data.loading import default_workers, make_loader
+    from .data.loading import make_loader
 
-    device = getattr(model, "device", None)
-    count = default_workers(dataset, device=device) if workers is None else workers
-    loader = make_loader(dataset, batch_size=batch_size, collate=task.collate, workers=count,
-                         pin_memory=getattr(device, "type", "") == "cuda")
+    loader = make_loader(dataset, batch_size=batch_size, collate=task.collate, workers=workers,
+                         device=getattr(model, "device", None))
     return evaluate(task, model, loader, head_config, adapter=adapter)
 
 

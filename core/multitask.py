@@ -32,8 +32,7 @@ from torch import nn
 from . import plugins
 from .artifact import check_complete, check_fingerprint, head_file, load_weights, native_names, read_lora
 from .backbone import EncoderOutput, LoadedBackbone
-from .data.loading import available_cpus
-from .devices import resolve_device
+from .devices import available_cpus, resolve_device
 from .errors import ArtifactError, ConfigError, DataError, FingerprintMismatchError, NotFoundError
 from .inputs import ImageInput, check_readable, image_inputs
 from .lora_runtime import LoraBank, Segment, factors_from_peft, split_plan, unsupported_reason

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .data.loading import available_cpus
+from .devices import available_cpus
 from .errors import ConfigError
 
 THREADS_ENV = "LORADEX_THREADS"
@@ -36,31 +36,29 @@ def configure_threads(threads: int | None = None) -> int:
     return chosen
 
 
-def _cpu_ticks() -> dict[int, tuple[str, int]]:
-    ticks = {}
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """Per pid: command name, parent pid, and CPU ticks used so far (user + system), from /proc."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            stat = entry.joinpath("stat").read_text()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks[int(entry.name)] = (name, int(fields[11]) + int(fields[12]))  # utime + stime
-    return ticks
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) "; the name may hold spaces
+        found[int(entry.name)] = (stat[stat.index("(") + 1 : stat.rindex(")")], int(fields[1]),
+                                  int(fields[11]) + int(fields[12]))
+    return found
 
 
-def _own_family() -> set[int]:
-    family = {os.getpid()}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) in family:  # ppid: our children (data-loading workers)
-                family.add(int(entry.name))
+def _family(processes: dict[int, tuple[str, int, int]]) -> set[int]:
+    """This process and its descendants (data-loading workers), whose load is our own."""
+    family, grown = {os.getpid()}, True
+    while grown:
+        children = {pid for pid, (_, parent, _) in processes.items() if parent in family} - family
+        family |= children
+        grown = bool(children)
     return family
 
 
@@ -68,12 +66,12 @@ def competing_process(*, watch: float = 0.3, threshold: float = 0.5) -> str | No
     """A line naming another process that used at least ``threshold`` of a core over ``watch`` seconds."""
     if not Path("/proc/stat").is_file():
         return None
-    before = _cpu_ticks()
+    before = _processes()
     time.sleep(watch)
-    after = _cpu_ticks()
+    after = _processes()
     hertz = os.sysconf("SC_CLK_TCK")
-    family = _own_family()
-    busy = sorted(((ticks - before[pid][1]) / hertz / watch, pid, name) for pid, (name, ticks) in after.items()
+    family = _family(after)
+    busy = sorted(((ticks - before[pid][2]) / hertz / watch, pid, name) for pid, (name, _, ticks) in after.items()
                   if pid in before and pid not in family)
     if not busy or busy[-1][0] < threshold:
         return None

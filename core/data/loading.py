@@ -22,7 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError, LoradexError
+from ..devices import available_cpus
+from ..errors import ConfigError, DataError, LoradexError, first_line
 from ..spec import CACHES
 from .datasets import ImageDataset
 from .transforms import FastTransform
@@ -82,28 +83,23 @@ def default_workers(dataset: Any, *, device: Any = None, cpus: int | None = None
     return max(0, (cpus - 4) // 4)
 
 
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def make_loader(dataset: Any, *, batch_size: int, collate: Callable | None, shuffle: bool = False, seed: int = 0,
-                sampler: Any = None, workers: int = 0, pin_memory: bool = False) -> Any:
-    """A DataLoader over ``dataset``; iterate it through :func:`checked_batches`.
+                sampler: Any = None, workers: int | None = None, device: Any = None) -> Any:
+    """A DataLoader over ``dataset`` for a model on ``device``; iterate it through :func:`checked_batches`.
 
-    The order depends on ``seed`` only: each worker's random stream is seeded from the same
-    generator, and items come back in order whatever the number of workers.
+    ``workers`` None fits the machine (:func:`default_workers`); memory is pinned for a CUDA
+    device. The order depends on ``seed`` only: each worker's random stream is seeded from the
+    same generator, and items come back in order whatever the number of workers.
     """
     import torch
     from torch.utils.data import DataLoader
 
+    if workers is None:
+        workers = default_workers(dataset, device=device)
     if workers < 0:
         raise ConfigError(f"workers must be 0 or more, got {workers}")
     options: dict[str, Any] = {"batch_size": batch_size, "collate_fn": _CarryingCollate(collate),
-                               "pin_memory": pin_memory}
+                               "pin_memory": getattr(device, "type", None) == "cuda"}
     if workers:
         options.update(num_workers=workers, persistent_workers=True, prefetch_factor=4)
     if sampler is not None:
@@ -124,8 +120,7 @@ def checked_batches(loader: Iterable[Any]) -> Iterator[Any]:
         except RuntimeError as exc:
             text = str(exc)
             if "DataLoader worker" in text:
-                first = text.strip().splitlines()[0]
-                raise DataError(f"a data-loading worker died ({first}); rerun with --workers 0 to load in the "
+                raise DataError(f"a data-loading worker died ({first_line(exc)}); rerun with --workers 0 to load in the "
                                 "training process and see the image at fault") from None
             raise
         if isinstance(batch, _Failed):

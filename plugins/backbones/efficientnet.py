@@ -67,8 +67,11 @@ def convert(source: Path, folder: Path) -> None:
     state = torch.load(source, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneError(f"{source}: not a state dict of tensors")
-    reference = timm.create_model(ARCHITECTURE, pretrained=False)
-    target = reference.state_dict()
+    config = TimmWrapperConfig(architecture=ARCHITECTURE, num_labels=1000,
+                               pretrained_cfg={**timm.models.get_pretrained_cfg(ARCHITECTURE).to_dict(),
+                                               "num_classes": 1000})
+    model = TimmWrapperForImageClassification(config)
+    target = model.timm_model.state_dict()
     if len(state) != len(target):
         raise BackboneError(f"{source}: {len(state)} tensors, but {ARCHITECTURE} has {len(target)}")
     renamed = {}
@@ -77,16 +80,12 @@ def convert(source: Path, folder: Path) -> None:
             raise BackboneError(f"{source}: {old} has shape {tuple(tensor.shape)}, {ARCHITECTURE}'s {new} "
                                 f"{tuple(like.shape)}")
         renamed[new] = tensor
-    reference.load_state_dict(renamed, strict=True)
-    config = TimmWrapperConfig(architecture=ARCHITECTURE, num_labels=1000,
-                               pretrained_cfg={**reference.pretrained_cfg, "num_classes": 1000})
-    model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(renamed, strict=True)
     with quiet_transformers():  # the processor's settings are saved inside config.json
         model.save_pretrained(folder, safe_serialization=True)
     (folder / "loradex-base.json").write_text(json.dumps({
         "format": FORMAT, "source": PACKAGE, "file": source.name, "architecture": ARCHITECTURE,
-        "parameters": sum(p.numel() for p in reference.parameters()),
+        "parameters": sum(p.numel() for p in model.timm_model.parameters()),
         "state_numbers": sum(t.numel() for t in renamed.values()),  # batch-norm statistics included
     }, indent=2) + "\n", encoding="utf-8")
 

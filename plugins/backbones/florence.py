@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loradex.core.backbone import LoadedBackbone, classify_block_module, fingerprint
-from loradex.core.errors import BackboneError
+from loradex.core.errors import BackboneError, first_line
 
 TASK_TOKENS = ("<OD>", "<DENSE_REGION_CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>", "<CAPTION>", "<DETAILED_CAPTION>",
                "<MORE_DETAILED_CAPTION>", "<REGION_PROPOSAL>", "<OPEN_VOCABULARY_DETECTION>")
@@ -94,8 +94,7 @@ def load_florence(source: str, *, revision: str | None) -> LoadedBackbone:
         model = Florence2ForConditionalGeneration.from_pretrained(source, revision=revision, use_safetensors=True)
         processor = AutoProcessor.from_pretrained(source, revision=revision)
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"cannot load Florence-2 backbone {source!r}: {first}") from None
+        raise BackboneError(f"cannot load Florence-2 backbone {source!r}: {first_line(exc)}") from None
     return florence_backbone(model, processor, name=source, revision=revision)
 
 

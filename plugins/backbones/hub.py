@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from loradex.core.backbone import LoadedBackbone
-from loradex.core.errors import BackboneError
+from loradex.core.errors import BackboneError, first_line
 
 # Multi-modal checkpoints whose vision tower is the encoder we want.
 _VISION_TOWERS = {
@@ -51,8 +51,7 @@ class HubBackbone:
                 model = AutoModel.from_pretrained(source, **kwargs)
             processor = AutoImageProcessor.from_pretrained(source, revision=revision)
         except (OSError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackboneError(f"cannot load backbone {source!r}: {first}") from None
+            raise BackboneError(f"cannot load backbone {source!r}: {first_line(exc)}") from None
         return finish_loading(model, processor, name=source, revision=revision)
 
 
@@ -75,8 +74,5 @@ def finish_loading(model, processor, *, name: str, revision: str | None, pretrai
     prefix = tokens - (height // patch) * (width // patch)
     if prefix < 0:
         raise BackboneError(f"backbone {name!r}: {tokens} tokens for a {height // patch}² patch grid")
-    loaded = LoadedBackbone.from_model(
-        model, processor, name=name, revision=revision, image_size=height, num_prefix_tokens=prefix
-    )
-    loaded.pretrained = pretrained
-    return loaded
+    return LoadedBackbone.from_model(model, processor, name=name, revision=revision, image_size=height,
+                                     num_prefix_tokens=prefix, pretrained=pretrained)

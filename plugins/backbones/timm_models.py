@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from loradex.core.backbone import EncoderOutput, LoadedBackbone, classify_block_module, fingerprint
-from loradex.core.errors import BackboneError
+from loradex.core.errors import BackboneError, first_line
 from loradex.core.spec import BackboneRef
 
 if TYPE_CHECKING:
@@ -81,9 +81,6 @@ def default_targets(patterns: dict[str, str]) -> tuple[str, ...]:
 class TimmLoadedBackbone(LoadedBackbone):
     """A :class:`LoadedBackbone` over a ``TimmWrapperModel``: own resize/normalise, pooled vector from timm."""
 
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
     @property
     def is_convolutional(self) -> bool:
         """A timm CNN (no patch embedding): its features come from convolutions."""
@@ -102,17 +99,16 @@ class TimmLoadedBackbone(LoadedBackbone):
         if image_size != self.image_size and not self.interpolates:
             raise BackboneError(f"backbone {self.ref.name!r} runs at {self.image_size}px only, not {image_size}px")
 
-    def transform_at(self, image_size: int | None):
-        """Squash to ``image_size`` (the base's own when None) with a bicubic filter, as ViT processors
-        do, and normalise with the model's mean and std: a fast transform, cacheable."""
+    def fast_transform(self, size: int) -> Any:
+        """Squash to ``size`` with a bicubic filter, as ViT processors do (timm's own eval transform
+        resizes and center-crops), and normalise with the model's mean and std."""
         from PIL import Image as PILImage
 
         from loradex.core.data.transforms import FastTransform
 
-        size = self.image_size if image_size is None else image_size
-        if size != self.image_size:
-            self.check_image_size(size)
-        return FastTransform(size=(size, size), resample=int(PILImage.BICUBIC), mean=self.mean, std=self.std)
+        cfg = getattr(self.model.timm_model, "pretrained_cfg", None) or {}
+        mean, std = (tuple(float(v) for v in cfg.get(k, (0.5, 0.5, 0.5))) for k in ("mean", "std"))
+        return FastTransform(size=(size, size), resample=int(PILImage.BICUBIC), mean=mean, std=std)
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
         """Run the wrapped timm model (possibly under PEFT) and lay its last features out as a grid."""
@@ -144,13 +140,17 @@ def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None
     cfg = dict(getattr(timm_model, "pretrained_cfg", None) or {})
     image_size = int(cfg.get("input_size", (3, 224, 224))[-1])
     is_vit = hasattr(timm_model, "patch_embed")
+    with torch.no_grad():
+        features = model(pixel_values=torch.zeros(1, 3, image_size, image_size)).last_hidden_state
+    prefix = int(getattr(timm_model, "num_prefix_tokens", 0))
     if is_vit:
         patch = timm_model.patch_embed.patch_size
         stride = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        if features.shape[1] != prefix + (image_size // stride) ** 2:
+            raise BackboneError(f"backbone {name!r}: {features.shape[1]} tokens for a {image_size // stride}² patch "
+                                f"grid and {prefix} prefix tokens")
     else:  # measured, not read from feature_info: a dilated model (output_stride=16) keeps its nominal reductions
-        with torch.no_grad():
-            side = model(pixel_values=torch.zeros(1, 3, image_size, image_size)).last_hidden_state.shape[-1]
-        stride = image_size // int(side)
+        stride = image_size // int(features.shape[-1])
     patterns = timm_target_patterns(model)
     if not patterns:
         raise BackboneError(f"backbone {name!r} ({model.config.architecture}): no Linear or conv layer LoRA can target")
@@ -161,19 +161,12 @@ def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None
         hidden_size=int(timm_model.num_features),
         patch_size=stride,
         image_size=image_size,
-        num_prefix_tokens=int(getattr(timm_model, "num_prefix_tokens", 0)),
+        num_prefix_tokens=prefix,
         interpolates=not is_vit or bool(getattr(timm_model.patch_embed, "dynamic_img_size", False)),
         target_patterns=patterns,
         pretrained=pretrained,
         default_targets=default_targets(patterns),
     )
-    backbone.mean = tuple(float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5)))
-    backbone.std = tuple(float(v) for v in cfg.get("std", (0.5, 0.5, 0.5)))
-    with torch.no_grad():
-        probe = backbone.encode(model, torch.zeros(1, 3, image_size, image_size))
-    if probe.patches.shape[1:3] != backbone.grid_at(image_size):
-        raise BackboneError(f"backbone {name!r}: a {image_size}px image gave a {tuple(probe.patches.shape[1:3])} grid, "
-                            f"not {backbone.grid_at(image_size)}")
     return backbone
 
 
@@ -210,8 +203,7 @@ def load_timm(source: str, *, revision: str | None = None, name: str | None = No
             model = TimmWrapperModel.from_pretrained(source, config=config, revision=revision, use_safetensors=True)
             processor = TimmWrapperImageProcessor.from_pretrained(source, revision=revision)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackboneError(f"cannot load timm backbone {source!r}: {first}") from None
+        raise BackboneError(f"cannot load timm backbone {source!r}: {first_line(exc)}") from None
     backbone = timm_backbone(model, processor, name=name or source, revision=revision, pretrained=pretrained)
     if model_args:
         # the same weights computing other features (a dilated stage) are another base: its adapters do not move
