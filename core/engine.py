@@ -48,7 +48,7 @@ class TrainResult:
     test: EvalResult | None
     stopped_early: bool
     seconds: float
-    images_per_second: float
+    images_per_second: float  # of the training steps alone (data loading included, validation not)
     mixed_precision: str
 
 
@@ -199,7 +199,7 @@ def train(
     best_loss: float | None = None
     best_epoch, best_state, best_val = 0, None, None
     stale, stopped_early = 0, False
-    seen, start = 0, time.perf_counter()
+    seen, start, stepping = 0, time.perf_counter(), 0.0
     bar = _progress(progress and accelerator.is_main_process)
     with bar:
         job = bar.add_task("train", total=len(train_loader) * settings.epochs, status="")
@@ -226,6 +226,7 @@ def train(
                 seen += batch["pixel_values"].shape[0]
                 bar.update(job, advance=1, description=f"epoch {epoch}/{settings.epochs}",
                            status=f"loss {running / batches:.4f}")
+            stepping += time.perf_counter() - epoch_start
             val_result, val_loss = evaluate(task, model, val_loader, spec.head, accelerator=accelerator)
             if not math.isfinite(val_loss):
                 raise TrainingDivergedError(f"training diverged in epoch {epoch}: the validation loss is {val_loss}; "
@@ -279,7 +280,7 @@ def train(
         test=test_result,
         stopped_early=stopped_early,
         seconds=seconds,
-        images_per_second=seen / seconds if seconds else 0.0,
+        images_per_second=seen / stepping if stepping else 0.0,
         mixed_precision=mixed_precision,
     )
 

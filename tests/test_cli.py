@@ -69,6 +69,18 @@ def test_predict_json_and_saved_drawings(trained, tmp_path):
     assert (tmp_path / "drawn" / "star.png").is_file()
 
 
+def test_predict_a_folder_with_decoding_threads_gives_the_same_records(trained, tmp_path):
+    home, _ = trained
+    for index in range(5):
+        single_shape_image(200, index, 64, index % len(SHAPES)).save(tmp_path / f"{index}.png")
+    records = {}
+    for workers in ("0", "2"):
+        result = run("predict", "shapes", tmp_path, "--json", "--batch-size", "2", "--workers", workers, home=home)
+        assert result.exit_code == 0, result.output
+        records[workers] = json.loads(result.stdout)
+    assert len(records["0"]) == 5 and records["0"] == records["2"]
+
+
 def test_eval_writes_a_report(trained, tmp_path):
     home, _ = trained
     result = run("eval", "shapes@v1", "--data", "synthetic:train=5,val=10,test=10", "--json",

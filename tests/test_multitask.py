@@ -223,3 +223,23 @@ def test_dataclass_copy_of_backbone_is_untouched_by_random_adapter(tmp_path):
     random_adapter(tmp_path / "a", "classification", backbone=backbone)
     assert not any("lora" in n for n, _ in backbone.model.named_modules())
     assert dataclasses.is_dataclass(backbone)
+
+
+def test_streaming_a_folder_is_lazy_and_threads_do_not_change_results(model, tmp_path, monkeypatch):
+    from loradex.core.inputs import ImageInput
+    from loradex.plugins.shapes import scene_image
+
+    for index in range(10):
+        scene_image(11, index, 64)[0].save(tmp_path / f"{index:02d}.png")
+    plain = [r.results["cls"].prediction for r in model.stream(tmp_path, tasks="cls", batch_size=3, workers=0)]
+    threaded = [r.results["cls"].prediction for r in model.stream(tmp_path, tasks="cls", batch_size=3, workers=2)]
+    assert plain == threaded and len(plain) == 10
+
+    loads = []
+    original = ImageInput.load
+    monkeypatch.setattr(ImageInput, "load", lambda self: loads.append(self) or original(self))
+    results = model.stream(tmp_path, tasks="cls", batch_size=3, workers=2)
+    first = next(results)
+    assert first.source.endswith("00.png")
+    assert len(loads) <= 6, "more than this batch and the next were decoded before the first result"
+    assert len(list(results)) == 9 and len(loads) == 10
