@@ -19,6 +19,8 @@ Sources, each with ``--images`` images at 224 px (the default):
     the Trainer script times too. ``vit-base``: the same from the JPEG folder on vit-base.
     On a GPU each figure carries the mean GPU utilisation (``nvidia-smi``, every 0.2 s).
 (c) prediction: ``model.predict(folder)`` images/s with 0 and 2 decoding threads.
+(d) ``compile`` (not in the default parts): ``train.compile`` against eager, once compiled, and
+    what compiling costs.
 
 Run it alone: two torch processes on two cores slow each other ten-fold.
 """
@@ -304,6 +306,32 @@ def train_part(backbone_name: str, sources: dict[str, Path], report: dict, work:
     report.setdefault("train", {})[backbone_name] = rows
 
 
+def compile_part(report: dict, work: Path, images: int) -> None:
+    """(d): ``train.compile`` against eager: three epochs from memory, the last epoch's training steps timed."""
+    from loradex.core.training import TrainRequest, train_adapter
+
+    print(f"\n(d) torch.compile against eager, tiny-vit LoRA r=16, {SIZE} px, batch 32, {images} images, 3 epochs",
+          flush=True)
+    rows = {}
+    for label, compiled in (("eager", False), ("compiled", True)):
+        request = TrainRequest(task="classification", data=f"synthetic:train={images},val=32,test=0",
+                               backbone="tiny-vit", project=work / "runs", run_name=f"compile-{label}",
+                               lora={"rank": 16, "targets": "all"},
+                               train={"epochs": 3, "batch_size": 32, "image_size": SIZE, "patience": None,
+                                      "workers": 0, "compile": compiled})
+        try:
+            history = train_adapter(request, progress=False, say=lambda line: None).result.history
+        except Exception as exc:  # noqa: BLE001 - a compiler missing on this machine is a result too
+            print(f"{label:<9} failed: {str(exc).splitlines()[0][:200]}", flush=True)
+            return
+        rows[label] = {"first_epoch_s": history[0].train_seconds, "last_epoch_rate": images / history[-1].train_seconds}
+        print(f"{label:<9} first epoch {history[0].train_seconds:6.1f} s   last epoch {rows[label]['last_epoch_rate']:6.1f} "
+              f"images/s", flush=True)
+    print(f"compiled/eager {rows['compiled']['last_epoch_rate'] / rows['eager']['last_epoch_rate']:.2f}x once compiled; "
+          f"compiling cost {rows['compiled']['first_epoch_s'] - rows['eager']['first_epoch_s']:.1f} s", flush=True)
+    report["compile"] = rows
+
+
 def predict_part(sources: dict[str, Path], report: dict, work: Path) -> None:
     """(c): ``predict`` over a folder with and without decoding threads."""
     from loradex.core import plugins
@@ -361,6 +389,8 @@ def main() -> None:
                    args.vit_base_images or (2048 if cuda else 96), workers)
     if "predict" in parts:
         predict_part(sources, report, work)
+    if "compile" in parts:
+        compile_part(report, work, args.train_images)
     (work / "data_throughput.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 

@@ -34,6 +34,9 @@ class EpochLog:
     val_loss: float | None
     lr: float
     seconds: float
+    """The whole epoch: training steps and the validation pass."""
+    train_seconds: float = 0.0
+    """The training steps alone, data loading included."""
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -226,7 +229,8 @@ def train(
                 seen += batch["pixel_values"].shape[0]
                 bar.update(job, advance=1, description=f"epoch {epoch}/{settings.epochs}",
                            status=f"loss {running / batches:.4f}")
-            stepping += time.perf_counter() - epoch_start
+            epoch_stepping = time.perf_counter() - epoch_start
+            stepping += epoch_stepping
             val_result, val_loss = evaluate(task, model, val_loader, spec.head, accelerator=accelerator)
             if not math.isfinite(val_loss):
                 raise TrainingDivergedError(f"training diverged in epoch {epoch}: the validation loss is {val_loss}; "
@@ -242,6 +246,7 @@ def train(
                 val_loss=val_loss,
                 lr=scheduler.get_last_lr()[0],
                 seconds=time.perf_counter() - epoch_start,
+                train_seconds=epoch_stepping,
                 metrics=val_result.metrics,
             )
             history.append(log)

@@ -184,12 +184,16 @@ class MultiTaskModel(nn.Module):
                     factors = factors_from_peft(config, state)
                 except ArtifactError as exc:
                     reason = str(exc)
+            expected = False
             if reason is None:
                 reason = next((f"it changes {m!r}, which is not a Linear layer" for m in factors
                                if self._bank.linear(m) is None), None)
+                # a conv base's adapters change convs: PEFT's path is the only one there, nothing to tell
+                expected = self.backbone.is_convolutional
             if reason is not None and not self._peft_mode:
-                self.say(f"{ref}: {reason}, which loradex's fast path does not cover; "
-                         "running every adapter through PEFT's slower path")
+                if not expected:
+                    self.say(f"{ref}: {reason}, which loradex's fast path does not cover; "
+                             "running every adapter through PEFT's slower path")
                 self._switch_to_peft()
             if self._peft_mode:
                 self._peft_load(lora, folder)

@@ -62,15 +62,17 @@ def write_yaml(path: Path, data: Mapping[str, Any]) -> Path:
 
 
 def write_results_csv(path: Path, history: Sequence[EpochLog]) -> Path:
-    """One row per epoch: losses, learning rate, seconds and every validation metric."""
+    """One row per epoch: losses, learning rate, seconds (all, and of the training steps) and every val metric."""
     metric_names = sorted({k for log in history for k in log.metrics})
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["epoch", "train_loss", "val_loss", "lr", "seconds", *(f"val_{m}" for m in metric_names)])
+        writer.writerow(["epoch", "train_loss", "val_loss", "lr", "seconds", "train_seconds",
+                         *(f"val_{m}" for m in metric_names)])
         for log in history:
             writer.writerow(
                 [log.epoch, f"{log.train_loss:.6f}", "" if log.val_loss is None else f"{log.val_loss:.6f}",
-                 f"{log.lr:.6g}", f"{log.seconds:.2f}", *(f"{log.metrics.get(m, float('nan')):.6f}" for m in metric_names)]
+                 f"{log.lr:.6g}", f"{log.seconds:.2f}", f"{log.train_seconds:.2f}",
+                 *(f"{log.metrics.get(m, float('nan')):.6f}" for m in metric_names)]
             )
     return path
 

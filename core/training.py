@@ -16,6 +16,7 @@ from typing import Any
 from . import plugins
 from .artifact import model_card, save_artifact
 from .backbone import LoadedBackbone
+from .data.datasets import take
 from .engine import EpochLog, TrainResult, resolve_mixed_precision, train
 from .inference import draw_samples
 from .runs import check_run_location, new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
@@ -195,6 +196,11 @@ def train_adapter(
         say(f"data: none given, using built-in {data.description}")
     else:
         say(f"data: {data.description}")
+    limit = settings.max_train_samples
+    if limit is not None and data.train is not None and len(data.train) > limit:
+        say(f"data: training on {limit} of the {len(data.train)} training images (max_train_samples, drawn with "
+            f"seed {settings.seed})")
+        data.train = take(data.train, limit, seed=settings.seed)
     spec = build_spec(task, backbone, data, request, lora, settings)
     if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
         result = train(task, backbone, spec, data, progress=False, init=request.init)

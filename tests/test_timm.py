@@ -127,6 +127,7 @@ def test_train_predict_merge_compress_export_on_a_cnn(cnn_folder, tmp_path):
     (record,) = json.loads(predicted.stdout)
     assert set(record["predictions"]) == {"shapes-a@v1", "shapes-b@v1"}
     assert record["base"]["fingerprint"] == backbone.ref.fingerprint
+    assert "fast path" not in predicted.output  # conv adapters have one path (PEFT's): nothing to tell the user
     for method in ("cat", "svd"):
         merged = runner.invoke(cli, ["merge", "shapes-a", "shapes-b", "--method", method, "--name", f"m-{method}"])
         assert merged.exit_code == 0, merged.output

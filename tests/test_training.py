@@ -36,6 +36,7 @@ def test_run_folder_holds_everything(outcome):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and "val_f1_macro" in rows[0]
+    assert all(0 < float(r["train_seconds"]) < float(r["seconds"]) for r in rows)
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())["metrics"]
     assert {"f1_macro", "accuracy", "test_f1_macro"} <= set(metrics)
@@ -165,3 +166,50 @@ def test_a_flat_metric_does_not_stop_training_while_the_loss_falls():
     assert not _improved(0.0, 0.0, True, loss=6.7, best_loss=6.6)
     assert not _improved(0.4, 0.5, True, loss=1.0, best_loss=9.0)    # the metric still comes first
     assert _improved(0.2, 0.5, False, loss=9.0, best_loss=1.0)
+
+
+def test_max_train_samples_trains_on_that_many_images(tmp_path, monkeypatch):
+    from loradex.core import engine
+
+    seen, said = [], []
+    original = engine.checked_batches
+
+    def counted(loader):
+        for batch in original(loader):
+            seen.append(batch["pixel_values"].shape[0])
+            yield batch
+
+    monkeypatch.setattr(engine, "checked_batches", counted)
+    request = TrainRequest(task="classification", data=SMALL, project=tmp_path / "runs",
+                           train={"epochs": 1, "batch_size": 4, "max_train_samples": 10})
+    train_adapter(request, progress=False, say=said.append)
+    train_batches = seen[:3]  # then the validation and test passes
+    assert train_batches == [4, 4, 2]
+    assert any("training on 10 of the 40 training images" in line for line in said), said
+
+
+def test_take_draws_a_seeded_subset_and_keeps_what_tasks_read(tmp_path):
+    from loradex.core.data import ImageDataset
+    from loradex.core.data.datasets import Subset, take
+
+    paths = [tmp_path / f"{index}.png" for index in range(20)]
+    images = ImageDataset(paths, list(range(20)), transform=lambda image: image)
+    chosen = take(images, 5, seed=0)
+    assert isinstance(chosen, ImageDataset) and len(chosen) == 5  # a dataset of its own: a cache holds only these
+    assert chosen.targets == sorted(chosen.targets) and chosen.paths == [paths[t] for t in chosen.targets]
+    assert take(images, 5, seed=0).targets == chosen.targets != take(images, 5, seed=1).targets
+    assert take(images, 50, seed=0) is images
+
+    class Kinds:
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, index):
+            return index
+
+        def kinds(self):
+            return ["od", "region", "phrase"] * 2
+
+    some = take(Kinds(), 3, seed=2)
+    assert isinstance(some, Subset) and len(some) == 3
+    assert some.kinds() == [Kinds().kinds()[i] for i in some.indices] and list(some) == some.indices

@@ -1,4 +1,4 @@
-"""The two dataset shapes every task uses: images read from disk on access, and tensors in memory."""
+"""The two dataset shapes every task uses (images read from disk on access, tensors in memory), and a subset."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ class ImageDataset:
             return self.transform.to_tensor(self.cache[index]), self.targets[index]
         return self.transform(open_for(self.paths[index], self.transform)), self.targets[index]
 
+    def subset(self, indices: Sequence[int]) -> ImageDataset:
+        """These items only, as a dataset of their own (so that a cache holds only them)."""
+        return ImageDataset([self.paths[i] for i in indices], [self.targets[i] for i in indices], self.transform)
+
 
 class TensorListDataset:
     """Pre-transformed tensors in memory with a target each (synthetic data)."""
@@ -44,3 +48,34 @@ class TensorListDataset:
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         return self.tensors[index], self.targets[index]
+
+
+class Subset:
+    """Some items of any dataset, in its order; ``kinds()`` follows when the dataset has it (grounding)."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
+
+    def kinds(self) -> list[str] | None:
+        """The kind of each chosen item, or None when the dataset has no kinds."""
+        kinds = self.dataset.kinds() if hasattr(self.dataset, "kinds") else None
+        return [kinds[i] for i in self.indices] if kinds else None
+
+
+def take(dataset: Any, count: int, *, seed: int) -> Any:
+    """``count`` items of ``dataset`` drawn with ``seed`` (kept in their order); the dataset itself if it has no more.
+
+    A seeded draw, not the first ``count``: a folder's items come sorted by class.
+    """
+    import random
+
+    if count >= len(dataset):
+        return dataset
+    indices = sorted(random.Random(seed).sample(range(len(dataset)), count))
+    return dataset.subset(indices) if isinstance(dataset, ImageDataset) else Subset(dataset, indices)
