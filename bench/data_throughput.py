@@ -213,7 +213,9 @@ def trainer_rate(backbone_name: str, root: Path, *, images: int, workers: int) -
 
     backbone = plugins.resolve_backbone(backbone_name).load(backbone_name)
     processor = backbone.image_processor
-    items = image_folder(root, seed=0).splits["train"][:images]
+    from loradex.core.data.datasets import take
+
+    items = list(take(image_folder(root, seed=0).splits["train"], images, seed=0))  # the images loradex trains on
     labels = sorted({t for _, t in items})
 
     class Files(torch.utils.data.Dataset):

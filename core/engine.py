@@ -100,12 +100,6 @@ def evaluate(
     return accumulator.compute(), total / max(count, 1)
 
 
-def _loader(task: Task, dataset: Any, *, batch_size: int, shuffle: bool, seed: int, sampler: Any = None,
-            workers: int | None = None, device: Any = None) -> DataLoader:
-    return make_loader(dataset, batch_size=batch_size, collate=task.collate, shuffle=shuffle, seed=seed,
-                       sampler=sampler, workers=workers, device=device)
-
-
 def _attach_caches(data: TaskData, kind: str, *, say: Callable[[str], None]) -> None:
     """Decode and resize each split's images once (``--cache ram|disk``), announcing what it takes."""
     from .home import loradex_home
@@ -178,11 +172,10 @@ def train(
         model.encoder.compile()  # in place: parameter names (and so the saved adapter) stay the same
     if accelerator.device.type == "cuda" and backbone.is_convolutional:
         model.to(memory_format=torch.channels_last)  # what cuDNN's fastest conv kernels read
-    loading = {"workers": settings.workers, "device": accelerator.device}
-    train_loader = _loader(task, data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
-                           sampler=task.train_sampler(data.train, settings), **loading)
-    val_loader = _loader(task, data.val, batch_size=settings.batch_size * 2, shuffle=False, seed=settings.seed,
-                         **loading)
+    loading = {"collate": task.collate, "workers": settings.workers, "device": accelerator.device}
+    train_loader = make_loader(data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+                               sampler=task.train_sampler(data.train, settings), **loading)
+    val_loader = make_loader(data.val, batch_size=settings.batch_size * 2, seed=settings.seed, **loading)
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum)
     total_steps = steps_per_epoch * settings.epochs
     scheduler = get_scheduler(
@@ -272,8 +265,7 @@ def train(
         _load_trainable_state(unwrapped, best_state)
     test_result = None
     if data.test is not None and len(data.test):
-        test_loader = accelerator.prepare(_loader(task, data.test, batch_size=settings.batch_size * 2, shuffle=False,
-                                                  seed=0, **loading))
+        test_loader = accelerator.prepare(make_loader(data.test, batch_size=settings.batch_size * 2, **loading))
         test_result, _ = evaluate(task, model, test_loader, spec.head, accelerator=accelerator)
     accelerator.end_training()
     unwrapped.eval()

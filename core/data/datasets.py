@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Subset as TorchSubset
+
 from .transforms import open_for
 
 
@@ -50,17 +52,8 @@ class TensorListDataset:
         return self.tensors[index], self.targets[index]
 
 
-class Subset:
-    """Some items of any dataset, in its order; ``kinds()`` follows when the dataset has it (grounding)."""
-
-    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
-        self.dataset, self.indices = dataset, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.dataset[self.indices[index]]
+class Subset(TorchSubset):
+    """torch's ``Subset``, with ``kinds()`` following the chosen items when the dataset has kinds (grounding)."""
 
     def kinds(self) -> list[str] | None:
         """The kind of each chosen item, or None when the dataset has no kinds."""

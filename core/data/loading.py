@@ -182,7 +182,7 @@ class ImageCache:
                                   f"{available / 1e6:,.0f} MB of memory is free; use --cache disk")
             say(f"cache: {self.shape[0]:,} images at {self.shape[2]}x{self.shape[1]} take {size_mb:,.1f} MB of {where}")
             self.pixels = np.empty(self.shape, dtype=np.uint8)
-            self._decode(range(len(self.paths)), threads)
+            self._decode(threads)
             return
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -201,19 +201,19 @@ class ImageCache:
         say(f"cache: {self.shape[0]:,} images at {self.shape[2]}x{self.shape[1]} take {size_mb:,.1f} MB of {where}")
         marker.unlink(missing_ok=True)
         self.pixels = np.memmap(data, dtype=np.uint8, mode="w+", shape=self.shape)
-        self._decode(range(len(self.paths)), threads)
+        self._decode(threads)
         self.pixels.flush()
         marker.write_text(json.dumps({"images": self.shape[0], "shape": self.shape}) + "\n", encoding="utf-8")
         self.pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=self.shape)
 
-    def _decode(self, indices: Iterable[int], threads: int | None) -> None:
+    def _decode(self, threads: int | None) -> None:
         from .transforms import open_for
 
         def one(index: int) -> None:
             self.pixels[index] = self.transform.resize(open_for(self.paths[index], self.transform))
 
         with ThreadPoolExecutor(max_workers=threads or available_cpus()) as pool:
-            for _ in pool.map(one, indices):
+            for _ in pool.map(one, range(len(self.paths))):
                 pass
 
     def __getitem__(self, index: int) -> Any:

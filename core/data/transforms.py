@@ -17,6 +17,7 @@ already near the target size are decoded in full.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,15 @@ class FastTransform:
         import torch
 
         tensor = torch.from_numpy(pixels.copy() if not pixels.flags.writeable else pixels).permute(2, 0, 1).float()
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1) / self.scale
-        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1) / self.scale
+        mean, std = self._mean_std
         return (tensor - mean) / std
+
+    @functools.cached_property
+    def _mean_std(self) -> tuple[Any, Any]:
+        """``mean`` and ``std`` in pixel units as (3, 1, 1) tensors, built once, not per image."""
+        import torch
+
+        return tuple(torch.tensor(v, dtype=torch.float32).view(3, 1, 1) / self.scale for v in (self.mean, self.std))
 
     def __call__(self, image: Any) -> Any:
         """One PIL image → normalised (3, H, W) tensor."""
