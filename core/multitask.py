@@ -1,10 +1,10 @@
 """MultiTaskModel: ONE base in memory, many adapters attached by name, every task in one pass.
 
 The base model is loaded once. Each adapter's LoRA goes into a :class:`LoraBank` (a
-dictionary update per layer, however many are attached) and its head into ``heads``. To
-predict, the images are repeated once per adapter, rows sorted by adapter, and the batch runs
-through the base in chunks (the LoRA of each slice applied by the bank), then each head reads
-its adapter's rows. Adapters trained at different input sizes run as one batch per size.
+dictionary update per layer, however many are attached) and its head into ``heads``.
+:meth:`MultiTaskModel.encode_rows` runs a batch whose rows are sorted by adapter through the
+base in chunks (the LoRA of each slice applied by the bank); the prediction pipeline on top of
+it — which rows, which heads, which options — is :class:`~loradex.core.predictor.Predictor`.
 
 Adapters the bank cannot run (DoRA, trained biases, ``modules_to_save``, non-Linear targets)
 switch the model to PEFT's own mixed-batch path, with a one-line notice.
@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import types
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,17 +31,13 @@ from torch import nn
 from . import plugins
 from .artifact import check_complete, check_fingerprint, head_file, load_weights, native_names, read_lora
 from .backbone import EncoderOutput, LoadedBackbone
-from .devices import available_cpus, resolve_device
-from .errors import ArtifactError, ConfigError, DataError, FingerprintMismatchError, NotFoundError
-from .inputs import ImageInput, check_readable, image_inputs
+from .devices import resolve_device
+from .errors import ArtifactError, ConfigError, FingerprintMismatchError, NotFoundError
 from .lora_runtime import LoraBank, Segment, factors_from_peft, split_plan, unsupported_reason
-from .results import BaseInfo, ImageResult, TaskResult
+from .predictor import DEFAULT_BATCH, Predictor
+from .results import BaseInfo, ImageResult
 from .spec import AdapterSpec, HeadSpec
-from .task import Task, option_names
-
-DEFAULT_BATCH = 32
-"""Rows per pass through the base: on a CPU, larger passes ran slower (bench/multitask.py)."""
-
+from .task import Task
 
 def module_key(ref: str) -> str:
     """A name for ``ref`` that PEFT and ``nn.ModuleDict`` accept (no dots)."""
@@ -82,6 +77,8 @@ class HeadEntry:
     module: nn.Module
     config: dict[str, Any]
     image_size: int
+    lora: str = ""
+    """The name of its adapter's LoRA in the bank (or in PEFT)."""
 
 
 @dataclass
@@ -176,7 +173,7 @@ class MultiTaskModel(nn.Module):
                 key = f"{ref}#{head_spec.name}" if spec.is_multitask else ref
                 module = self._load_head(task, head_spec, folder / head_file(spec, head_spec))
                 entries.append(HeadEntry(key=key, task=task, module=module, config=dict(head_spec.config),
-                                         image_size=head_spec.image_size))
+                                         image_size=head_spec.image_size, lora=lora))
             config, state = read_lora(folder, self.backbone)
             reason, factors = unsupported_reason(config), None
             if reason is None:
@@ -213,7 +210,7 @@ class MultiTaskModel(nn.Module):
     def detach(self, ref: str) -> None:
         """Detach an attached adapter; its LoRA factors and head are freed."""
         with self._lock:
-            attached = self._adapters.pop(self._attached_key(ref))
+            attached = self._adapters.pop(self.attached_key(ref))
             for head in attached.heads:
                 del self.heads[module_key(head.key)]
             if self._peft_mode:
@@ -241,7 +238,7 @@ class MultiTaskModel(nn.Module):
         ``new`` is attached before ``old`` goes, so a failure leaves the model as it was.
         """
         with self._lock:
-            old_key = self._attached_key(old)
+            old_key = self.attached_key(old)
             if self.source is not None and self.source.canonical(new) == old_key:
                 return self._adapters[old_key]  # already the version asked for
             order = list(self._adapters)
@@ -258,7 +255,8 @@ class MultiTaskModel(nn.Module):
             raise ConfigError("this model has no adapter source; use attach(ref, folder), or loradex.load()")
         return self.source
 
-    def _attached_key(self, ref: str) -> str:
+    def attached_key(self, ref: str) -> str:
+        """The key (``name@vN``) of the attached adapter ``ref`` names: its key, alias, or unique name."""
         if ref in self._adapters:
             return ref
         if self.source is not None and "@" in ref:
@@ -343,8 +341,7 @@ class MultiTaskModel(nn.Module):
 
     def runner(self, adapter: str | None = None) -> AdapterRunner:
         """The base with one head's adapter on, to call or ``.generate`` with (tasks that own their forward)."""
-        entry = self._entry(adapter)
-        return AdapterRunner(self, next(a.lora for a in self._adapters.values() if entry in a.heads))
+        return AdapterRunner(self, self._entry(adapter).lora)
 
     def _entry(self, adapter: str | None) -> HeadEntry:
         entries = self.head_entries()
@@ -360,8 +357,7 @@ class MultiTaskModel(nn.Module):
     def forward(self, pixel_values: torch.Tensor, adapter: str | None = None) -> Any:
         """Raw head outputs of one adapter's head (``adapter``: its key; the only one if None)."""
         entry = self._entry(adapter)
-        lora = next(a.lora for a in self._adapters.values() if entry in a.heads)
-        features = self.encode_rows(pixel_values, [Segment(lora, 0, pixel_values.shape[0])])
+        features = self.encode_rows(pixel_values, [Segment(entry.lora, 0, pixel_values.shape[0])])
         with torch.inference_mode():
             return entry.module(features)
 
@@ -384,144 +380,15 @@ class MultiTaskModel(nn.Module):
         """Like :meth:`predict`, but yields results batch by batch: 10,000 files never sit in memory at once.
 
         ``workers``: threads that decode the next batch while this one runs (default: one per
-        usable core; 0 decodes in the calling thread).
+        usable core; 0 decodes in the calling thread). The pipeline itself is
+        :class:`~loradex.core.predictor.Predictor`, which ``adapters serve`` runs too.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        heads = self._chosen_heads(tasks)
-        per_head = self._options_for(heads, options)
-        inputs = image_inputs(images)
-        if not skip_bad:
-            bad = check_readable(inputs)
-            if bad:
-                source, reason = next(iter(bad.items()))
-                more = f" (and {len(bad) - 1} more; --skip-bad predicts the others)" if len(bad) > 1 else ""
-                raise DataError(f"{source}: not a readable image ({reason}){more}")
-        chunks = [inputs[start:start + batch_size] for start in range(0, len(inputs), batch_size)]
-        threads = available_cpus() if workers is None else workers
-        if threads < 1 or len(chunks) < 2:
-            for chunk in chunks:
-                yield from self._predict_chunk(self._load_chunk(chunk, None), heads, per_head,
-                                               batch_size=batch_size, skip_bad=skip_bad)
-            return
-        # decode the next chunk (in `threads` threads: PIL frees the GIL) while this one runs through the model;
-        # at most two chunks of images are in memory, however many inputs there are
-        with ThreadPoolExecutor(threads) as decoders, ThreadPoolExecutor(1) as prefetch:
-            ahead = prefetch.submit(self._load_chunk, chunks[0], decoders)
-            for index in range(len(chunks)):
-                loaded = ahead.result()
-                if index + 1 < len(chunks):
-                    ahead = prefetch.submit(self._load_chunk, chunks[index + 1], decoders)
-                yield from self._predict_chunk(loaded, heads, per_head, batch_size=batch_size, skip_bad=skip_bad)
-
-    @staticmethod
-    def _load_chunk(chunk: Sequence[ImageInput], pool: Any) -> list[tuple[ImageInput, Any]]:
-        """Each input with its PIL image, or the DataError that reading it raised."""
-        def load(item: ImageInput) -> tuple[ImageInput, Any]:
-            try:
-                return item, item.load()
-            except DataError as exc:
-                return item, exc
-
-        return list(pool.map(load, chunk) if pool is not None else map(load, chunk))
-
-    def _predict_chunk(self, chunk: list[tuple[ImageInput, Any]], heads: list[HeadEntry], per_head: dict[str, dict],
-                       *, batch_size: int, skip_bad: bool) -> list[ImageResult]:
-        base = self.base_info
-        results: list[ImageResult] = []
-        loaded = []
-        for item, image in chunk:
-            if isinstance(image, DataError):
-                exc = image
-                if not skip_bad:
-                    raise exc
-                results.append(ImageResult(source=item.source, width=0, height=0, base=base, error=str(exc),
-                                           path=item.path))
-                continue
-            result = ImageResult(source=item.source, width=image.width, height=image.height, base=base,
-                                 path=item.path, image=item.image)
-            result.results = {h.key: None for h in heads}  # type: ignore[misc]  # keeps the chosen order
-            results.append(result)
-            loaded.append((result, image))
-        if not loaded:
-            return results
-        sizes = [image.size for _, image in loaded]
-        lora_of = {h.key: a.lora for a in self._adapters.values() for h in a.heads}
-
-        def keep(head: HeadEntry, outputs: Any) -> None:
-            predictions = head.task.postprocess(outputs, head.config, image_sizes=sizes, **per_head[head.key])
-            for (result, _), prediction in zip(loaded, predictions):
-                result.results[head.key] = TaskResult(key=head.key, task=head.task, prediction=prediction,
-                                                      head_config=head.config, path=result.path, image=result.image)
-
-        for head in [h for h in heads if h.task.generates]:
-            transform = self.backbone.transform_at(head.image_size)
-            pixels = torch.stack([transform(image) for _, image in loaded]).to(self.device)
-            with torch.inference_mode():
-                outputs = head.task.generate(AdapterRunner(self, lora_of[head.key]), self.backbone, pixels,
-                                             head.config, **per_head[head.key])
-            keep(head, outputs)
-        heads = [h for h in heads if not h.task.generates]
-        for image_size in dict.fromkeys(h.image_size for h in heads):
-            group = [h for h in heads if h.image_size == image_size]
-            loras = list(dict.fromkeys(lora_of[h.key] for h in group))
-            transform = self.backbone.transform_at(image_size)
-            pixels = torch.stack([transform(image) for _, image in loaded])
-            n = pixels.shape[0]
-            plan = [Segment(lora, k * n, (k + 1) * n) for k, lora in enumerate(loras)]
-            features = self.encode_rows(pixels.repeat(len(loras), 1, 1, 1), plan, batch_size=batch_size)
-            for head in group:
-                k = loras.index(lora_of[head.key])
-                rows = slice(k * n, (k + 1) * n)
-                with torch.inference_mode():
-                    outputs = head.module(EncoderOutput(cls=features.cls[rows], patches=features.patches[rows]))
-                keep(head, outputs)
-        return results
-
-    def _chosen_heads(self, tasks: Sequence[str] | str | None) -> list[HeadEntry]:
-        entries = self.head_entries()
-        if not entries:
-            raise ConfigError("no adapters are attached; add one first")
-        if tasks is None:
-            return entries
-        wanted = [tasks] if isinstance(tasks, str) else list(tasks)
-        chosen: list[HeadEntry] = []
-        for name in wanted:
-            matches = [h for h in entries if h.key == name]
-            if not matches:
-                try:
-                    key = self._attached_key(name)
-                    matches = list(self._adapters[key].heads)
-                except NotFoundError:
-                    matches = [h for h in entries if h.task.name == name]
-            if not matches:
-                from .errors import suggest
-
-                known = [h.key for h in entries]
-                raise NotFoundError(f"no attached adapter or task {name!r}.{suggest(name, known)} "
-                                    f"Attached: {', '.join(known)}")
-            chosen.extend(h for h in matches if h not in chosen)
-        return chosen
+        return Predictor(self).stream(images, tasks=tasks, batch_size=batch_size, skip_bad=skip_bad,
+                                      workers=workers, **options)
 
     def _options_for(self, heads: list[HeadEntry], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        """Each head's validated prediction options: a plain key goes to every task that takes it."""
-        raw: dict[str, dict[str, Any]] = {h.key: {} for h in heads}
-        for key, value in options.items():
-            scope, dot, name = key.rpartition(".")
-            targets = [h for h in heads if not dot or scope in (h.task.name, h.key, h.key.split("@", 1)[0])]
-            if dot and not targets:
-                raise ConfigError(f"option {key!r}: no chosen adapter or task is called {scope!r}")
-            takers = [h for h in targets if name in option_names(h.task.predict_options)]
-            if not takers:
-                offered = {h.task.name: option_names(h.task.predict_options) for h in heads}
-                listing = "; ".join(f"{t}: {', '.join(o) or 'none'}" for t, o in offered.items())
-                from .errors import suggest
-
-                every = [o for names in offered.values() for o in names]
-                raise ConfigError(f"no chosen task takes the option {name!r}.{suggest(name, every)} Options: {listing}")
-            for head in takers:
-                raw[head.key][name] = value
-        return {h.key: h.task.parse_options(raw[h.key]) for h in heads}
+        """Each head's validated prediction options (see :meth:`Predictor.options_for`)."""
+        return Predictor.options_for(heads, options)
 
     def to(self, *args: Any, **kwargs: Any) -> MultiTaskModel:  # type: ignore[override]
         """Move base, heads and every adapter's factors (``model.to("cuda")``)."""

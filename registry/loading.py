@@ -8,6 +8,7 @@ from typing import Any
 
 from loradex.core import plugins
 from loradex.core.multitask import LocatedAdapter, MultiTaskModel, check_same_base
+from loradex.core.predictor import Predictor
 
 from .store import Registry
 
@@ -90,7 +91,7 @@ class Pipeline:
     def __init__(self, model: MultiTaskModel, **options: Any) -> None:
         self.model = model
         self.options = options
-        model._options_for(model.head_entries(), options)  # a bad option fails here, not on first call
+        Predictor.options_for(model.head_entries(), options)  # a bad option fails here, not on first call
 
     def __call__(self, images: Any, **options: Any) -> Any:
         from loradex.core.inputs import image_inputs
