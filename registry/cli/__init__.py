@@ -88,9 +88,9 @@ def _quiet_libraries() -> None:
 
 
 def _build() -> click.Group:
-    from . import demo_cmd, hub_cmd, merge_cmd, plugins_cmd, predict_cmd, store_cmd, train_cmd
+    from . import demo_cmd, hub_cmd, merge_cmd, plugins_cmd, predict_cmd, serve_cmd, store_cmd, train_cmd
 
-    for module in (plugins_cmd, train_cmd, predict_cmd, store_cmd, merge_cmd, hub_cmd, demo_cmd):
+    for module in (plugins_cmd, train_cmd, predict_cmd, store_cmd, merge_cmd, hub_cmd, demo_cmd, serve_cmd):
         module.register(cli)
     return cli
 

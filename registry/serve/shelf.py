@@ -1,0 +1,222 @@
+"""The server's side of the shelf: one base, adapters attached on demand, refs resolved per request.
+
+Two kinds of callers touch it. Request handlers call :meth:`AdapterShelf.resolve` (any thread):
+a ref is resolved against the registry on EVERY request, so ``adapters tag x@v2 prod`` in
+another shell moves new requests to v2 at once, while requests already queued keep the
+``x@v1`` they resolved to. The batcher calls :meth:`AdapterShelf.run` from its one model
+thread: it attaches what a batch needs (evicting the least recently used unpinned adapters
+beyond ``max_adapters``) and runs the batch through the shared
+:class:`~loradex.core.predictor.Predictor` — the pipeline ``adapters predict`` runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loradex.core import plugins
+from loradex.core.errors import ConfigError, FingerprintMismatchError, LoradexError
+from loradex.core.predictor import Job, Predictor, task_results
+from loradex.core.results import ImageResult
+
+from ..loading import parse_refs
+from ..store import Registry, VersionRecord
+from .settings import ServeSettings
+
+
+class RefusedError(LoradexError):
+    """A request asked for something this server is set not to do (a Hub ref without --allow-hub)."""
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A request's adapters, resolved: ``name@vN`` refs, their head keys, each head's parsed options."""
+
+    refs: tuple[str, ...]
+    keys: tuple[str, ...]
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class AdapterShelf:
+    """The base and its attached adapters for one server process (or one Ray replica)."""
+
+    def __init__(self, settings: ServeSettings, *, on_change: Callable[[str, int], None] | None = None,
+                 say: Callable[[str], None] = _say) -> None:
+        self.settings = settings
+        self.say = say
+        self.on_change = on_change or (lambda event, count: None)
+        """Called with ("load" | "evict", adapters attached after it) for the metrics."""
+        self.registry: Registry | None = None
+        self.model: Any = None
+        self.predictor: Predictor | None = None
+        self.pinned: tuple[str, ...] = ()
+        self._used: OrderedDict[str, None] = OrderedDict()  # attached refs, least recently used first
+        self._records: dict[str, VersionRecord] = {}
+        self._registry_lock = threading.Lock()
+
+    # -- start -----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Open the registry, load the base ONCE and attach the pinned adapters (slow: call off the loop)."""
+        from ..loading import load, resolve
+
+        registry = Registry.open(self.settings.registry_home())
+        refs = parse_refs(list(self.settings.refs)) if self.settings.refs else []
+        for ref in refs:
+            self._check_hub_allowed(ref)
+        pinned = [resolve(registry, ref).ref for ref in refs]
+        if not pinned:
+            summaries = registry.list()
+            if not summaries:
+                raise ConfigError(f"the registry at {registry.root} holds no adapters; train or import one first")
+            pinned_base = f"{summaries[0].name}@v{summaries[0].latest}"
+            model = load([pinned_base], device=self.settings.device, registry=registry, say=self.say)
+            model.remove(pinned_base)  # only its base was wanted
+            self.say(f"serving adapters on {model.backbone.ref.name!r}, the base of {summaries[0].name} "
+                     "(name adapters to pin them and choose the base)")
+        else:
+            model = load(pinned, device=self.settings.device, registry=registry, say=self.say)
+        self.registry, self.model, self.predictor = registry, model, Predictor(model)
+        self.pinned = tuple(dict.fromkeys(pinned))
+        for ref in self.pinned:
+            self._used[ref] = None
+        self.on_change("start", len(self._used))
+
+    @property
+    def capacity(self) -> int:
+        """How many unpinned adapters may be attached at once."""
+        return self.settings.max_adapters - len(self.pinned)
+
+    # -- resolving (any thread) ------------------------------------------------------------
+
+    def resolve(self, refs: Sequence[str], options: Mapping[str, Any]) -> Wanted:
+        """The adapters ``refs`` name NOW (aliases followed), with ``options`` checked against their tasks."""
+        if not refs:
+            raise ConfigError("name at least one adapter: adapters=[\"name@ref\", ...]")
+        records = [self.record(ref) for ref in parse_refs(list(refs))]
+        canonical = tuple(dict.fromkeys(r.ref for r in records))
+        unpinned = [r for r in canonical if r not in self.pinned]
+        if len(unpinned) > self.capacity:
+            raise ConfigError(f"a request may name at most {self.capacity} adapters that are not pinned here "
+                              f"(--max-adapters {self.settings.max_adapters}); it named {len(unpinned)}")
+        heads = []
+        for record in [self._records[ref] for ref in canonical]:
+            for head in record.spec.head_specs():
+                key = f"{record.ref}#{head.name}" if record.spec.is_multitask else record.ref
+                heads.append(types.SimpleNamespace(key=key, task=plugins.get_task(head.task)))
+        return Wanted(refs=canonical, keys=tuple(h.key for h in heads),
+                      options=Predictor.options_for(heads, options))
+
+    def record(self, ref: str) -> VersionRecord:
+        """The registry version ``ref`` names now; on another base, refused with both bases named."""
+        from ..loading import resolve
+
+        self._check_hub_allowed(ref)
+        with self._registry_lock:
+            assert self.registry is not None, "the shelf is not loaded"
+            record = resolve(self.registry, ref)
+        base = self.model.backbone.ref
+        trained = record.spec.backbone.fingerprint
+        if trained and trained != base.fingerprint:
+            raise FingerprintMismatchError(
+                f"{record.ref} was trained on base {record.spec.backbone.name!r} ({trained[:19]}…); this server "
+                f"runs {base.name!r} ({base.fingerprint[:19]}…)")
+        self._records.setdefault(record.ref, record)
+        return record
+
+    def _check_hub_allowed(self, ref: str) -> None:
+        from ..hub import is_hub_ref
+
+        if is_hub_ref(ref) and not self.settings.allow_hub:
+            raise RefusedError(f"{ref}: Hub refs are off on this server (start it with --allow-hub to allow them)")
+
+    # -- running (the model thread only) -----------------------------------------------------
+
+    def run(self, items: Sequence[tuple[Any, str, Wanted]]) -> list[dict[str, Any] | Exception]:
+        """The ``adapters predict --json`` record of each (image, name, wanted), or the error that failed it.
+
+        An adapter that cannot be attached fails only the items that asked for it.
+        """
+        failed = self._attach([ref for _, _, wanted in items for ref in wanted.refs])
+        out: list[dict[str, Any] | Exception] = []
+        jobs, slots = [], []
+        entries = {h.key: h for h in self.model.head_entries()}
+        for index, (image, _, wanted) in enumerate(items):
+            fault = next((failed[ref] for ref in wanted.refs if ref in failed), None)
+            out.append(fault)  # type: ignore[arg-type]
+            if fault is None:
+                jobs.append(Job(image=image, heads=tuple(entries[k] for k in wanted.keys), options=wanted.options))
+                slots.append(index)
+        if jobs:
+            try:
+                predictions = self.predictor.run(jobs, batch_size=self.settings.max_batch)  # type: ignore[union-attr]
+            except LoradexError as exc:
+                for index in slots:
+                    out[index] = exc
+                return out
+            base = self.model.base_info
+            for index, job, found in zip(slots, jobs, predictions):
+                image, name, _ = items[index]
+                result = ImageResult(source=name, width=image.width, height=image.height, base=base,
+                                     results=task_results(found, entries))
+                out[index] = result.to_dict()
+        return out
+
+    def _attach(self, refs: Sequence[str]) -> dict[str, Exception]:
+        """Attach every ref a batch needs; returns {ref: error} for those that could not be attached."""
+        needed = list(dict.fromkeys(refs))
+        failed: dict[str, Exception] = {}
+        for ref in needed:
+            if ref in self._used:
+                self._used.move_to_end(ref)
+                continue
+            while len(self._used) >= self.settings.max_adapters:
+                victim = next((r for r in self._used if r not in self.pinned and r not in needed), None)
+                if victim is None:  # cannot happen: the batcher keeps a batch's adapters within the bound
+                    break
+                self.model.remove(victim)
+                del self._used[victim]
+                self.on_change("evict", len(self._used))
+            try:
+                record = self._records[ref]
+                with self._registry_lock:
+                    folder = self.registry.materialize(record)  # type: ignore[union-attr]
+                self.model.attach(record.ref, folder, spec=record.spec)
+            except LoradexError as exc:
+                failed[ref] = exc
+                continue
+            self._used[ref] = None
+            self.on_change("load", len(self._used))
+        return failed
+
+    # -- describing ----------------------------------------------------------------------------
+
+    def loaded(self) -> list[dict[str, Any]]:
+        """The attached adapters, least recently used first: ref, tasks, bytes, pinned."""
+        adapters = self.model.adapters if self.model is not None else {}
+        return [{"ref": ref, "tasks": list(adapters[ref].tasks), "bytes": adapters[ref].nbytes,
+                 "pinned": ref in self.pinned} for ref in list(self._used) if ref in adapters]
+
+    def available(self) -> list[dict[str, Any]]:
+        """What the registry offers: name, task, latest version, aliases, base."""
+        with self._registry_lock:
+            summaries = self.registry.list() if self.registry is not None else []
+        return [{"name": s.name, "task": s.task, "latest": f"{s.name}@v{s.latest}", "versions": s.versions,
+                 "aliases": dict(s.aliases), "base": s.base} for s in summaries]
+
+    def heads_of(self, ref: str) -> dict[str, Any]:
+        """``ref``'s heads as a client needs them to draw: key, task and head configuration."""
+        record = self.record(ref)
+        heads = [{"key": f"{record.ref}#{h.name}" if record.spec.is_multitask else record.ref, "task": h.task,
+                  "config": dict(h.config), "image_size": h.image_size} for h in record.spec.head_specs()]
+        return {"ref": record.ref, "tasks": list(record.spec.tasks), "heads": heads,
+                "base": record.spec.backbone.name}
