@@ -90,6 +90,26 @@ class ReadOnlyRegistryError(RegistryError):
     """A change was asked of a registry that can only be read (a read-only folder or file system)."""
 
 
+class ServeError(LoradexError):
+    """Base of the errors of ``adapters serve`` and its client."""
+
+
+class RefusedError(ServeError):
+    """A request asked for something this server is set not to do (a Hub ref without --allow-hub)."""
+
+
+class QueueFullError(ServeError):
+    """The server's queue cannot take a request's images now; try again shortly."""
+
+
+class ServerError(ServeError):
+    """A loradex server refused a request or could not be reached; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def suggest(name: str, known: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest known name, or an empty string."""
     close = difflib.get_close_matches(name, list(known), n=1)

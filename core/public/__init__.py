@@ -12,6 +12,9 @@ For users::
         print(image.to_dict())                   # the record `adapters predict --json` prints
     model.replace("det@prod", "det@v4")          # the base stays loaded
 
+    client = loradex.Client("http://127.0.0.1:8000")   # the same results from `adapters serve`
+    client.predict("photos/", adapters=["cls", "det@prod"])
+
 For plugin authors: ``hookimpl``, ``Task``, ``TaskData``, ``EvalResult``,
 ``MetricAccumulator``, ``EncoderOutput``, the dataset helpers (``ImageDataset``,
 ``TensorListDataset``, ``open_image``, ``parse_synthetic``, ...), ``Canvas`` for drawing and
@@ -36,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "TaskResult": "loradex.core.results",
     "BaseInfo": "loradex.core.results",
     "Registry": "loradex.registry.store",
+    "Client": "loradex.registry.serve.client",
+    "ServeSettings": "loradex.registry.serve.settings",
     # plugin authors
     "Task": "loradex.core.task",
     "TaskData": "loradex.core.task",
@@ -79,6 +84,7 @@ _EXPORTS: dict[str, str] = {
     "BackboneError": "loradex.core.errors",
     "NotFoundError": "loradex.core.errors",
     "FingerprintMismatchError": "loradex.core.errors",
+    "ServerError": "loradex.core.errors",
 }
 
 __all__ = ["hookimpl", "__version__", *_EXPORTS]

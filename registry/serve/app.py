@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
+import socket
 import sys
-import threading
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,22 +21,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from loradex.core.errors import (
-    ArtifactError,
     ConfigError,
     DataError,
     FingerprintMismatchError,
     InvalidNameError,
     LoradexError,
     NotFoundError,
+    QueueFullError,
+    RefusedError,
     UnknownNameError,
     first_line,
 )
 
-from .batcher import MicroBatcher, QueueFullError
+from .batcher import MicroBatcher
 from .decoding import decode_base64, decode_image
 from .metrics import ServeMetrics
 from .settings import ServeSettings
-from .shelf import AdapterShelf, RefusedError
+from .shelf import AdapterShelf
 
 RETRY_AFTER_S = 1
 OPEN_ROUTES = frozenset({"/healthz"})
@@ -64,9 +66,7 @@ def status_of(exc: BaseException) -> int:
         return 503
     if isinstance(exc, (ConfigError, DataError, InvalidNameError)):
         return 400
-    if isinstance(exc, ArtifactError):
-        return 500
-    return 500
+    return 500  # an adapter whose files fail their hash, a bug: the server's fault, not the caller's
 
 
 class ServerState:
@@ -80,21 +80,24 @@ class ServerState:
         self.phase = "loading"
         """loading → ready → draining (or failed)."""
         self.error: str | None = None
-        self._ready = threading.Event()
 
     def load(self) -> None:
         """Load the base and pinned adapters now (the CLI does this before it listens, to fail early)."""
         if self.shelf.model is None:
             self.shelf.load()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray ships the app to each replica before anything is loaded: the settings are all it needs
+        return (ServerState, (self.settings,))
+
     async def start(self) -> None:
-        """Load (in a thread; /healthz answers meanwhile) and start the batcher."""
+        """Load (in a thread, so the event loop stays free) and start the batcher; a failure is raised."""
         try:
             await asyncio.to_thread(self.load)
         except LoradexError as exc:
             self.phase, self.error = "failed", str(exc)
             print(f"Error: {exc}", file=sys.stderr, flush=True)
-            return
+            raise
         self.metrics.adapters_loaded.set(len(self.shelf.loaded()))
         settings = self.settings
         self.batcher = MicroBatcher(self.shelf.run, max_batch=settings.max_batch,
@@ -118,11 +121,10 @@ def create_app(settings: ServeSettings, *, state: ServerState | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: Any):
-        task = asyncio.create_task(state.start())
+        await state.start()  # uvicorn (and a Ray replica) take no request before the base is loaded
         try:
             yield
         finally:
-            await task
             await state.stop()
 
     app = FastAPI(title="loradex", version=loradex.__version__, lifespan=lifespan,
@@ -161,7 +163,8 @@ def create_app(settings: ServeSettings, *, state: ServerState | None = None) -> 
         shelf = state.shelf
         available = await asyncio.to_thread(shelf.available)
         return {"base": shelf.model.base_info.to_dict(), "engine": shelf.model.engine, "loaded": shelf.loaded(),
-                "available": available,
+                "available": available, "loads": dict(shelf.loads),
+                "replica": {"pid": os.getpid(), "host": socket.gethostname()},
                 "limits": {"max_adapters": settings.max_adapters, "max_batch": settings.max_batch,
                            "max_wait_ms": settings.max_wait_ms, "max_queue": settings.max_queue}}
 

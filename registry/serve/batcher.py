@@ -22,14 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from loradex.core.errors import LoradexError
+from loradex.core.errors import QueueFullError
 
 from .metrics import ServeMetrics
 from .shelf import Wanted
-
-
-class QueueFullError(LoradexError):
-    """The server's queue cannot take a request's images now; try again shortly."""
 
 
 @dataclass(eq=False)

@@ -14,23 +14,19 @@ from __future__ import annotations
 import sys
 import threading
 import types
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from loradex.core import plugins
-from loradex.core.errors import ConfigError, FingerprintMismatchError, LoradexError
+from loradex.core.errors import ConfigError, FingerprintMismatchError, LoradexError, RefusedError
 from loradex.core.predictor import Job, Predictor, task_results
 from loradex.core.results import ImageResult
 
 from ..loading import parse_refs
 from ..store import Registry, VersionRecord
 from .settings import ServeSettings
-
-
-class RefusedError(LoradexError):
-    """A request asked for something this server is set not to do (a Hub ref without --allow-hub)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +40,17 @@ class Wanted:
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def base_only(registry: Registry, record: VersionRecord, *, device: Any, say: Callable[[str], None]) -> Any:
+    """A model holding the base ``record`` was trained on, and no adapter yet."""
+    from loradex.core.multitask import MultiTaskModel
+
+    from ..loading import RegistrySource
+
+    base = record.spec.backbone
+    backbone = plugins.resolve_backbone(base.name).load(base.name, revision=base.revision)
+    return MultiTaskModel(backbone, device=device, source=RegistrySource(registry), say=say)
 
 
 class AdapterShelf:
@@ -60,6 +67,9 @@ class AdapterShelf:
         self.predictor: Predictor | None = None
         self.pinned: tuple[str, ...] = ()
         self._used: OrderedDict[str, None] = OrderedDict()  # attached refs, least recently used first
+        self._used_lock = threading.Lock()  # the model thread changes _used; describing reads it elsewhere
+        self.loads: Counter[str] = Counter()
+        """How many times each ref was attached here (pinned ones at start included)."""
         self._records: dict[str, VersionRecord] = {}
         self._registry_lock = threading.Lock()
 
@@ -78,9 +88,7 @@ class AdapterShelf:
             summaries = registry.list()
             if not summaries:
                 raise ConfigError(f"the registry at {registry.root} holds no adapters; train or import one first")
-            pinned_base = f"{summaries[0].name}@v{summaries[0].latest}"
-            model = load([pinned_base], device=self.settings.device, registry=registry, say=self.say)
-            model.remove(pinned_base)  # only its base was wanted
+            model = base_only(registry, registry.resolve(summaries[0].name), device=self.settings.device, say=self.say)
             self.say(f"serving adapters on {model.backbone.ref.name!r}, the base of {summaries[0].name} "
                      "(name adapters to pin them and choose the base)")
         else:
@@ -89,6 +97,7 @@ class AdapterShelf:
         self.pinned = tuple(dict.fromkeys(pinned))
         for ref in self.pinned:
             self._used[ref] = None
+            self.loads[ref] += 1
         self.on_change("start", len(self._used))
 
     @property
@@ -177,14 +186,16 @@ class AdapterShelf:
         failed: dict[str, Exception] = {}
         for ref in needed:
             if ref in self._used:
-                self._used.move_to_end(ref)
+                with self._used_lock:
+                    self._used.move_to_end(ref)
                 continue
             while len(self._used) >= self.settings.max_adapters:
                 victim = next((r for r in self._used if r not in self.pinned and r not in needed), None)
                 if victim is None:  # cannot happen: the batcher keeps a batch's adapters within the bound
                     break
                 self.model.remove(victim)
-                del self._used[victim]
+                with self._used_lock:
+                    del self._used[victim]
                 self.on_change("evict", len(self._used))
             try:
                 record = self._records[ref]
@@ -194,7 +205,9 @@ class AdapterShelf:
             except LoradexError as exc:
                 failed[ref] = exc
                 continue
-            self._used[ref] = None
+            with self._used_lock:
+                self._used[ref] = None
+            self.loads[ref] += 1
             self.on_change("load", len(self._used))
         return failed
 
@@ -202,9 +215,11 @@ class AdapterShelf:
 
     def loaded(self) -> list[dict[str, Any]]:
         """The attached adapters, least recently used first: ref, tasks, bytes, pinned."""
+        with self._used_lock:
+            used = list(self._used)
         adapters = self.model.adapters if self.model is not None else {}
         return [{"ref": ref, "tasks": list(adapters[ref].tasks), "bytes": adapters[ref].nbytes,
-                 "pinned": ref in self.pinned} for ref in list(self._used) if ref in adapters]
+                 "pinned": ref in self.pinned} for ref in used if ref in adapters]
 
     def available(self) -> list[dict[str, Any]]:
         """What the registry offers: name, task, latest version, aliases, base."""
