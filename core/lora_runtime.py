@@ -111,6 +111,9 @@ class _PatchedLinear:
                 return
             start, stop = pending[0][0], pending[-1][1]
             _affine(x[start:stop].reshape(-1, width_in), weight.t(), bias, out[start:stop].view(-1, width_out))
+            if _grouped(x, out, pending):
+                pending.clear()
+                return
             for s, e, factors in pending:
                 if factors is not None:  # the output slice is a view of contiguous rows: no scatter
                     low = x[s:e].reshape(-1, width_in) @ factors.a.t()
@@ -133,6 +136,45 @@ class _PatchedLinear:
         """Give the layer its own forward back and drop every adapter's factors."""
         self.module.__dict__.pop("forward", None)
         self.adapters.clear()
+
+
+GROUPED_MIN_SEGMENTS = 4
+"""From this many equal segments on, their low-rank updates run as two batched matmuls."""
+
+
+def _grouped(x: torch.Tensor, out: torch.Tensor, pending: Sequence[tuple[int, int, LoraFactors | None]]) -> bool:
+    """Add the low-rank updates of many equal-sized segments of one rank with two ``bmm`` calls.
+
+    A server's batches hold one image per adapter: one small matmul pair per segment costs
+    more in call overhead than in arithmetic. When every pending segment has an adapter, the
+    same number of rows and the same rank, the factors are stacked and applied at once (the
+    BGMV idea of S-LoRA and LoRAX). Returns False, doing nothing, when the segments do not fit.
+    """
+    if len(pending) < GROUPED_MIN_SEGMENTS:
+        return False
+    first_start, first_stop, first = pending[0]
+    length = first_stop - first_start
+    if first is None:
+        return False
+    rank = first.rank
+    for start, stop, factors in pending:
+        if factors is None or stop - start != length or factors.rank != rank:
+            return False
+    count = len(pending)
+    start, stop = pending[0][0], pending[-1][1]
+    width_in, width_out = x.shape[-1], out.shape[-1]
+    rows = x[start:stop].reshape(count, -1, width_in)
+    a = torch.stack([f.a for _, _, f in pending])  # (S, r, in)
+    b = torch.stack([f.b for _, _, f in pending])  # (S, out, r)
+    low = torch.bmm(rows, a.transpose(1, 2))
+    scales = [f.scale for _, _, f in pending]  # type: ignore[union-attr]
+    if any(scale != scales[0] for scale in scales):
+        low.mul_(torch.tensor(scales, dtype=low.dtype, device=low.device).view(count, 1, 1))
+        alpha = 1.0
+    else:
+        alpha = scales[0]
+    out[start:stop].view(count, -1, width_out).baddbmm_(low, b.transpose(1, 2), alpha=alpha)
+    return True
 
 
 def _affine(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:

@@ -464,16 +464,27 @@ class Registry:
         if isinstance(ref, VersionRecord):
             ref = ref.ref
         parsed = names.parse_ref(ref)
-        if parsed.version is not None:
-            version: int | None = parsed.version
-        elif parsed.alias is None or parsed.alias == names.LATEST:
-            version = self.index.latest(parsed.name)
-        else:
-            version = self.index.alias_target(parsed.name, parsed.alias)
+        version = self._version_number(parsed)
         rows = self.index.versions(name=parsed.name, version=version) if version is not None else []
         if not rows:
             self._not_found(parsed)
         return _record(rows[0])
+
+    def canonical(self, ref: str) -> str:
+        """``ref`` as ``name@vN`` now (an alias followed), without reading the version's record."""
+        parsed = names.parse_ref(ref)
+        version = self._version_number(parsed)
+        if version is None or (parsed.version is not None and not self.index.versions(name=parsed.name,
+                                                                                        version=version)):
+            self._not_found(parsed)
+        return names.version_ref(parsed.name, version)  # type: ignore[arg-type]
+
+    def _version_number(self, parsed: names.Ref) -> int | None:
+        if parsed.version is not None:
+            return parsed.version
+        if parsed.alias is None or parsed.alias == names.LATEST:
+            return self.index.latest(parsed.name)
+        return self.index.alias_target(parsed.name, parsed.alias)
 
     get = resolve
 

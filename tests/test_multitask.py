@@ -243,3 +243,28 @@ def test_streaming_a_folder_is_lazy_and_threads_do_not_change_results(model, tmp
     assert first.source.endswith("00.png")
     assert len(loads) <= 6, "more than this batch and the next were decoded before the first result"
     assert len(list(results)) == 9 and len(loads) == 10
+
+
+@pytest.mark.parametrize("scales", [(0.5, 0.5, 0.5, 0.5, 0.5), (0.5, 1.0, 2.0, 0.25, 3.0)])
+def test_many_equal_segments_batched_together_equal_each_adapter_alone(scales):
+    """One row per adapter, as a server's batches are: the stacked (bmm) path gives each row its own update."""
+    from loradex.core.lora_runtime import GROUPED_MIN_SEGMENTS, LoraFactors
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(12, 10)
+    holder = torch.nn.Sequential(layer)
+    bank = LoraBank(holder)
+    for k, scale in enumerate(scales):
+        bank.add(f"a{k}", {"0": LoraFactors(a=torch.randn(3, 12), b=torch.randn(10, 3), scale=scale)})
+    x = torch.randn(len(scales) * 2, 5, 12)  # 2 images per adapter, 5 tokens each
+    plan = [Segment(f"a{k}", 2 * k, 2 * k + 2) for k in range(len(scales))]
+    assert len(plan) >= GROUPED_MIN_SEGMENTS
+    with torch.inference_mode(), LoraBank.segments(plan):
+        mixed = holder(x)
+    for k in range(len(scales)):
+        with torch.inference_mode(), LoraBank.segments([Segment(f"a{k}", 0, 2)]):
+            alone = holder(x[2 * k:2 * k + 2])
+        assert torch.allclose(mixed[2 * k:2 * k + 2], alone, atol=1e-5)
+    unequal = [Segment("a0", 0, 1), *[Segment(f"a{k}", k + 1, k + 2) for k in range(1, 4)], Segment("a4", 5, 10)]
+    with torch.inference_mode(), LoraBank.segments(unequal):  # not groupable: the per-segment path
+        assert holder(x).shape == (10, 5, 10)

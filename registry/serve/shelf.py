@@ -11,6 +11,7 @@ beyond ``max_adapters``) and runs the batch through the shared
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import types
@@ -53,6 +54,10 @@ def base_only(registry: Registry, record: VersionRecord, *, device: Any, say: Ca
     return MultiTaskModel(backbone, device=device, source=RegistrySource(registry), say=say)
 
 
+OPTIONS_CACHE = 4096
+"""Parsed options kept per (adapters, options) pair; most clients send the same few."""
+
+
 class AdapterShelf:
     """The base and its attached adapters for one server process (or one Ray replica)."""
 
@@ -71,6 +76,7 @@ class AdapterShelf:
         self.loads: Counter[str] = Counter()
         """How many times each ref was attached here (pinned ones at start included)."""
         self._records: dict[str, VersionRecord] = {}
+        self._parsed: dict[tuple[tuple[str, ...], str], dict[str, dict[str, Any]]] = {}
         self._registry_lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------------------
@@ -122,17 +128,29 @@ class AdapterShelf:
             for head in record.spec.head_specs():
                 key = f"{record.ref}#{head.name}" if record.spec.is_multitask else record.ref
                 heads.append(types.SimpleNamespace(key=key, task=plugins.get_task(head.task)))
-        return Wanted(refs=canonical, keys=tuple(h.key for h in heads),
-                      options=Predictor.options_for(heads, options))
+        cache_key = (canonical, json.dumps(options, sort_keys=True, default=str))
+        parsed = self._parsed.get(cache_key)
+        if parsed is None:
+            parsed = Predictor.options_for(heads, options)
+            if len(self._parsed) >= OPTIONS_CACHE:
+                self._parsed.clear()
+            self._parsed[cache_key] = parsed
+        return Wanted(refs=canonical, keys=tuple(h.key for h in heads), options=parsed)
 
     def record(self, ref: str) -> VersionRecord:
         """The registry version ``ref`` names now; on another base, refused with both bases named."""
         from ..loading import resolve
 
+        from ..hub import is_hub_ref
+
         self._check_hub_allowed(ref)
+        assert self.registry is not None, "the shelf is not loaded"
         with self._registry_lock:
-            assert self.registry is not None, "the shelf is not loaded"
-            record = resolve(self.registry, ref)
+            if is_hub_ref(ref):
+                record = resolve(self.registry, ref)
+            else:  # versions never change: only which version a ref names is looked up each time
+                canonical = self.registry.canonical(ref)
+                record = self._records.get(canonical) or self.registry.resolve(canonical)
         base = self.model.backbone.ref
         trained = record.spec.backbone.fingerprint
         if trained and trained != base.fingerprint:
