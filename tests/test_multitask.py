@@ -246,9 +246,14 @@ def test_streaming_a_folder_is_lazy_and_threads_do_not_change_results(model, tmp
 
 
 @pytest.mark.parametrize("scales", [(0.5, 0.5, 0.5, 0.5, 0.5), (0.5, 1.0, 2.0, 0.25, 3.0)])
-def test_many_equal_segments_batched_together_equal_each_adapter_alone(scales):
+def test_many_equal_segments_batched_together_equal_each_adapter_alone(scales, monkeypatch):
     """One row per adapter, as a server's batches are: the stacked (bmm) path gives each row its own update."""
+    from loradex.core import lora_runtime
     from loradex.core.lora_runtime import GROUPED_MIN_SEGMENTS, LoraFactors
+
+    grouped = []
+    original = lora_runtime._grouped
+    monkeypatch.setattr(lora_runtime, "_grouped", lambda *a: grouped.append(original(*a)) or grouped[-1])
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(12, 10)
@@ -256,11 +261,12 @@ def test_many_equal_segments_batched_together_equal_each_adapter_alone(scales):
     bank = LoraBank(holder)
     for k, scale in enumerate(scales):
         bank.add(f"a{k}", {"0": LoraFactors(a=torch.randn(3, 12), b=torch.randn(10, 3), scale=scale)})
-    x = torch.randn(len(scales) * 2, 5, 12)  # 2 images per adapter, 5 tokens each
+    x = torch.randn(len(scales) * 2, 2, 12)  # 2 images per adapter, 2 tokens each
     plan = [Segment(f"a{k}", 2 * k, 2 * k + 2) for k in range(len(scales))]
     assert len(plan) >= GROUPED_MIN_SEGMENTS
     with torch.inference_mode(), LoraBank.segments(plan):
         mixed = holder(x)
+    assert grouped == [True]
     for k in range(len(scales)):
         with torch.inference_mode(), LoraBank.segments([Segment(f"a{k}", 0, 2)]):
             alone = holder(x[2 * k:2 * k + 2])
