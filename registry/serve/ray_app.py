@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 from typing import Any
 
 from .app import create_app
@@ -82,13 +81,18 @@ def run_on_ray(settings: ServeSettings, *, host: str, port: int, replicas: int, 
         from loradex.core.errors import ConfigError
 
         raise ConfigError("adapters serve --ray needs Ray Serve: pip install 'loradex[ray]'") from None
+    # Ray's core installs its own SIGTERM handler (which dies at once): block both signals in every
+    # thread Ray starts from here on and wait for them below, so a SIGTERM drains the replicas first
+    stopping = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
     ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=True)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build(settings, replicas=replicas, replica_cpus=replica_cpus), name=DEPLOYMENT, route_prefix="/")
-    print(f"serving on http://{host}:{port} through Ray Serve, {replicas} replica(s)", file=sys.stderr, flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    serve.shutdown()  # replicas drain their requests (graceful_shutdown_timeout_s) before they stop
-    ray.shutdown()
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build(settings, replicas=replicas, replica_cpus=replica_cpus), name=DEPLOYMENT, route_prefix="/")
+        print(f"serving on http://{host}:{port} through Ray Serve, {replicas} replica(s)", file=sys.stderr, flush=True)
+        received = signal.sigwait(stopping)
+        print(f"{signal.Signals(received).name}: draining the replicas", file=sys.stderr, flush=True)
+        serve.shutdown()  # replicas answer what they hold (graceful_shutdown_timeout_s) before they stop
+    finally:
+        ray.shutdown()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
