@@ -37,6 +37,28 @@ sorted). Each record is exactly `ImageResult.to_dict()` of the Python API
   and the sha256 fingerprint of its weights.
 - With `--skip-bad`, an image that cannot be read gets `"error": "..."`, width and height 0 and
   no predictions; the others are predicted as usual.
+
+## The HTTP API of `adapters serve`
+
+`POST /v1/predict` answers `{"results": [RECORD, ...]}`, one record per image in the order
+sent, each exactly the record above (`image` is the uploaded file's name, or `<image N>`). The
+request is either `multipart/form-data` — `images` (one file part per image), `adapters`
+(repeated, or comma-separated refs), `option` (repeated `KEY=VALUE`, as `-o`) or `options` (a
+JSON object) — or `application/json`:
+
+```json
+{"images": ["<base64>", {"name": "street.jpg", "data": "<base64>"}],
+ "adapters": ["classification@prod", "detection"],
+ "options": {"top_k": 3, "detection.min_score": 0.5}}
+```
+
+An error is `{"error": "one line"}`: 400 bad image, bad option, bad body or an image over
+`--max-pixels`; 401 missing or wrong token; 403 a Hub ref without `--allow-hub`; 404 unknown
+adapter or version (with a did-you-mean); 409 an adapter trained on another base; 413 a body
+over `--max-body-mb`; 415 another content type; 500 an adapter whose files fail their hash;
+503 queue full or not ready (with `Retry-After`); 504 not answered within `--timeout`.
+`GET /v1/adapters`, `GET /v1/adapters/{ref}`, `/healthz`, `/readyz`, `/metrics` and `/docs`
+are described in docs/serving.md.
 """
 
 
