@@ -102,6 +102,14 @@ class QueueFullError(ServeError):
     """The server's queue cannot take a request's images now; try again shortly."""
 
 
+class RequestError(ServeError):
+    """A request ``adapters serve`` refuses, with the HTTP status (and headers) to answer it with."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.headers = status, headers or {}
+
+
 class ServerError(ServeError):
     """A loradex server refused a request or could not be reached; ``status`` is the HTTP status (0: no answer)."""
 

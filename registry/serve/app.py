@@ -29,6 +29,7 @@ from loradex.core.errors import (
     NotFoundError,
     QueueFullError,
     RefusedError,
+    RequestError,
     UnknownNameError,
     first_line,
 )
@@ -42,14 +43,6 @@ from .shelf import AdapterShelf
 RETRY_AFTER_S = 1
 OPEN_ROUTES = frozenset({"/healthz"})
 """Routes that answer without the token (a liveness probe carries no secret)."""
-
-
-class RequestError(LoradexError):
-    """A request the server refuses, with the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.headers = status, headers or {}
 
 
 def status_of(exc: BaseException) -> int:

@@ -73,6 +73,7 @@ class AdapterShelf:
         self.pinned: tuple[str, ...] = ()
         self._used: OrderedDict[str, None] = OrderedDict()  # attached refs, least recently used first
         self._used_lock = threading.Lock()  # the model thread changes _used; describing reads it elsewhere
+        self._info: dict[str, dict[str, Any]] = {}  # attached ref -> tasks, bytes (read off the model thread)
         self.loads: Counter[str] = Counter()
         """How many times each ref was attached here (pinned ones at start included)."""
         self._records: dict[str, VersionRecord] = {}
@@ -102,8 +103,7 @@ class AdapterShelf:
         self.registry, self.model, self.predictor = registry, model, Predictor(model)
         self.pinned = tuple(dict.fromkeys(pinned))
         for ref in self.pinned:
-            self._used[ref] = None
-            self.loads[ref] += 1
+            self._attached(ref)
         self.on_change("start", len(self._used))
 
     @property
@@ -214,6 +214,7 @@ class AdapterShelf:
                 self.model.remove(victim)
                 with self._used_lock:
                     del self._used[victim]
+                    del self._info[victim]
                 self.on_change("evict", len(self._used))
             try:
                 record = self._records[ref]
@@ -223,21 +224,23 @@ class AdapterShelf:
             except LoradexError as exc:
                 failed[ref] = exc
                 continue
-            with self._used_lock:
-                self._used[ref] = None
-            self.loads[ref] += 1
+            self._attached(ref)
             self.on_change("load", len(self._used))
         return failed
+
+    def _attached(self, ref: str) -> None:
+        attached = self.model.adapters[ref]
+        with self._used_lock:
+            self._used[ref] = None
+            self._info[ref] = {"tasks": list(attached.tasks), "bytes": attached.nbytes}
+        self.loads[ref] += 1
 
     # -- describing ----------------------------------------------------------------------------
 
     def loaded(self) -> list[dict[str, Any]]:
         """The attached adapters, least recently used first: ref, tasks, bytes, pinned."""
         with self._used_lock:
-            used = list(self._used)
-        adapters = self.model.adapters if self.model is not None else {}
-        return [{"ref": ref, "tasks": list(adapters[ref].tasks), "bytes": adapters[ref].nbytes,
-                 "pinned": ref in self.pinned} for ref in used if ref in adapters]
+            return [{"ref": ref, **self._info[ref], "pinned": ref in self.pinned} for ref in self._used]
 
     def available(self) -> list[dict[str, Any]]:
         """What the registry offers: name, task, latest version, aliases, base."""
