@@ -50,6 +50,10 @@ class HubError(LoradexError):
     """A Hugging Face Hub operation failed (not found, not allowed, unreachable, a hash mismatch)."""
 
 
+class HubNotFoundError(HubError):
+    """The Hub has no such repository, revision or file (or does not show it to this token)."""
+
+
 class TrainingDivergedError(LoradexError):
     """The loss became NaN or infinite: nothing is stored."""
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from loradex.core.artifact import SPEC_FILE
-from loradex.core.errors import ConfigError, HubError, LoradexError, NotFoundError
+from loradex.core.errors import ConfigError, HubError, HubNotFoundError, LoradexError, NotFoundError
 
 from . import names
 from .hub_card import model_card
@@ -111,12 +111,13 @@ class _HubCall:
         )
 
         if isinstance(exc, RevisionNotFoundError):
-            text = "revision not found"
-        elif isinstance(exc, RepositoryNotFoundError):
-            text = "repository not found (or not visible with this token)"
-        elif isinstance(exc, EntryNotFoundError):
-            text = "file not found"
-        elif isinstance(exc, HfHubHTTPError):
+            raise HubNotFoundError(redact(f"{self.what}: revision not found", self.token)) from None
+        if isinstance(exc, RepositoryNotFoundError):
+            raise HubNotFoundError(redact(f"{self.what}: repository not found (or not visible with this token)",
+                                          self.token)) from None
+        if isinstance(exc, EntryNotFoundError):
+            raise HubNotFoundError(redact(f"{self.what}: file not found", self.token)) from None
+        if isinstance(exc, HfHubHTTPError):
             status = exc.response.status_code if exc.response is not None else None
             text = {401: "not authorised: log in (`hf auth login`) or set HF_TOKEN",
                     403: "forbidden: this token may not write there"}.get(status, str(exc).splitlines()[0])

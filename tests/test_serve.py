@@ -375,3 +375,33 @@ def test_sigterm_drains_requests_in_flight_then_exits(shelf, tmp_path):
             process.kill()
             process.wait(timeout=30)
         log.close()
+
+
+def test_allow_hub_pulls_a_hub_ref_once_and_serves_it(shelf, tmp_path, monkeypatch):
+    """With --allow-hub a request may name org/repo@rev: pulled from a real Hub-compatible server, checked, served."""
+    from .test_hub import ALICE, HubServer
+
+    import huggingface_hub
+    import huggingface_hub.constants as constants
+
+    home, images = shelf
+    with HubServer(tmp_path / "hub", tokens={ALICE: "alice"}) as hub_server:
+        for name, value in (("HF_HUB_OFFLINE", False), ("HF_HUB_DISABLE_XET", True), ("ENDPOINT", hub_server.endpoint),
+                            ("HUGGINGFACE_CO_URL_TEMPLATE",
+                             hub_server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"),
+                            ("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))):
+            monkeypatch.setattr(constants, name, value)
+        monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", hub_server.endpoint)
+        monkeypatch.setenv("HF_TOKEN", ALICE)
+        pushed = CliRunner().invoke(cli, ["--home", str(home), "push", "pose@v1", "--repo", "alice/pose"])
+        assert pushed.exit_code == 0, pushed.output
+        serving_home = tmp_path / "serving"
+        with Registry.open(home) as source, Registry.open(serving_home) as target:  # a server without pose
+            target.put(source.materialize("cls@v1"), name="cls")
+        with ThreadServer(ServeSettings(refs=("cls",), home=str(serving_home), allow_hub=True)) as running:
+            answers = [post(running, [images / "shape0.png"], "cls,alice/pose@v1") for _ in range(2)]
+            assert [a.status_code for a in answers] == [200, 200], answers[0].text
+            assert list(answers[0].json()["results"][0]["predictions"]) == ["cls@v1", "pose@v1"]
+            assert httpx.get(f"{running.url}/v1/adapters").json()["loads"]["pose@v1"] == 1
+            missing = post(running, [images / "shape0.png"], "alice/nothing@v1")
+            assert missing.status_code == 404 and "repository not found" in missing.json()["error"] and "\n" not in missing.json()["error"]

@@ -54,9 +54,10 @@ JSON object) — or `application/json`:
 
 An error is `{"error": "one line"}`: 400 bad image, bad option, bad body or an image over
 `--max-pixels`; 401 missing or wrong token; 403 a Hub ref without `--allow-hub`; 404 unknown
-adapter or version (with a did-you-mean); 409 an adapter trained on another base; 413 a body
-over `--max-body-mb`; 415 another content type; 500 an adapter whose files fail their hash;
-503 queue full or not ready (with `Retry-After`); 504 not answered within `--timeout`.
+adapter or version (with a did-you-mean), or a Hub repo or revision that does not exist; 409 an
+adapter trained on another base; 413 a body over `--max-body-mb`; 415 another content type;
+500 an adapter whose stored files fail their hash; 502 the Hub failed (with `--allow-hub`); 503
+queue full or not ready (with `Retry-After`); 504 not answered within `--timeout`.
 `GET /v1/adapters`, `GET /v1/adapters/{ref}`, `/healthz`, `/readyz`, `/metrics` and `/docs`
 are described in docs/serving.md.
 """

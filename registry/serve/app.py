@@ -24,6 +24,8 @@ from loradex.core.errors import (
     ConfigError,
     DataError,
     FingerprintMismatchError,
+    HubError,
+    HubNotFoundError,
     InvalidNameError,
     LoradexError,
     NotFoundError,
@@ -49,8 +51,10 @@ def status_of(exc: BaseException) -> int:
     """The HTTP status that answers ``exc``: 4xx for the caller's faults, 5xx for the server's."""
     if isinstance(exc, RequestError):
         return exc.status
-    if isinstance(exc, (NotFoundError, UnknownNameError)):
+    if isinstance(exc, (NotFoundError, UnknownNameError, HubNotFoundError)):
         return 404
+    if isinstance(exc, HubError):
+        return 502  # the Hub failed or sent files that fail their hashes: upstream's fault
     if isinstance(exc, RefusedError):
         return 403
     if isinstance(exc, FingerprintMismatchError):
