@@ -37,6 +37,18 @@ def decode_image(data: bytes, *, name: str, max_pixels: int) -> Any:
         raise DataError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
+def header_pixels(data: bytes) -> int:
+    """Width x height from the image header alone (0 when the header cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - decode_image reports what is wrong, by name
+        return 0
+    return width * height
+
+
 def decode_base64(text: Any, *, name: str) -> bytes:
     """The bytes of a base64 string (a ``data:image/png;base64,`` prefix is allowed)."""
     if not isinstance(text, str):
