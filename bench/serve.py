@@ -1,12 +1,13 @@
 """`adapters serve` under closed-loop load on 127.0.0.1, against itself unbatched and against offline predict.
 
-    uv run python bench/serve.py                  # every scenario below (about 6 minutes on 2 cores)
+    uv run python bench/serve.py                  # every scenario below (about 9 minutes on 2 cores)
     uv run python bench/serve.py --only tiny       # one scenario: tiny, vit-base, flat, lru, alias
 
 For each scenario, K adapters (random LoRA r=16 on q, v and a 5-class head) are stored in a
 fresh registry and C clients each send ONE image per request, round-robin over the adapters,
-waiting for each answer before sending the next (closed loop), for a fixed time after a
-warm-up. Side by side in one run:
+waiting for each answer before sending the next (closed loop). Side by side in one run, in
+alternating rounds (each round starting with another; medians compared, since this machine's
+speed drifts by 20% and more between minutes), with both servers up at once:
 
   (a) the server as shipped: requests for the same or different adapters batched into one pass
       (``--max-batch`` = C, ``--max-wait-ms`` 5);
@@ -15,7 +16,7 @@ warm-up. Side by side in one run:
       images and adapters in this process, at (a)'s mean batch size: no HTTP, no queue.
 
 Printed per run: images/s, p50/p99 latency, mean images and adapters per pass (from the server's
-/metrics), errors; then the ratios a/b and a/c. ``flat`` compares (a) with K=64 against K=1;
+/metrics), errors; then the ratios a/b and a/c. ``flat`` compares one batched server's traffic over K=64 adapters against K=1, in alternating rounds;
 ``lru`` serves 8 adapters with ``--max-adapters 4`` and reports the server's peak RSS (VmHWM)
 against its RSS with one adapter plus 4 adapters' bytes; ``alias`` moves ``x@prod`` under
 traffic and reports how long until answers came from the new version.
@@ -43,8 +44,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 SCENARIOS = {
     # name: (base, adapters, clients, seconds); targets from issue 21
-    "tiny": ("tiny-vit", 8, 32, 12.0),
-    "vit-base": ("vit-base", 8, 8, 25.0),
+    "tiny": ("tiny-vit", 8, 32, 8.0),
+    "vit-base": ("vit-base", 8, 8, 20.0),
 }
 
 
@@ -178,7 +179,7 @@ async def closed_loop(url: str, refs: list[str], images: list[bytes], *, clients
                 done = time.perf_counter()
                 if not status_line.startswith(b"HTTP/1.1 200"):
                     errors.append(f"{status_line.decode().strip()} {body[:120]!r}")
-                elif sent >= measure_from and done <= stop_at:
+                elif measure_from <= done <= stop_at:  # answers completed in the window, whenever sent
                     latencies.append(done - sent)
         except (OSError, asyncio.IncompleteReadError) as exc:
             errors.append(repr(exc))
@@ -189,52 +190,66 @@ async def closed_loop(url: str, refs: list[str], images: list[bytes], *, clients
     return {"images_s": len(latencies) / seconds, "latencies": latencies, "errors": errors}
 
 
-def serve_run(home: Path, refs: list[str], images: list[bytes], *, clients: int, seconds: float, max_batch: int,
-              extra: tuple[str, ...] = ()) -> dict:
-    """One server, one closed-loop run; its figures plus the per-pass means from /metrics."""
+def measure_server(server: Server, refs: list[str], images: list[bytes], *, clients: int, seconds: float) -> dict:
+    """One closed-loop run against a running server; its figures plus per-pass means from /metrics."""
     from loradex.registry.serve.metrics import sample
 
-    with Server(home, "--max-batch", str(max_batch), "--max-wait-ms", "5", "--max-queue", "1024",
-                *extra) as server:
-        before = server.metrics()
-        figures = asyncio.run(closed_loop(server.url, refs, images, clients=clients, seconds=seconds,
-                                          warmup=min(5.0, seconds / 3)))
-        after = server.metrics()
-        passes = sample(after, "loradex_batch_images_count") - sample(before, "loradex_batch_images_count")
-        figures["images_per_pass"] = (sample(after, "loradex_batch_images_sum")
-                                      - sample(before, "loradex_batch_images_sum")) / max(passes, 1)
-        figures["adapters_per_pass"] = (sample(after, "loradex_batch_adapters_sum")
-                                        - sample(before, "loradex_batch_adapters_sum")) / max(passes, 1)
+    before = server.metrics()
+    figures = asyncio.run(closed_loop(server.url, refs, images, clients=clients, seconds=seconds, warmup=1.0))
+    after = server.metrics()
+
+    def delta(name: str) -> float:
+        return sample(after, name) - sample(before, name)
+
+    passes = max(delta("loradex_batch_images_count"), 1)
+    figures["images_per_pass"] = delta("loradex_batch_images_sum") / passes
+    figures["adapters_per_pass"] = delta("loradex_batch_adapters_sum") / passes
+    figures["pass_s"] = delta("loradex_batch_seconds_sum") / passes
     return figures
 
 
-def offline_run(home: Path, refs: list[str], images: list[bytes], *, batch: int, seconds: float) -> dict:
-    """(c): the same one-image-one-adapter jobs through Predictor.run in this process, ``batch`` at a time."""
-    from PIL import Image
+class Offline:
+    """(c): the same one-image-one-adapter jobs through ``Predictor.run`` in this process, no HTTP."""
 
-    from loradex.core.predictor import Job, Predictor
-    from loradex.core.threads import configure_threads
-    from loradex.registry.loading import load
+    def __init__(self, home: Path, refs: list[str], images: list[bytes]) -> None:
+        from PIL import Image
 
-    configure_threads()
-    model = load(refs, home=home)
-    predictor = Predictor(model)
-    heads = {h.key: h for h in model.head_entries()}
-    decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-    jobs = [Job(image=decoded[n % len(decoded)], heads=(heads[refs[n % len(refs)]],), options={})
-            for n in range(max(len(refs), len(decoded)) * 4)]
-    batch = max(1, batch)
-    done, n = 0, 0
-    warm_until = time.perf_counter() + min(3.0, seconds / 3)
-    while time.perf_counter() < warm_until:
-        predictor.run([jobs[(n + i) % len(jobs)] for i in range(batch)], batch_size=32)
-        n += batch
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        predictor.run([jobs[(n + i) % len(jobs)] for i in range(batch)], batch_size=32)
-        n += batch
-        done += batch
-    return {"images_s": done / (time.perf_counter() - start)}
+        from loradex.core.predictor import Job, Predictor
+        from loradex.core.threads import configure_threads
+        from loradex.registry.loading import load
+
+        configure_threads()
+        model = load(refs, home=home)
+        self.predictor = Predictor(model)
+        heads = {h.key: h for h in model.head_entries()}
+        decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+        self.jobs = [Job(image=decoded[n % len(decoded)], heads=(heads[refs[n % len(refs)]],), options={})
+                     for n in range(max(len(refs), len(decoded)) * 4)]
+        self.next = 0
+
+    def run(self, *, batch: int, seconds: float) -> dict:
+        """Images/s of passes of ``batch`` jobs for ``seconds`` (after one warm pass)."""
+        def one_pass() -> None:
+            self.predictor.run([self.jobs[(self.next + i) % len(self.jobs)] for i in range(batch)], batch_size=32)
+            self.next += batch
+
+        one_pass()
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            one_pass()
+            done += batch
+        return {"images_s": done / (time.perf_counter() - start)}
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The median images/s of several rounds, their latencies pooled, per-pass means averaged, errors summed."""
+    out = {"images_s": statistics.median(r["images_s"] for r in runs),
+           "latencies": [x for r in runs for x in r.get("latencies", [])],
+           "errors": [e for r in runs for e in r.get("errors", [])]}
+    for key in ("images_per_pass", "adapters_per_pass", "pass_s"):
+        if key in runs[0]:
+            out[key] = statistics.mean(r[key] for r in runs)
+    return out
 
 
 def describe(label: str, figures: dict) -> str:
@@ -248,33 +263,53 @@ def describe(label: str, figures: dict) -> str:
     return f"  {label:<34} {figures['images_s']:8.1f} images/s{extra}"
 
 
-def scenario_abc(name: str, root: Path) -> None:
+def scenario_abc(name: str, root: Path, *, rounds: int) -> None:
+    """(a), (b) and (c) in alternating rounds (each starting with another), medians compared."""
     base, count, clients, seconds = SCENARIOS[name]
     home = root / name
     refs = build_registry(home, base, count)
     images = images_for(32, 224 if base == "vit-base" else 64)
-    print(f"\n## {name}: {base}, K={count} adapters, {clients} clients, one image per request, {seconds:g} s",
-          flush=True)
-    a = serve_run(home, refs, images, clients=clients, seconds=seconds, max_batch=clients)
+    print(f"\n## {name}: {base}, K={count} adapters, {clients} clients, one image per request, "
+          f"{rounds} rounds of {seconds:g} s each", flush=True)
+    common = ("--max-wait-ms", "5", "--max-queue", "1024")
+    with Server(home, "--max-batch", str(clients), *common) as batched, \
+            Server(home, "--max-batch", "1", *common) as single:
+        offline = Offline(home, refs, images)
+        batch = max(1, round(measure_server(batched, refs, images, clients=clients, seconds=seconds / 2)
+                             ["images_per_pass"]))
+        runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
+        steps = {"a": lambda: measure_server(batched, refs, images, clients=clients, seconds=seconds),
+                 "b": lambda: measure_server(single, refs, images, clients=clients, seconds=seconds),
+                 "c": lambda: offline.run(batch=batch, seconds=seconds)}
+        for index in range(rounds):
+            order = "abc"[index % 3:] + "abc"[:index % 3]
+            for key in order:
+                runs[key].append(steps[key]())
+    a, b, c = (median_of(runs[k]) for k in "abc")
     print(describe("(a) serve, batched", a), flush=True)
-    b = serve_run(home, refs, images, clients=clients, seconds=seconds, max_batch=1)
     print(describe("(b) serve --max-batch 1", b), flush=True)
-    batch = max(1, round(a["images_per_pass"]))
-    c = offline_run(home, refs, images, batch=batch, seconds=seconds)
     print(describe(f"(c) offline Predictor.run, batch {batch}", c), flush=True)
     print(f"  a/b = {a['images_s'] / b['images_s']:.2f}x   a/c = {a['images_s'] / c['images_s']:.2f}x   "
-          f"errors a={len(a['errors'])} b={len(b['errors'])}", flush=True)
+          f"errors a={len(a['errors'])} b={len(b['errors'])}; a's pass {a['pass_s'] * 1000:.0f} ms for "
+          f"{a['images_per_pass']:.1f} images", flush=True)
 
 
-def scenario_flat(root: Path) -> None:
-    clients, seconds = 32, 12.0
+def scenario_flat(root: Path, *, rounds: int) -> None:
+    """One batched server, alternating rounds of traffic over 1 and over 64 adapters."""
+    clients, seconds = 32, 8.0
     home = root / "flat"
     refs = build_registry(home, "tiny-vit", 64)
     images = images_for(64, 64)
-    print(f"\n## flat: tiny-vit, {clients} clients, the batched server with K=1 and K=64 adapters", flush=True)
-    one = serve_run(home, refs[:1], images, clients=clients, seconds=seconds, max_batch=clients)
+    print(f"\n## flat: tiny-vit, {clients} clients, one batched server, traffic over K=1 and K=64 adapters, "
+          f"{rounds} rounds", flush=True)
+    runs: dict[int, list[dict]] = {1: [], 64: []}
+    with Server(home, "--max-batch", str(clients), "--max-wait-ms", "5", "--max-queue", "1024") as server:
+        measure_server(server, refs, images, clients=clients, seconds=4.0)  # every adapter attached once
+        for index in range(rounds):
+            for k in ((1, 64) if index % 2 == 0 else (64, 1)):
+                runs[k].append(measure_server(server, refs[:k], images, clients=clients, seconds=seconds))
+    one, many = median_of(runs[1]), median_of(runs[64])
     print(describe("(a) K=1", one), flush=True)
-    many = serve_run(home, refs, images, clients=clients, seconds=seconds, max_batch=clients)
     print(describe("(a) K=64", many), flush=True)
     print(f"  K=64 / K=1 = {many['images_s'] / one['images_s']:.2f}x   errors {len(one['errors']) + len(many['errors'])}",
           flush=True)
@@ -377,6 +412,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["tiny", "vit-base", "flat", "lru", "alias"], action="append",
                         help="Run only these scenarios (repeatable).")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds per comparison (medians).")
     args = parser.parse_args()
     chosen = args.only or ["tiny", "vit-base", "flat", "lru", "alias"]
     print(f"bench/serve.py on {os.cpu_count()} CPUs; server and clients on 127.0.0.1", flush=True)
@@ -384,9 +420,9 @@ def main() -> None:
         root = Path(scratch)
         for name in chosen:
             if name in SCENARIOS:
-                scenario_abc(name, root)
+                scenario_abc(name, root, rounds=args.rounds)
             elif name == "flat":
-                scenario_flat(root)
+                scenario_flat(root, rounds=args.rounds)
             elif name == "lru":
                 scenario_lru(root)
             else:

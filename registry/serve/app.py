@@ -67,7 +67,7 @@ def status_of(exc: BaseException) -> int:
 
 
 class ServerState:
-    """What one app holds: settings, metrics, the shelf and the batcher; loaded in the background."""
+    """What one app holds: settings, metrics, the shelf and the batcher; loaded as the app starts."""
 
     def __init__(self, settings: ServeSettings, *, shelf: AdapterShelf | None = None) -> None:
         self.settings = settings

@@ -145,9 +145,11 @@ class MicroBatcher:
             self.running = len(batch)
             self.metrics.batch(images=len(batch), adapters=len({r for p in batch for r in p.wanted.refs}),
                                requests=len({p.request for p in batch}))
+            started = loop.time()
             try:
                 outcomes = await loop.run_in_executor(self._thread, self._run,
                                                       [(p.image, p.name, p.wanted) for p in batch])
+                self.metrics.batch_seconds.observe(loop.time() - started)
             except Exception as exc:  # a bug, not a user's fault: fail this batch, keep serving
                 traceback.print_exc(file=sys.stderr)
                 outcomes = [exc] * len(batch)

@@ -29,6 +29,8 @@ class ServeMetrics:
                                         buckets=COUNT_BUCKETS, registry=r)
         self.batch_requests = Histogram("loradex_batch_requests", "Distinct requests sharing each pass.",
                                         buckets=COUNT_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("loradex_batch_seconds", "Time of each pass on the model thread.",
+                                       buckets=LATENCY_BUCKETS, registry=r)
         self.images = Counter("loradex_images", "Images predicted.", registry=r)
         self.adapters_loaded = Gauge("loradex_adapters_loaded", "Adapters attached to the base now.", registry=r)
         self.adapter_loads = Counter("loradex_adapter_loads", "Adapters attached on demand.", registry=r)
