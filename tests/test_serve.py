@@ -355,11 +355,14 @@ def test_sigterm_drains_requests_in_flight_then_exits(shelf, tmp_path):
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(one, ref) for ref in ["cls,det,pose"] * 6]
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:  # SIGTERM once requests are queued or running
-                if (sample(httpx.get(f"{url}/metrics").text, "loradex_batch_images_count") or 0) >= 1:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # SIGTERM once every request is in (queued, running or done)
+                metrics = httpx.get(f"{url}/metrics").text
+                arrived = (sample(metrics, "loradex_queue_depth") or 0) + (sample(metrics, "loradex_images_total") or 0)
+                if arrived >= 6 * len(paths):
                     break
                 time.sleep(0.005)
+            assert not all(f.done() for f in futures), "every request was answered before SIGTERM: nothing in flight"
             process.send_signal(signal.SIGTERM)
             answers = [f.result() for f in futures]
         assert [a.status_code for a in answers] == [200] * 6
