@@ -16,6 +16,9 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     """Load the base and pinned adapters, then serve until SIGINT/SIGTERM (in-flight requests are answered)."""
     import uvicorn
 
+    from loradex.core.threads import configure_threads
+
+    configure_threads()  # `adapters --threads N serve` / $LORADEX_THREADS, else the usable cores
     state = ServerState(settings)
     state.load()  # a bad ref or a missing base fails here, before the port opens
     app = create_app(settings, state=state)
