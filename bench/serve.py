@@ -15,6 +15,10 @@ speed drifts by 20% and more between minutes), with both servers up at once:
   (c) offline: ``Predictor.run`` — the pipeline ``loradex.load(...).predict()`` runs — on the same
       images and adapters in this process, at (a)'s mean batch size: no HTTP, no queue.
 
+(a) sends multipart uploads (what ``curl -F`` and ``loradex.Client`` send for several images); the
+same server is also measured with each image as the raw body (``image/png``, adapters in the
+query), which spares the multipart parser.
+
 Printed per run: images/s, p50/p99 latency, mean images and adapters per pass (from the server's
 /metrics), errors; then the ratios a/b and a/c. ``flat`` compares one batched server's traffic over K=64 adapters against K=1, in alternating rounds;
 ``lru`` serves 8 adapters with ``--max-adapters 4`` and reports the server's peak RSS (VmHWM)
@@ -131,6 +135,13 @@ class Server:
         os.unlink(self.log.name)
 
 
+def raw_request(port: int, ref: str, image: bytes, name: str) -> bytes:
+    """A whole HTTP/1.1 POST /v1/predict with the image as the body and the adapter in the query."""
+    head = (f"POST /v1/predict?adapters={ref}&name={name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Length: {len(image)}\r\nContent-Type: image/png\r\n\r\n").encode()
+    return head + image
+
+
 def multipart_request(port: int, ref: str, image: bytes, name: str) -> bytes:
     """A whole HTTP/1.1 POST /v1/predict (keep-alive) with one image, encoded once before the run."""
     boundary = "loradexbenchboundary"
@@ -143,14 +154,15 @@ def multipart_request(port: int, ref: str, image: bytes, name: str) -> bytes:
 
 
 async def closed_loop(url: str, refs: list[str], images: list[bytes], *, clients: int, seconds: float,
-                      warmup: float) -> dict:
+                      warmup: float, raw: bool = False) -> dict:
     """``clients`` keep-alive connections, each sending one-image requests for ``seconds`` after ``warmup``.
 
     Requests are encoded before the run and answers read with asyncio streams, as wrk does, so
     the clients take little of the CPU the server needs; a non-200 answer counts as an error.
     """
     port = int(url.rsplit(":", 1)[1])
-    requests = [[multipart_request(port, refs[n % len(refs)], images[n % len(images)], f"img{n}.png")
+    encode = raw_request if raw else multipart_request
+    requests = [[encode(port, refs[n % len(refs)], images[n % len(images)], f"img{n}.png")
                  for n in range(i, i + clients * 8, clients)] for i in range(clients)]
     latencies: list[float] = []
     errors: list[str] = []
@@ -190,12 +202,14 @@ async def closed_loop(url: str, refs: list[str], images: list[bytes], *, clients
     return {"images_s": len(latencies) / seconds, "latencies": latencies, "errors": errors}
 
 
-def measure_server(server: Server, refs: list[str], images: list[bytes], *, clients: int, seconds: float) -> dict:
+def measure_server(server: Server, refs: list[str], images: list[bytes], *, clients: int, seconds: float,
+                   raw: bool = False) -> dict:
     """One closed-loop run against a running server; its figures plus per-pass means from /metrics."""
     from loradex.registry.serve.metrics import sample
 
     before = server.metrics()
-    figures = asyncio.run(closed_loop(server.url, refs, images, clients=clients, seconds=seconds, warmup=1.0))
+    figures = asyncio.run(closed_loop(server.url, refs, images, clients=clients, seconds=seconds, warmup=1.0,
+                                      raw=raw))
     after = server.metrics()
 
     def delta(name: str) -> float:
@@ -277,21 +291,24 @@ def scenario_abc(name: str, root: Path, *, rounds: int) -> None:
         offline = Offline(home, refs, images)
         batch = max(1, round(measure_server(batched, refs, images, clients=clients, seconds=seconds / 2)
                              ["images_per_pass"]))
-        runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
         steps = {"a": lambda: measure_server(batched, refs, images, clients=clients, seconds=seconds),
                  "b": lambda: measure_server(single, refs, images, clients=clients, seconds=seconds),
-                 "c": lambda: offline.run(batch=batch, seconds=seconds)}
+                 "c": lambda: offline.run(batch=batch, seconds=seconds),
+                 "r": lambda: measure_server(batched, refs, images, clients=clients, seconds=seconds, raw=True)}
+        runs: dict[str, list[dict]] = {key: [] for key in steps}
         for index in range(rounds):
-            order = "abc"[index % 3:] + "abc"[:index % 3]
+            order = "abcr"[index % 4:] + "abcr"[:index % 4]
             for key in order:
                 runs[key].append(steps[key]())
-    a, b, c = (median_of(runs[k]) for k in "abc")
+    a, b, c, r = (median_of(runs[k]) for k in "abcr")
     print(describe("(a) serve, batched", a), flush=True)
     print(describe("(b) serve --max-batch 1", b), flush=True)
     print(describe(f"(c) offline Predictor.run, batch {batch}", c), flush=True)
+    print(describe("(a) with raw image bodies", r), flush=True)
     print(f"  a/b = {a['images_s'] / b['images_s']:.2f}x   a/c = {a['images_s'] / c['images_s']:.2f}x   "
           f"errors a={len(a['errors'])} b={len(b['errors'])}; a's pass {a['pass_s'] * 1000:.0f} ms for "
-          f"{a['images_per_pass']:.1f} images", flush=True)
+          f"{a['images_per_pass']:.1f} images; raw bodies / multipart = {r['images_s'] / a['images_s']:.2f}x",
+          flush=True)
 
 
 def scenario_flat(root: Path, *, rounds: int) -> None:

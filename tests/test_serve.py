@@ -136,6 +136,19 @@ def test_json_base64_and_options_per_request(server, shelf):
     assert first["predictions"] == second["predictions"]
 
 
+def test_one_raw_image_with_adapters_in_the_query(server, shelf):
+    _, images = shelf
+    path = images / "shape2.png"
+    raw = httpx.post(f"{server.url}/v1/predict", content=path.read_bytes(), timeout=60,
+                     headers={"content-type": "image/png"},
+                     params=[("adapters", "cls,det"), ("option", "top_k=2"), ("name", str(path))])
+    assert raw.status_code == 200, raw.text
+    assert_close(raw.json()["results"], post(server, [path], "cls,det", option="top_k=2").json()["results"])
+    missing = httpx.post(f"{server.url}/v1/predict", content=path.read_bytes(),
+                         headers={"content-type": "application/octet-stream"})
+    assert missing.status_code == 400 and "name at least one adapter" in missing.json()["error"]
+
+
 def test_concurrent_requests_for_different_adapters_share_one_pass(server, shelf):
     _, images = shelf
     before = httpx.get(f"{server.url}/metrics").text

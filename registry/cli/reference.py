@@ -52,6 +52,11 @@ JSON object) — or `application/json`:
  "options": {"top_k": 3, "detection.min_score": 0.5}}
 ```
 
+or ONE image as the whole body (`image/*` or `application/octet-stream`) with `adapters`,
+`option`, `options` and `name` in the query string
+(`POST /v1/predict?adapters=cls,det&option=top_k=3&name=street.jpg`): the cheapest form for a
+client that sends one image per request.
+
 An error is `{"error": "one line"}`: 400 bad image, bad option, bad body or an image over
 `--max-pixels`; 401 missing or wrong token; 403 a Hub ref without `--allow-hub`; 404 unknown
 adapter or version (with a did-you-mean), or a Hub repo or revision that does not exist; 409 an

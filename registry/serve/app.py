@@ -243,8 +243,11 @@ async def read_request(request: Any, *, max_images: int) -> tuple[list[tuple[str
         images, refs, options = await _read_multipart(request, max_images=max_images)
     elif content_type.startswith("application/json"):
         images, refs, options = await _read_json(request)
+    elif content_type.startswith(("image/", "application/octet-stream")):
+        images, refs, options = await _read_raw(request)
     else:
-        raise RequestError(415, f"send multipart/form-data or application/json, not {content_type or 'no type'!r}")
+        raise RequestError(415, "send multipart/form-data, application/json, or one image as image/* "
+                                f"(adapters in the query), not {content_type or 'no type'!r}")
     if not images:
         raise DataError("the request has no images (multipart field 'images', or JSON key 'images')")
     if len(images) > max_images:
@@ -275,15 +278,31 @@ async def _read_multipart(request: Any, *, max_images: int) -> tuple[list[tuple[
         if not isinstance(item, UploadFile):
             raise DataError(f"field 'images' item {index} is text, not a file")
         images.append((item.filename or f"<image {index}>", await item.read()))
+    options = _options_object(form.get("options")) if form.get("options") else {}
+    options.update(_option_pairs(form.getlist("option")))
+    return images, _split_refs(form.getlist("adapters")), options
+
+
+def _option_pairs(pairs: list[Any]) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    if form.get("options"):
-        options.update(_options_object(form.get("options")))
-    for pair in form.getlist("option"):
+    for pair in pairs:
         key, sep, value = str(pair).partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"option {pair!r} is not KEY=VALUE (e.g. top_k=3 or detection.min_score=0.5)")
         options[key.strip()] = value.strip()
-    return images, _split_refs(form.getlist("adapters")), options
+    return options
+
+
+async def _read_raw(request: Any) -> tuple[list[tuple[str, bytes]], list[str], dict]:
+    """One image as the whole body; ``adapters``, ``option``/``options`` and ``name`` in the query string.
+
+    The cheapest form for a client sending one image per request: nothing to parse but the query.
+    """
+    query = request.query_params
+    options = _options_object(query["options"]) if query.get("options") else {}
+    options.update(_option_pairs(query.getlist("option")))
+    name = query.get("name") or "<image 0>"
+    return [(name, await request.body())], _split_refs(query.getlist("adapters")), options
 
 
 def _options_object(text: Any) -> dict[str, Any]:

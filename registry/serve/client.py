@@ -58,9 +58,14 @@ class Client:
         results: list[Any] = []
         for start in range(0, len(inputs), max(1, batch_size)):
             chunk = inputs[start:start + batch_size]
-            files = [("images", (item.source, *_payload(item))) for item in chunk]
-            data = {"adapters": ",".join(refs), "options": json.dumps(options, default=str)}
-            records = self._request("POST", "/v1/predict", files=files, data=data)["results"]
+            fields = {"adapters": ",".join(refs), "options": json.dumps(options, default=str)}
+            if len(chunk) == 1:  # one image: the raw body, no multipart to encode or parse
+                body, mime = _payload(chunk[0])
+                records = self._request("POST", "/v1/predict", content=body, headers={"content-type": mime},
+                                        params={**fields, "name": chunk[0].source})["results"]
+            else:
+                files = [("images", (item.source, *_payload(item))) for item in chunk]
+                records = self._request("POST", "/v1/predict", files=files, data=fields)["results"]
             results += [self._result(record, item) for record, item in zip(records, chunk)]
         return results
 
