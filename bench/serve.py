@@ -17,7 +17,7 @@ speed drifts by 20% and more between minutes), with both servers up at once:
 
 (a) sends multipart uploads (what ``curl -F`` and ``loradex.Client`` send for several images); the
 same server is also measured with each image as the raw body (``image/png``, adapters in the
-query), which spares the multipart parser.
+query), which spares the multipart encoding and parsing.
 
 Printed per run: images/s, p50/p99 latency, mean images and adapters per pass (from the server's
 /metrics), errors; then the ratios a/b and a/c. ``flat`` compares one batched server's traffic over K=64 adapters against K=1, in alternating rounds;

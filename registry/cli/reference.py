@@ -54,8 +54,8 @@ JSON object) — or `application/json`:
 
 or ONE image as the whole body (`image/*` or `application/octet-stream`) with `adapters`,
 `option`, `options` and `name` in the query string
-(`POST /v1/predict?adapters=cls,det&option=top_k=3&name=street.jpg`): the cheapest form for a
-client that sends one image per request.
+(`POST /v1/predict?adapters=cls,det&option=top_k=3&name=street.jpg`), for a client that sends
+one image per request and would rather not encode multipart.
 
 An error is `{"error": "one line"}`: 400 bad image, bad option, bad body or an image over
 `--max-pixels`; 401 missing or wrong token; 403 a Hub ref without `--allow-hub`; 404 unknown

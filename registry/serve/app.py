@@ -296,7 +296,7 @@ def _option_pairs(pairs: list[Any]) -> dict[str, Any]:
 async def _read_raw(request: Any) -> tuple[list[tuple[str, bytes]], list[str], dict]:
     """One image as the whole body; ``adapters``, ``option``/``options`` and ``name`` in the query string.
 
-    The cheapest form for a client sending one image per request: nothing to parse but the query.
+    For a client sending one image per request: no multipart to encode (or parse).
     """
     query = request.query_params
     options = _options_object(query["options"]) if query.get("options") else {}
