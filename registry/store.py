@@ -713,6 +713,8 @@ class Registry:
                     seen[key] = self.blobs.check(entry.sha256, entry.size)
                 if seen[key]:
                     problems.append(f"{record.ref}: {fname}: {seen[key]} (blob {entry.sha256[:12]}…)")
+        if ref is None:
+            problems += _damaged_caches(self.root)
         return problems
 
     def _manifest_problems(self, records: Sequence[VersionRecord] | None = None) -> list[str]:
@@ -794,7 +796,19 @@ class Registry:
             count, size = self.blobs.clear_stale_tmp()
             if count:
                 done.append(f"tmp: removed {count} leftover{'s' if count != 1 else ''} of interrupted writes ({_mb(size)})")
+            for line in _damaged_caches(self.root):
+                damaged = Path(line.split(": ", 1)[0])
+                damaged.unlink(missing_ok=True)
+                damaged.with_suffix(".json").unlink(missing_ok=True)
+                done.append(f"cache: removed {damaged.name}, a damaged image cache (the next run builds it again)")
         return done
+
+
+def _damaged_caches(root: Path) -> list[str]:
+    """The image caches training left under ``root/cache/images`` that fail their checks."""
+    from loradex.core.data.loading import damaged_caches  # imports torch: only when verifying
+
+    return damaged_caches(root / "cache" / "images")
 
 
 def check_destination(dest: Path) -> None:

@@ -205,3 +205,60 @@ def test_backbone_without_a_plain_processor_keeps_the_processor(tmp_path):
 
     processor = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     assert fast_transform_for(processor, 32) is None
+
+
+def test_a_disk_cache_changed_after_it_was_written_is_rebuilt_not_reused(tiny_backbone, tmp_path):
+    """Issue 22.1: a cache file zeroed in place (as a racing run's w+ open did) trained on black images."""
+    import numpy as np
+
+    paths, labels = write_folder(tmp_path)
+    transform = tiny_backbone.transform_at(None)
+    folder = tmp_path / "cache"
+    first = ImageCache(paths, transform, kind="disk", folder=folder)
+    first.fill(say=lambda line: None)
+    expected = np.array(first.pixels)
+    (data,) = folder.glob("*.u8")
+    data.write_bytes(b"\0" * data.stat().st_size)  # zeroed in place, marker intact
+    said = []
+    again = ImageCache(paths, transform, kind="disk", folder=folder)
+    again.fill(say=said.append)
+    assert "is damaged (its checksum differs" in said[0] and not any("reusing" in s for s in said)
+    assert np.array_equal(np.array(again.pixels), expected)
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no private leftovers
+
+
+def test_a_run_reading_the_cache_keeps_its_pixels_while_another_run_publishes_one(tiny_backbone, tmp_path):
+    import numpy as np
+
+    paths, labels = write_folder(tmp_path)
+    transform = tiny_backbone.transform_at(None)
+    folder = tmp_path / "cache"
+    reader = ImageCache(paths, transform, kind="disk", folder=folder)
+    reader.fill(say=lambda line: None)
+    before = np.array(reader.pixels)
+    (data,) = folder.glob("*.u8")
+    data.with_suffix(".json").unlink()  # the second run finds no complete cache and builds its own
+    writer = ImageCache(paths, transform, kind="disk", folder=folder)
+    writer.fill(say=lambda line: None)
+    assert np.array_equal(np.array(reader.pixels), before)  # its file was replaced by rename, never rewritten
+    assert np.array_equal(np.array(writer.pixels), before)
+
+
+def test_verify_reports_a_damaged_image_cache_and_repair_removes_it(tiny_backbone, tmp_path, isolated_home):
+    from click.testing import CliRunner
+
+    from loradex.registry.cli import cli
+
+    paths, _ = write_folder(tmp_path)
+    folder = isolated_home / "cache" / "images"
+    ImageCache(paths, tiny_backbone.transform_at(None), kind="disk", folder=folder).fill(say=lambda line: None)
+    assert CliRunner().invoke(cli, ["verify"]).exit_code == 0
+    (data,) = folder.glob("*.u8")
+    with open(data, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\xff\xfe")
+    found = CliRunner().invoke(cli, ["verify"])
+    assert found.exit_code != 0 and "image cache is damaged (its checksum differs" in found.output
+    repaired = CliRunner().invoke(cli, ["verify", "--repair"])
+    assert repaired.exit_code == 0 and "a damaged image cache" in repaired.output
+    assert list(folder.glob("*.u8")) == []

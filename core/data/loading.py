@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -188,10 +189,13 @@ class ImageCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         key = self.key()
         data, marker = self.folder / f"{key}.u8", self.folder / f"{key}.json"
-        if marker.is_file() and data.is_file() and data.stat().st_size == self.nbytes:
-            say(f"cache: reusing {data} ({size_mb:,.1f} MB, {self.shape[0]:,} images)")
-            self.pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=self.shape)
-            return
+        if marker.is_file() and data.is_file():
+            fault = cache_fault(data, marker, nbytes=self.nbytes)
+            if fault is None:
+                say(f"cache: reusing {data} ({size_mb:,.1f} MB, {self.shape[0]:,} images)")
+                self.pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=self.shape)
+                return
+            say(f"cache: {data} is damaged ({fault}); building it again")
         import shutil
 
         free = shutil.disk_usage(self.folder).free
@@ -199,11 +203,26 @@ class ImageCache:
             raise ConfigError(f"--cache disk needs {size_mb:,.0f} MB in {self.folder} but only {free / 1e6:,.0f} MB "
                               "is free")
         say(f"cache: {self.shape[0]:,} images at {self.shape[2]}x{self.shape[1]} take {size_mb:,.1f} MB of {where}")
-        marker.unlink(missing_ok=True)
-        self.pixels = np.memmap(data, dtype=np.uint8, mode="w+", shape=self.shape)
-        self._decode(threads)
-        self.pixels.flush()
-        marker.write_text(json.dumps({"images": self.shape[0], "shape": self.shape}) + "\n", encoding="utf-8")
+        # Built in a file of this run's own and published by renames: a run reading the cache keeps its
+        # file (its inode) whatever another run publishes meanwhile, and nobody reads a half-built one.
+        handle, private = tempfile.mkstemp(prefix=f".{key}.", suffix=".building", dir=self.folder)
+        os.close(handle)
+        try:
+            pixels = np.memmap(private, dtype=np.uint8, mode="w+", shape=self.shape)
+            self.pixels = pixels
+            self._decode(threads)
+            pixels.flush()
+            del pixels
+            self.pixels = None
+            record = {"images": self.shape[0], "shape": self.shape, "bytes": self.nbytes,
+                      "blake2b": file_digest(Path(private))}
+            marker_private = Path(private).with_suffix(".json")
+            marker_private.write_text(json.dumps(record) + "\n", encoding="utf-8")
+            os.replace(private, data)
+            os.replace(marker_private, marker)
+        finally:
+            for leftover in (Path(private), Path(private).with_suffix(".json")):
+                leftover.unlink(missing_ok=True)
         self.pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=self.shape)
 
     def _decode(self, threads: int | None) -> None:
@@ -218,6 +237,48 @@ class ImageCache:
 
     def __getitem__(self, index: int) -> Any:
         return self.pixels[index]
+
+
+def file_digest(path: Path) -> str:
+    """The BLAKE2b hex digest of a file's bytes (read in 8 MB blocks)."""
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(8 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_fault(data: Path, marker: Path, *, nbytes: int | None = None) -> str | None:
+    """Why the disk cache ``data`` cannot be trusted (size or checksum against its marker), or None."""
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        size = data.stat().st_size
+    except (OSError, ValueError) as exc:
+        return f"its marker cannot be read ({type(exc).__name__})"
+    if not isinstance(record, dict) or "blake2b" not in record:
+        return "its marker has no checksum (written by an older loradex)"
+    expected = nbytes if nbytes is not None else record.get("bytes")
+    if size != expected:
+        return f"{size:,} bytes instead of {expected:,}"
+    if file_digest(data) != record["blake2b"]:
+        return "its checksum differs: the pixels were changed after it was written"
+    return None
+
+
+def damaged_caches(folder: Path) -> list[str]:
+    """One line per disk cache in ``folder`` that fails its checks (for ``adapters verify``)."""
+    if not folder.is_dir():
+        return []
+    lines = []
+    for data in sorted(folder.glob("*.u8")):
+        marker = data.with_suffix(".json")
+        if not marker.is_file():
+            lines.append(f"{data}: image cache without its marker (an interrupted build); delete it")
+            continue
+        fault = cache_fault(data, marker)
+        if fault is not None:
+            lines.append(f"{data}: image cache is damaged ({fault}); delete it, the next run builds it again")
+    return lines
 
 
 def _available_memory() -> int | None:
