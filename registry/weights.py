@@ -40,21 +40,23 @@ def check_safetensors(path: Path) -> dict[str, dict]:
         size = path.stat().st_size
         with path.open("rb") as fh:
             head = fh.read(8)
+            # A safetensors header length can look like a pickle opcode (0x280 bytes starts 80 02):
+            # the file is called a pickle only once it has failed to parse as safetensors.
             kind = _sniff_pickle(head)
-            if kind:
-                raise ArtifactError(f"{path}: is {kind}, not safetensors; loradex never unpickles weights")
+            pickled = ArtifactError(f"{path}: is {kind}, not safetensors; loradex never unpickles weights")
             if len(head) < 8:
-                raise ArtifactError(f"{refuse} (only {size} bytes; truncated?)")
+                raise pickled if kind else ArtifactError(f"{refuse} (only {size} bytes; truncated?)")
             header_len = int.from_bytes(head, "little")
             if header_len > min(size - 8, _MAX_HEADER):
-                raise ArtifactError(f"{refuse} (header of {header_len} bytes does not fit a {size}-byte file; truncated?)")
+                raise pickled if kind else ArtifactError(
+                    f"{refuse} (header of {header_len} bytes does not fit a {size}-byte file; truncated?)")
             raw = fh.read(header_len)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ArtifactError(f"{refuse} (its header is not JSON)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise (pickled if kind else ArtifactError(f"{refuse} (its header is not JSON)")) from None
     if not isinstance(header, dict):
         raise ArtifactError(f"{refuse} (its header is not a JSON object)")
     data_len = size - 8 - header_len

@@ -135,3 +135,27 @@ def test_leftovers_of_a_killed_writer_are_reported_and_cleaned_by_the_next_write
 
 def test_a_version_number_beyond_sqlite_integers_is_one_line(home):
     one_line(run(home, "show", "alpha@v99999999999999999999"), "is out of range")
+
+
+@pytest.mark.parametrize("header_len", [0x280, 0x380, 0x480, 0x580])
+def test_a_safetensors_header_length_that_looks_like_a_pickle_opcode_is_safetensors(tmp_path, header_len):
+    """Issue 22.11: the first bytes 80 02..05 are a pickle protocol mark AND a valid header length."""
+    import json as json_module
+    import pickle
+
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from loradex.core.errors import ArtifactError
+    from loradex.registry.weights import check_safetensors
+
+    header = json_module.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path = tmp_path / "head.safetensors"
+    path.write_bytes(header_len.to_bytes(8, "little") + header.ljust(header_len, b" ")
+                     + np.array([1.5, -2.0], np.float32).tobytes())
+    assert path.read_bytes()[:1] == b"\x80"
+    assert list(check_safetensors(path)) == ["w"] and load_file(str(path))["w"].tolist() == [1.5, -2.0]
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(pickle.dumps({"w": [1.5]}, protocol=2))
+    with pytest.raises(ArtifactError, match="is a Python pickle, not safetensors"):
+        check_safetensors(fake)
