@@ -8,6 +8,7 @@ does not hold the decoded images.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,17 @@ from typing import Any
 from .drawing import Canvas, colour_for
 from .errors import LoradexError
 from .task import Task
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, so JSON output is always valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ class ImageResult:
         """The record ``adapters predict --json`` prints for this image."""
         record: dict[str, Any] = {"image": self.source, "width": self.width, "height": self.height,
                                   "base": self.base.to_dict(),
-                                  "predictions": {key: r.to_dict() for key, r in self.results.items()}}
+                                  "predictions": {key: json_safe(r.to_dict()) for key, r in self.results.items()}}
         if self.error is not None:
             record["error"] = self.error
         return record

@@ -34,7 +34,7 @@ from loradex.core.spec import AdapterSpec, BackboneRef, LoraSettings
 from loradex.core import plugins
 
 from .import_checks import check_against_base, check_lora_shapes, check_regular_files
-from .weights import check_safetensors, refuse_pickles
+from .weights import check_finite, check_safetensors, refuse_pickles
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,9 @@ def plan_import(folder: Path, *, task: str, base: str | None = None) -> ImportPl
             files[name] = folder / name
     check_regular_files(folder, {**files, ADAPTER_CONFIG: folder / ADAPTER_CONFIG})
     tables = {name: check_safetensors(path) for name, path in files.items() if name.endswith(".safetensors")}
+    for name, path in files.items():
+        if name.endswith(".safetensors"):
+            check_finite(path)
     plugins.get_task(task)  # an unknown task name fails here, with a suggestion
     if spec_in_folder is not None:
         spec = spec_in_folder

@@ -60,7 +60,7 @@ from .importer import read_config
 from .index import Index, NewVersion, VersionRow
 from .locks import file_lock
 from .manifests import Manifests
-from .weights import check_safetensors
+from .weights import check_finite, check_safetensors
 
 HEADLINE_METRICS = ("f1_macro", "map50", "pck@0.1")
 KINDS = ("trained", "merged", "compressed", "imported", "pulled")
@@ -304,6 +304,7 @@ class Registry:
         for fname, path in sources.items():
             if fname.endswith(".safetensors"):
                 check_safetensors(path)  # type: ignore[arg-type]
+                check_finite(path)  # type: ignore[arg-type]
         folder_metrics = read_metrics(folder)
         new = self._prepare(
             name=name, spec=spec, sources=sources, kind=kind, parents=parents, args=args,

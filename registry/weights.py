@@ -87,6 +87,27 @@ def check_safetensors(path: Path) -> dict[str, dict]:
     return tensors
 
 
+def check_finite(path: Path) -> None:
+    """Raise ArtifactError naming the file and tensor if a tensor of ``path`` holds NaN or infinity.
+
+    A LoRA or head with a non-finite value predicts NaN scores (not JSON) and breaks merges;
+    nothing holding one enters the registry.
+    """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                tensor = handle.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise ArtifactError(f"{path}: tensor {name!r} holds {bad} NaN or infinite value"
+                                        f"{'s' if bad != 1 else ''}; refusing to store it")
+    except SafetensorError as exc:
+        raise ArtifactError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
 def refuse_pickles(folder: Path) -> None:
     """Raise ArtifactError if ``folder`` holds pickle-based weight files (``.bin``, ``.pt``, ...)."""
     found = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)

@@ -181,3 +181,17 @@ def test_results_draw_and_save(shelf, tmp_path):
     assert Image.open(single).height < Image.open(saved).height  # one legend line instead of two
     with pytest.raises(KeyError, match="is not among the results"):
         result["cls"]
+
+
+def test_a_non_finite_score_becomes_null_so_the_record_is_valid_json():
+    """Issue 22.3: `"score": NaN` is not JSON; a record must always parse."""
+    from loradex.core import plugins
+    from loradex.core.results import BaseInfo, ImageResult, TaskResult
+
+    task = plugins.get_task("classification")
+    result = ImageResult(source="x.png", width=4, height=4, base=BaseInfo("tiny-vit", None, "sha256:0"))
+    result.results["cls@v1"] = TaskResult(key="cls@v1", task=task, prediction={
+        "label": "a", "score": float("nan"), "top_k": [{"label": "a", "score": float("inf")}]})
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    assert json.loads(text)["predictions"]["cls@v1"] == {"task": "classification", "label": "a", "score": None,
+                                                         "top_k": [{"label": "a", "score": None}]}

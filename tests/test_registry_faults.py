@@ -159,3 +159,35 @@ def test_a_safetensors_header_length_that_looks_like_a_pickle_opcode_is_safetens
     fake.write_bytes(pickle.dumps({"w": [1.5]}, protocol=2))
     with pytest.raises(ArtifactError, match="is a Python pickle, not safetensors"):
         check_safetensors(fake)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_never_enter_the_registry(tmp_path, bad):
+    """Issue 22.3: import (and put, which train, merge, compress and pull store through) refuse NaN/inf."""
+    import numpy as np
+    from click.testing import CliRunner
+    from safetensors.numpy import load_file, save_file
+
+    from loradex.core.errors import ArtifactError
+    from loradex.registry.cli import cli
+    from loradex.registry.store import Registry
+
+    from .registry_helpers import make_adapter, write_peft_folder
+
+    plain = write_peft_folder(tmp_path / "peft", seed=1)
+    lora = load_file(str(plain / "adapter_model.safetensors"))
+    key = sorted(lora)[0]
+    lora[key][0, 0] = bad
+    save_file(lora, str(plain / "adapter_model.safetensors"))
+    home = tmp_path / "home"
+    result = CliRunner().invoke(cli, ["--home", str(home), "import", str(plain), "--task", "classification"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"tensor {key!r} holds 1 NaN or infinite value" in result.stderr.strip().splitlines()[-1]
+    folder = make_adapter(tmp_path / "full", seed=2)
+    head = load_file(str(folder / "head.safetensors"))
+    head["classifier.weight"][:] = bad
+    save_file(head, str(folder / "head.safetensors"))
+    with Registry.open(home) as registry:
+        with pytest.raises(ArtifactError, match="tensor 'classifier.weight' holds .* NaN or infinite values"):
+            registry.put(folder, name="x")
+        assert registry.list() == [] and registry.verify() == []
