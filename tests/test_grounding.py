@@ -34,6 +34,8 @@ def test_boxes_round_trip_through_location_bins():
     ("drop<loc_732><loc_481><loc_748>", "fewer than four <loc_N>"),
     ("drop<loc_1><loc_2><loc_3><loc_4> and more", "after the last box"),
     ("just words", "after the last box"),
+    ("square<loc_500><loc_500><loc_100><loc_100>", "has x0 > x1"),  # issue 22.4
+    ("square<loc_100><loc_500><loc_200><loc_100>", "has y0 > y1"),
 ])
 def test_malformed_answers_are_refused(suffix, message):
     with pytest.raises(SuffixError, match=message):
@@ -42,6 +44,8 @@ def test_malformed_answers_are_refused(suffix, message):
 
 def test_generated_text_is_parsed_leniently():
     assert parse_objects("a<loc_1><loc_2><loc_3><loc_4>b<loc_5>", strict=False) == [("a", [1, 2, 3, 4])]
+    assert parse_objects("a<loc_9><loc_2><loc_3><loc_4>b<loc_1><loc_2><loc_3><loc_4>", strict=False) == [
+        ("b", [1, 2, 3, 4])]  # an inverted generated box is skipped, not drawn
 
 
 def test_synthetic_scenes_hold_three_kinds_of_records():

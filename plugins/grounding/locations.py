@@ -44,8 +44,8 @@ class SuffixError(ValueError):
 def parse_objects(text: str, *, strict: bool = True) -> list[tuple[str, list[int]]]:
     """``label<loc…>×4`` groups of ``text`` → (label, bins); ``strict`` refuses anything else in it.
 
-    With ``strict`` (training data): a bin outside 0..999, a group of fewer than four locations,
-    or text after the last box raise :class:`SuffixError` saying which. Without it (generated
+    With ``strict`` (training data): a bin outside 0..999, a box with x0 > x1 or y0 > y1, a group
+    of fewer than four locations, or text after the last box raise :class:`SuffixError` saying which. Without it (generated
     text): whatever does not parse is skipped.
     """
     objects: list[tuple[str, list[int]]] = []
@@ -58,6 +58,13 @@ def parse_objects(text: str, *, strict: bool = True) -> list[tuple[str, list[int
         if any(b >= BINS for b in bins):
             if strict:
                 raise SuffixError(f"<loc_{max(bins)}> is outside 0..{BINS - 1}")
+            position = match.end()
+            continue
+        if bins[0] > bins[2] or bins[1] > bins[3]:  # x0 > x1 or y0 > y1: not a box
+            if strict:
+                axis = "x" if bins[0] > bins[2] else "y"
+                raise SuffixError(f"box {match.group(2)} has {axis}0 > {axis}1; write <loc_x0><loc_y0><loc_x1><loc_y1> "
+                                  "with x0 <= x1 and y0 <= y1")
             position = match.end()
             continue
         objects.append((match.group(1).strip(), bins))
