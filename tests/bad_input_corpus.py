@@ -156,6 +156,22 @@ def _pickle_beside(s: Path) -> list[str]:
     return ["import", str(folder), "--task", "classification"]
 
 
+def _non_finite_lora(value: float) -> Callable[[Path], list[str]]:
+    def make(s: Path) -> list[str]:
+        import numpy as np
+        from safetensors.numpy import load_file, save_file
+
+        folder = _peft(s / "p")
+        tensors = load_file(str(folder / "adapter_model.safetensors"))
+        name = sorted(tensors)[0]
+        tensors[name] = np.where(np.arange(tensors[name].size).reshape(tensors[name].shape) == 5, value,
+                                 tensors[name]).astype(np.float32)
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        return ["import", str(folder), "--task", "classification"]
+
+    return make
+
+
 def _bad_config_json(s: Path) -> list[str]:
     folder = _peft(s / "p")
     (folder / "adapter_config.json").write_text("{nope")
@@ -260,6 +276,8 @@ CASES: list[Case] = [
     Case("import-task", lambda s: ["import", str(_peft(s / "p")), "--task", "clasification"],
          "Did you mean 'classification'?"),
     Case("import-config-json", _bad_config_json, "not valid JSON"),
+    Case("import-nan", _non_finite_lora(float("nan")), "holds 1 NaN or infinite value"),
+    Case("import-inf", _non_finite_lora(float("-inf")), "holds 1 NaN or infinite value"),
     Case("export-under-file", lambda s: ["export", "shapes", str(_image(s / "f.png") / "out")], "is a file"),
     Case("export-not-empty", lambda s: ["export", "shapes", str(_image(s / "full" / "x.png").parent)],
          "is not an empty folder"),
