@@ -449,6 +449,11 @@ class Index:
         rows = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
         return [] if rows == ["ok"] else rows
 
+    def integrity_check(self) -> list[str]:
+        """SQLite's full integrity check (pages, indexes, constraints); empty if fine."""
+        rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
+
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for several SELECTs."""

@@ -496,7 +496,22 @@ class Registry:
         return [_record(row) for row in self.index.versions(name=name)]
 
     def list(self, *, task: str | None = None) -> list[AdapterSummary]:
-        """One summary per adapter (optionally only those of ``task``), by name."""
+        """One summary per adapter (optionally only those of ``task``), by name.
+
+        An index holding no version while version manifests exist (an emptied or deleted
+        index.db) is an IndexDamagedError naming the cure, never an empty shelf.
+        """
+        summaries = self._summaries(task=task)
+        if not summaries and task is None and self.index is not None and not self.index.adapter_names():
+            recorded = sum(1 for _ in self.manifests.entries())
+            if recorded:
+                raise IndexDamagedError(
+                    f"{self.root}/index.db holds no versions, but {recorded} version manifest"
+                    f"{'s' if recorded != 1 else ''} exist: the index was emptied or deleted; run "
+                    "`adapters verify --repair` to rebuild it from them")
+        return summaries
+
+    def _summaries(self, *, task: str | None) -> list[AdapterSummary]:
         return [
             AdapterSummary(
                 name=n, task=t, versions=count, latest=latest, aliases=aliases, base=base, size=size,
@@ -700,7 +715,10 @@ class Registry:
         if self.index is None:
             return [self.index_fault or "index: damaged", *self._manifest_problems()]
         if ref is None:
-            problems += [f"index: {p}" for p in self.index.quick_check()]
+            fault = self._untrusted_index()
+            if fault is not None:
+                return [f"index: {fault}; run `adapters verify --repair`", *self._manifest_problems(records=None,
+                                                                                                   trusted=False)]
             records = [_record(row) for row in self._all_rows()]
             problems += self._manifest_problems(records)
         else:
@@ -718,9 +736,20 @@ class Registry:
             problems += _damaged_caches(self.root)
         return problems
 
-    def _manifest_problems(self, records: Sequence[VersionRecord] | None = None) -> list[str]:
+    def _untrusted_index(self) -> str | None:
+        """Why an index that opened cannot be trusted (SQLite's integrity check, a full read), or None."""
+        if self.index is None:
+            return None
+        try:
+            problems = self.index.integrity_check()
+            self._all_rows()
+        except IndexDamagedError as exc:
+            return str(exc)
+        return f"index.db fails SQLite's integrity check ({'; '.join(problems[:3])})" if problems else None
+
+    def _manifest_problems(self, records: Sequence[VersionRecord] | None = None, *, trusted: bool = True) -> list[str]:
         problems = []
-        lost = self.lost_versions() if self.index is not None else [
+        lost = self.lost_versions() if self.index is not None and trusted else [
             names.version_ref(n, v) for n, v, _ in self.manifests.entries()]
         if lost:
             problems.append(f"index: lost {len(lost)} version{'s' if len(lost) != 1 else ''} that manifests record "
@@ -731,7 +760,7 @@ class Registry:
             if missing:
                 problems.append(f"manifests: {len(missing)} version{'s' if len(missing) != 1 else ''} have none "
                                 f"({', '.join(missing[:5])}); `adapters verify --repair` writes them")
-        referenced = (self.index.referenced_blobs() if self.index is not None else set()) \
+        referenced = (self.index.referenced_blobs() if self.index is not None and trusted else set()) \
             | self.manifests.referenced_blobs()
         orphans = [sha for sha in self.blobs.all() if sha not in referenced] if self.blobs.dir.is_dir() else []
         if orphans:
@@ -761,6 +790,10 @@ class Registry:
             raise ReadOnlyRegistryError(f"the registry at {self.root} is read-only: cannot repair it")
         done: list[str] = []
         with file_lock(self._lock_path, exclusive=True):
+            fault = self._untrusted_index()
+            if fault is not None:  # opens, but pages are damaged: rebuilt like an unreadable one
+                self.index.close()  # type: ignore[union-attr]
+                self.index, self.index_fault = None, fault
             if self.index is None:
                 stamp = utc_now().replace(":", "")
                 for suffix in ("", "-wal", "-shm"):

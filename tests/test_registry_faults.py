@@ -191,3 +191,42 @@ def test_non_finite_weights_never_enter_the_registry(tmp_path, bad):
         with pytest.raises(ArtifactError, match="tensor 'classifier.weight' holds .* NaN or infinite values"):
             registry.put(folder, name="x")
         assert registry.list() == [] and registry.verify() == []
+
+
+def test_an_index_with_pages_overwritten_but_its_header_intact_is_repaired(home):
+    """Issue 22.5: the header still opens, so only an integrity check shows the damage; repair rebuilds."""
+    db = home / "index.db"
+    with Registry.open(home):
+        pass  # checkpointed: the rows are in index.db itself
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) >= 3 * page
+    data[page:] = os.urandom(len(data) - page)  # every page but the first (header and schema) overwritten
+    db.write_bytes(bytes(data))
+    for suffix in ("-wal", "-shm"):
+        (home / f"index.db{suffix}").unlink(missing_ok=True)
+    one_line(run(home, "list"), "run `adapters verify --repair`")
+    verified = run(home, "verify")
+    assert verified.exit_code != 0 and "verify --repair" in verified.stdout and "Traceback" not in verified.output
+    repaired = run(home, "verify", "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "rebuilt from manifests" in repaired.stdout
+    listed = {row["name"]: row for row in json.loads(run(home, "list", "--json").stdout)}
+    assert listed["alpha"]["versions"] == 2 and listed["alpha"]["aliases"] == {"prod": 1}
+    assert listed["beta"]["versions"] == 1
+    assert run(home, "verify").exit_code == 0
+
+
+@pytest.mark.parametrize("how", ["emptied", "deleted"])
+def test_list_on_an_index_that_lost_every_version_says_so_not_no_adapters(home, how):
+    """Issue 22.19: `adapters list` said "No adapters" with exit 0 while manifests held three versions."""
+    db = home / "index.db"
+    for suffix in ("-wal", "-shm"):
+        (home / f"index.db{suffix}").unlink(missing_ok=True)
+    if how == "emptied":
+        db.write_bytes(b"")
+    else:
+        db.unlink()
+    one_line(run(home, "list"), "holds no versions, but 3 version manifests exist")
+    assert run(home, "verify", "--repair").exit_code == 0
+    assert len(json.loads(run(home, "list", "--json").stdout)) == 2
