@@ -230,3 +230,28 @@ def test_list_on_an_index_that_lost_every_version_says_so_not_no_adapters(home, 
     one_line(run(home, "list"), "holds no versions, but 3 version manifests exist")
     assert run(home, "verify", "--repair").exit_code == 0
     assert len(json.loads(run(home, "list", "--json").stdout)) == 2
+
+
+def test_a_writer_waiting_for_a_held_lock_names_the_holder_and_times_out_in_one_line(home, tmp_path, monkeypatch):
+    """Issue 22.9: a writer waited forever and silently for another process's registry lock."""
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(home / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("LORADEX_LOCK_TIMEOUT", "1")
+        started = time.monotonic()
+        result = run(home, "rm", "beta")
+        assert time.monotonic() - started < 30
+        one_line(result, f"is still held by pid {holder.pid} (python")
+        assert "LORADEX_LOCK_TIMEOUT" in result.stderr and f"held by pid {holder.pid}" in result.stderr.splitlines()[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(home, "rm", "beta").exit_code == 0  # released with its holder
