@@ -9,6 +9,7 @@ anything fails.
 from __future__ import annotations
 
 import tempfile
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from loradex.core import plugins
 from loradex.core.errors import ConfigError
 from loradex.core.multitask import MultiTaskModel, check_same_base
+from loradex.core.spec import MULTITASK
 
 from . import compress as compressing
 from . import merge as merging
@@ -118,6 +120,8 @@ def merge_versions(
         raise ConfigError("an adapter is named twice; merge distinct versions")
     base_record = registry.resolve(base) if base else None
     check_same_base([(r.ref, r.spec) for r in (records + [base_record] if base_record else records)])
+    heads = merging.group_heads([types.SimpleNamespace(spec=r.spec, record=r) for r in records])  # type: ignore[misc]
+    registry.check_can_store(name, next(iter(heads)) if len(heads) == 1 else MULTITASK)  # before the base loads
     model = _session(registry, records)
     inputs = [merging.load_input(r, model.adapters[r.ref].folder, model.backbone) for r in records]
     base_input = (merging.load_input(base_record, registry.materialize(base_record), model.backbone)
@@ -217,6 +221,7 @@ def compress_version(
     target = names.validate_name(name) if name else record.name
     layer_rank = record.spec.lora.rank
     compressing.check_request(rank=rank, energy=energy, dtype=dtype, adapter_rank=layer_rank)
+    registry.check_can_store(target, record.spec.task)
     overrides = _parse_eval_data(eval_data)
     if overrides and not (set(overrides) <= {record.name, record.ref}):
         raise ConfigError(f"--eval-data names {', '.join(overrides)}; compress has one input: {record.name}")

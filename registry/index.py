@@ -342,6 +342,11 @@ class Index:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def adapter_task(self, name: str) -> str | None:
+        """The task of adapter ``name`` (None if there is no such adapter)."""
+        row = self.conn.execute("SELECT task FROM adapters WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
     def adapter_names(self) -> list[str]:
         """Every adapter name, sorted."""
         return [r[0] for r in self.conn.execute("SELECT name FROM adapters ORDER BY name")]

@@ -349,6 +349,24 @@ class Registry:
         )
         return self._commit(new, sources)
 
+    def check_can_store(self, name: str, task: str) -> None:
+        """Refuse, before any work, a version of ``task`` under ``name`` that could not be stored.
+
+        Training, merging and compressing call this first: a read-only registry, an index that
+        lost versions, or a name that holds another task's versions fail in seconds, not after
+        the run (and leave no blobs behind).
+        """
+        names.validate_name(name)
+        self._writable(f"store {name}")
+        held = self.index.adapter_task(name)  # type: ignore[union-attr]
+        if held is not None and held != task:
+            raise RegistryError(f"adapter {name!r} holds {held!r} versions, not {task!r}; choose another --name")
+        lost = self.lost_versions()
+        if lost:
+            raise IndexDamagedError(
+                f"the index lost {len(lost)} version{'s' if len(lost) != 1 else ''} its manifests record "
+                f"({', '.join(lost[:5])}); nothing can be stored: run `adapters verify --repair` first")
+
     def _commit(self, new: NewVersion, sources: Mapping[str, Path | bytes]) -> VersionRecord:
         """Store the blobs, then the version row, then its manifest; all under the writers' shared lock."""
         self._writable(f"store {new.name}")
@@ -360,6 +378,9 @@ class Registry:
                     f"({', '.join(lost[:5])}); nothing was stored: run `adapters verify --repair` first")
             self.blobs.clear_stale_tmp()  # leftovers of writers that were killed
             self._ensure_manifests()
+            held = self.index.adapter_task(new.name)  # type: ignore[union-attr]
+            if held is not None and held != new.task:  # refused before a blob is written
+                raise RegistryError(f"adapter {new.name!r} holds {held!r} versions, not {new.task!r}")
             new = _with_files(new, self._store_blobs(sources))
             try:
                 number = self.index.insert_version(new)
@@ -835,6 +856,11 @@ class Registry:
                 damaged.unlink(missing_ok=True)
                 damaged.with_suffix(".json").unlink(missing_ok=True)
                 done.append(f"cache: removed {damaged.name}, a damaged image cache (the next run builds it again)")
+        if not self.lost_versions():  # every version is indexed again: a blob nothing names is garbage
+            removed, freed = self.gc()
+            if removed:
+                done.append(f"blobs: removed {removed} blob{'s' if removed != 1 else ''} no version references "
+                            f"({_mb(freed)})")
         return done
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from loradex.core.errors import IndexDamagedError, ReadOnlyRegistryError
+from loradex.core.errors import IndexDamagedError, ReadOnlyRegistryError, RegistryError
 from loradex.registry.cli import cli
 from loradex.registry.store import Registry
 
@@ -255,3 +255,33 @@ def test_a_writer_waiting_for_a_held_lock_names_the_holder_and_times_out_in_one_
         holder.kill()
         holder.wait()
     assert run(home, "rm", "beta").exit_code == 0  # released with its holder
+
+
+def test_a_name_held_by_another_task_is_refused_before_any_work_and_leaves_no_blob(home, tmp_path):
+    """Issue 22.6: merge/train/compress into a name of another task failed after the work, leaving orphans."""
+    blobs = blob_files(home)
+    one_line(run(home, "train", "detection", "--name", "alpha"), "adapter 'alpha' holds 'classification' versions")
+    with Registry.open(home) as registry:
+        folder = make_adapter(tmp_path / "c", seed=4)
+        spec = json.loads((folder / "loradex.json").read_text())
+        spec["task"] = "pose"
+        (folder / "loradex.json").write_text(json.dumps(spec))
+        with pytest.raises(RegistryError, match="holds 'classification' versions, not 'pose'"):
+            registry.put(folder, name="alpha")
+        registry.put(folder, name="delta")  # a name that holds pose versions
+    blobs = blob_files(home)
+    one_line(run(home, "merge", "alpha@v1", "beta", "--name", "delta"), "adapter 'delta' holds 'pose' versions")
+    one_line(run(home, "compress", "alpha@v1", "--rank", "2", "--name", "delta"), "holds 'pose' versions")
+    assert blob_files(home) == blobs and run(home, "verify").exit_code == 0
+
+
+def test_verify_repair_removes_blobs_no_version_references(home):
+    with Registry.open(home) as registry:
+        orphan = registry.blobs.path("ab" * 32)
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"left by a refused store")
+    found = run(home, "verify")
+    assert found.exit_code != 0 and "referenced by no version" in found.stdout
+    repaired = run(home, "verify", "--repair")
+    assert repaired.exit_code == 0 and "removed 1 blob no version references" in repaired.stdout
+    assert not orphan.exists() and run(home, "verify").exit_code == 0

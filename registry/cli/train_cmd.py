@@ -41,6 +41,7 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
     validate_name(name)
     lora, train = split_settings(values)
     registry = open_registry()
+    registry.check_can_store(name, task_obj.name)  # a refused name or registry fails now, not after training
     init_ref = values.get("init")
     init_record = registry.resolve(init_ref) if init_ref else None
     request = TrainRequest(
