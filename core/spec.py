@@ -308,7 +308,7 @@ class AdapterSpec:
         """Parse ``loradex.json`` text."""
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise SpecError(f"{source}: not valid JSON ({exc})") from None
         return cls.from_dict(data, source=source)
 

@@ -298,6 +298,11 @@ def pull(registry: Registry, ref: str, *, name: str | None = None, endpoint: str
         _check_manifest(folder, repo_id, revision)
         origin = {"endpoint": api.endpoint, "repo": repo_id, "revision": revision, "commit": commit}
         if (folder / SPEC_FILE).is_file():
+            from loradex.core.artifact import read_spec
+
+            from .importer import plan_import
+
+            plan_import(folder, task=read_spec(folder).tasks[0])  # the checks `adapters import` makes: one path for both
             record = registry.put(folder, name=local_name, kind="pulled", args={"origin": origin})
         else:
             if not task:
@@ -314,7 +319,7 @@ def _check_manifest(folder: Path, repo_id: str, revision: str) -> None:
         return
     try:
         listed = json.loads(path.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise HubError(f"{FILES_MANIFEST} of {repo_id}@{revision} is not readable; nothing was registered") from None
     for name, entry in listed.items():
         local = folder / name

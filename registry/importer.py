@@ -56,7 +56,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise ArtifactError(f"{folder}: no {ADAPTER_CONFIG}; this is not a PEFT adapter folder")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ArtifactError(f"{path}: expected a JSON object")
@@ -144,6 +144,8 @@ def plan_import(folder: Path, *, task: str, base: str | None = None) -> ImportPl
         spec = spec_in_folder
         if task not in spec.tasks and task != spec.task:
             raise ArtifactError(f"{folder / SPEC_FILE}: the adapter is for task {spec.task!r}, not {task!r}")
+        for head_task in spec.tasks:  # every head's task must be one a plugin here provides
+            plugins.get_task(head_task)
     else:
         spec = spec_from_config(config, task=task, source=str(folder / ADAPTER_CONFIG), base=base)
     modules = check_lora_shapes(weights, config, tables[ADAPTER_WEIGHTS])

@@ -75,7 +75,7 @@ class Manifests:
         """The aliases stored for ``name`` (empty if none or unreadable)."""
         try:
             data = json.loads((self.dir / name / ALIASES_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
         return {str(k): int(v) for k, v in data.items() if isinstance(v, int)} if isinstance(data, dict) else {}
 
@@ -92,7 +92,10 @@ class Manifests:
 
     def read(self, path: Path) -> dict[str, Any]:
         """One manifest's data; ValueError if it is not a readable manifest."""
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except RecursionError:
+            raise ValueError(f"{path}: nested too deeply to be a manifest") from None
         if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "files" not in data:
             raise ValueError(f"{path}: not a loradex version manifest")
         return data

@@ -172,6 +172,18 @@ def _non_finite_lora(value: float) -> Callable[[Path], list[str]]:
     return make
 
 
+def _nested_spec(s: Path) -> list[str]:
+    folder = _peft(s / "p")
+    (folder / "loradex.json").write_text("[" * 100_000 + "]" * 100_000)
+    return ["import", str(folder), "--task", "classification"]
+
+
+def _nested_coco(s: Path) -> list[str]:
+    root = _coco(s / "c")
+    root.write_text("[" * 100_000 + "]" * 100_000)
+    return ["train", "detection", "--data", str(root)]
+
+
 def _bad_config_json(s: Path) -> list[str]:
     folder = _peft(s / "p")
     (folder / "adapter_config.json").write_text("{nope")
@@ -277,6 +289,8 @@ CASES: list[Case] = [
          "Did you mean 'classification'?"),
     Case("import-config-json", _bad_config_json, "not valid JSON"),
     Case("import-nan", _non_finite_lora(float("nan")), "holds 1 NaN or infinite value"),
+    Case("import-nested-spec", _nested_spec, "loradex.json: not valid JSON"),  # issue 22.7
+    Case("coco-nested", _nested_coco, "not a readable COCO JSON file (RecursionError"),  # issue 22.14
     Case("import-inf", _non_finite_lora(float("-inf")), "holds 1 NaN or infinite value"),
     Case("export-under-file", lambda s: ["export", "shapes", str(_image(s / "f.png") / "out")], "is a file"),
     Case("export-not-empty", lambda s: ["export", "shapes", str(_image(s / "full" / "x.png").parent)],

@@ -260,3 +260,27 @@ def test_a_pulled_file_whose_hash_does_not_match_is_refused(hub, adapters, tmp_p
     other = tmp_path / "other"
     one_line(run(other, "pull", "alice/shapes@v1"), "does not match")
     assert json.loads(run(other, "list", "--json").stdout) == []
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda spec, config: spec.update(task="segmentationn"), "unknown task 'segmentationn'"),
+    (lambda spec, config: config.update(r=10**12), "says r=1000000000000"),
+])
+def test_pull_makes_the_checks_import_makes(hub, adapters, tmp_path, change, message):
+    """Issue 22.7: a repo naming an unknown task, or a rank its tensors do not have, was registered."""
+    import shutil
+
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "repo"
+    shutil.copytree(adapters["cls1"], folder)
+    spec, config = (json.loads((folder / n).read_text()) for n in ("loradex.json", "adapter_config.json"))
+    change(spec, config)
+    (folder / "loradex.json").write_text(json.dumps(spec))
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    api = HfApi(endpoint=hub.endpoint, token=ALICE)
+    api.create_repo("alice/odd")
+    api.upload_folder(folder_path=str(folder), repo_id="alice/odd")
+    home = tmp_path / "home"
+    one_line(run(home, "pull", "alice/odd"), message)
+    assert json.loads(run(home, "list", "--json").stdout) == [] and run(home, "verify").exit_code == 0

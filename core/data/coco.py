@@ -25,7 +25,7 @@ def read_coco(path: Path, *, annotations_required: bool = False) -> dict[str, An
     """The JSON of a COCO file, its top-level types checked (images, categories, annotations)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DataError(f"{path}: not a readable COCO JSON file ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: a COCO file is a JSON object, found {type(data).__name__}")

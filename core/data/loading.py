@@ -253,7 +253,7 @@ def cache_fault(data: Path, marker: Path, *, nbytes: int | None = None) -> str |
     try:
         record = json.loads(marker.read_text(encoding="utf-8"))
         size = data.stat().st_size
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return f"its marker cannot be read ({type(exc).__name__})"
     if not isinstance(record, dict) or "blake2b" not in record:
         return "its marker has no checksum (written by an older loradex)"

@@ -199,8 +199,8 @@ def read_jsonl(path: Path, *, root: Path) -> list[Record]:
         where = f"{path}:{number}"
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise DataError(f"{where}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("prefix", "suffix", "image")):
             raise DataError(f"{where}: a record needs the strings 'prefix', 'suffix' and 'image'")
         image = find_in(entry["image"], [root, root / "images"], root=root, where=where)
