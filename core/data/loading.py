@@ -103,10 +103,14 @@ def make_loader(dataset: Any, *, batch_size: int, collate: Callable | None, shuf
                                "pin_memory": getattr(device, "type", None) == "cuda"}
     if workers:
         options.update(num_workers=workers, persistent_workers=True, prefetch_factor=4)
+    if sampler is None and shuffle:
+        # The sampler gets a generator of its own: the DataLoader also draws a worker seed from its
+        # generator, every epoch without workers but only once with persistent ones, which made the
+        # order of epoch 2 on depend on the number of workers.
+        sampler = torch.utils.data.RandomSampler(range(len(dataset)), generator=torch.Generator().manual_seed(seed))
     if sampler is not None:
         options["sampler"] = sampler
-    else:
-        options.update(shuffle=shuffle, generator=torch.Generator().manual_seed(seed))
+    options["generator"] = torch.Generator().manual_seed(seed)
     return DataLoader(_Carrying(dataset), **options)
 
 
