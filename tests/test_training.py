@@ -213,3 +213,19 @@ def test_take_draws_a_seeded_subset_and_keeps_what_tasks_read(tmp_path):
     some = take(Kinds(), 3, seed=2)
     assert isinstance(some, Subset) and len(some) == 3
     assert some.kinds() == [Kinds().kinds()[i] for i in some.indices] and list(some) == some.indices
+
+
+def test_init_on_another_base_gives_advice_train_can_follow(tmp_path):
+    """Issue 22.18: the error suggested --allow-base-mismatch, which `train` does not have."""
+    from click.testing import CliRunner
+
+    from loradex.registry.cli import cli
+
+    from .registry_helpers import random_shelf
+
+    home = random_shelf(tmp_path, [("cls", "classification", {"seed": 1})])
+    result = CliRunner().invoke(cli, ["--home", str(home), "train", "classification", "--init", "cls",
+                                      "--backbone", "vit-base", "--no-progress"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "--backbone tiny-vit" in last and "allow-base-mismatch" not in last, last

@@ -13,6 +13,7 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -51,11 +52,31 @@ def converted_folder(home: Path | None = None) -> Path:
 
 
 def _is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole conversion whose weights still have the hash recorded for them."""
     try:
         marker = json.loads((folder / "loradex-base.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
-    return marker.get("format") == FORMAT and (folder / "model.safetensors").is_file()
+    weights = folder / "model.safetensors"
+    if not isinstance(marker, dict) or marker.get("format") != FORMAT or not weights.is_file():
+        return False
+    return marker.get("sha256") == _sha256(weights)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove_dead_staging(parent: Path) -> None:
+    """Staging folders of conversions whose process died (``.efficientnet-lite0-PID-*``)."""
+    for stale in parent.glob(".efficientnet-lite0-*"):
+        pid = stale.name.split("-")[2] if stale.name.count("-") >= 3 else ""
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def convert(source: Path, folder: Path) -> None:
@@ -87,17 +108,20 @@ def convert(source: Path, folder: Path) -> None:
         "format": FORMAT, "source": PACKAGE, "file": source.name, "architecture": ARCHITECTURE,
         "parameters": sum(p.numel() for p in model.timm_model.parameters()),
         "state_numbers": sum(t.numel() for t in renamed.values()),  # batch-norm statistics included
+        "sha256": _sha256(folder / "model.safetensors"),  # a changed file is converted again, not trusted
     }, indent=2) + "\n", encoding="utf-8")
 
 
 def ensure_converted(home: Path | None = None) -> Path:
     """The converted folder, converting the package's weights first if it is missing or stale."""
     folder = converted_folder(home)
+    if folder.parent.is_dir():
+        _remove_dead_staging(folder.parent)
     if _is_complete(folder):
         return folder
     source = package_weights()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".efficientnet-lite0-", dir=folder.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".efficientnet-lite0-{os.getpid()}-", dir=folder.parent))
     try:
         convert(source, staging)
         if folder.exists():
