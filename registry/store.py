@@ -889,13 +889,22 @@ def staged_folder(dest: Path) -> Iterator[Path]:
     Nothing is half-written: on any error the scratch folder is removed and ``dest`` is untouched.
     """
     check_destination(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        yield staging
-        if dest.exists():
-            dest.rmdir()
-        os.rename(staging, dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as exc:
+        raise RegistryError(f"{dest}: cannot be written ({exc.strerror or exc}); choose a folder you can write to") \
+            from None
+    try:
+        try:
+            yield staging
+            if dest.exists():
+                dest.rmdir()
+            os.rename(staging, dest)
+        except OSError as exc:
+            if exc.filename is None or not str(exc.filename).startswith((str(dest.parent), str(dest))):
+                raise
+            raise RegistryError(f"{dest}: cannot be written ({exc.strerror or exc}); nothing was exported") from None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -295,6 +295,12 @@ CASES: list[Case] = [
     Case("export-under-file", lambda s: ["export", "shapes", str(_image(s / "f.png") / "out")], "is a file"),
     Case("export-not-empty", lambda s: ["export", "shapes", str(_image(s / "full" / "x.png").parent)],
          "is not an empty folder"),
+    # /proc refuses new entries even to root (chmod does not stop root): non-writable destinations, issue 22.12
+    Case("predict-save-unwritable", lambda s: ["predict", "shapes", str(_image(s / "x.png")), "--save",
+                                               "/proc/loradex-drawings"], "cannot write drawings there"),
+    Case("export-unwritable", lambda s: ["export", "shapes", "/proc/loradex-export"], "cannot be written"),
+    Case("export-merged-unwritable", lambda s: ["export", "shapes", "/proc/loradex-export", "--merged"],
+         "cannot be written"),
     Case("merge-one", lambda s: ["merge", "shapes", "--name", "m"], "at least two adapters"),
     Case("compress-rank", lambda s: ["compress", "shapes", "--rank", "64"], "is above the adapter's rank"),
     # --- index damage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir:
     configure_threads()
     stream = model.stream(images, batch_size=batch_size, skip_bad=skip_bad, workers=workers, **options)
     if save_dir:
-        save_dir.mkdir(parents=True, exist_ok=True)
+        _writable_folder(save_dir)
     taken: set[str] = set()
     bad: list[tuple[str, str]] = []
     first = True
@@ -94,7 +95,11 @@ def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir:
                 for key, task_result in result.results.items():
                     click.echo(f"{result.source}\t{key}\t{task_result.summary()}")
             if save_dir and not result.error:
-                result.save(unique_drawing_path(save_dir, result.source, taken))
+                target = unique_drawing_path(save_dir, result.source, taken)
+                try:
+                    result.save(target)
+                except OSError as exc:
+                    raise DataError(f"{target}: cannot be written ({exc.strerror or exc})") from None
     if as_json:
         click.echo("[]" if first else "\n]")
     if bad:
@@ -103,6 +108,20 @@ def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir:
                    + (" ..." if len(bad) > 10 else ""), err=True)
         if len(bad) == len(images):
             raise DataError("none of the inputs could be read")
+
+
+def _writable_folder(folder: Path) -> None:
+    """Create ``folder`` and check a file can be written there, before any image is predicted."""
+    from loradex.core.errors import DataError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".loradex-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot write drawings there ({exc.strerror or exc}); choose another --save") \
+            from None
 
 
 def _indent(text: str) -> str:
