@@ -293,8 +293,10 @@ def pull(registry: Registry, ref: str, *, name: str | None = None, endpoint: str
             got = sha256(folder / path) if entry.lfs else git_blob_sha1(folder / path)
             expected = entry.lfs.sha256 if entry.lfs else entry.blob_id
             if got != expected:
+                _forget_cached(source)  # else the bad copy would be served from the cache on every retry
                 raise HubError(f"{path} of {repo_id}@{revision} does not match the hash the Hub reports "
-                               f"({got[:12]}… instead of {expected[:12]}…); nothing was registered")
+                               f"({got[:12]}… instead of {expected[:12]}…); nothing was registered, and the "
+                               "bad copy was dropped from the download cache")
         _check_manifest(folder, repo_id, revision)
         origin = {"endpoint": api.endpoint, "repo": repo_id, "revision": revision, "commit": commit}
         if (folder / SPEC_FILE).is_file():
@@ -311,6 +313,16 @@ def pull(registry: Registry, ref: str, *, name: str | None = None, endpoint: str
                                             args={"origin": origin})
     say(f"pulled {repo_id}@{revision} ({commit[:12]}) as {record.ref}")
     return record
+
+
+def _forget_cached(link: Path) -> None:
+    """Remove a file of the huggingface_hub cache (the snapshot's link and the blob it points at)."""
+    blob = link.resolve()
+    for path in (link, blob):
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _check_manifest(folder: Path, repo_id: str, revision: str) -> None:

@@ -256,10 +256,15 @@ def test_a_pulled_file_whose_hash_does_not_match_is_refused(hub, adapters, tmp_p
     home = registry_with(tmp_path / "home", adapters, shapes=["cls1"])
     assert run(home, "push", "shapes", "--repo", "alice/shapes").exit_code == 0
     oid = digest(adapters["cls1"] / "adapter_model.safetensors")
+    good = hub.lfs_path(oid).read_bytes()
     hub.corrupt_lfs(oid)
     other = tmp_path / "other"
     one_line(run(other, "pull", "alice/shapes@v1"), "does not match")
     assert json.loads(run(other, "list", "--json").stdout) == []
+    hub.corrupt_lfs(oid, good)  # restored on the Hub: a retry must fetch it again, not reuse the bad copy (22.8)
+    pulled = run(other, "pull", "alice/shapes@v1")
+    assert pulled.exit_code == 0, pulled.output
+    assert run(other, "verify").exit_code == 0
 
 
 @pytest.mark.parametrize(("change", "message"), [
