@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, FingerprintMismatchError, SpecError
+from .scratch import scratch_folder
 from .spec import AdapterSpec, HeadSpec
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -166,7 +166,7 @@ def attach(
         if adapter_name in model.heads:
             raise ArtifactError(f"an adapter named {adapter_name!r} is already attached")
     check_fingerprint(spec, backbone.ref.fingerprint, where=str(folder), allow_mismatch=allow_base_mismatch)
-    with tempfile.TemporaryDirectory(prefix="loradex-renamed-") as scratch:
+    with scratch_folder("renamed") as scratch:
         source = native_names(folder, backbone, Path(scratch))
         try:
             if model is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tempfile
 import threading
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +35,7 @@ from .errors import ArtifactError, ConfigError, FingerprintMismatchError, NotFou
 from .lora_runtime import LoraBank, Segment, factors_from_peft, split_plan, unsupported_reason
 from .predictor import DEFAULT_BATCH, Predictor
 from .results import BaseInfo, ImageResult
+from .scratch import scratch_folder
 from .spec import AdapterSpec, HeadSpec
 from .task import Task
 
@@ -296,7 +296,7 @@ class MultiTaskModel(nn.Module):
     def _peft_load(self, lora: str, folder: Path) -> None:
         from peft import PeftModel
 
-        with tempfile.TemporaryDirectory(prefix="loradex-peft-") as scratch:
+        with scratch_folder("peft") as scratch:
             source = native_names(folder, self.backbone, Path(scratch))
             try:
                 if self._peft is None:

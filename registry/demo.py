@@ -9,13 +9,13 @@ never a dead server.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from loradex.core.errors import ConfigError, LoradexError
+from loradex.core.scratch import make_scratch
 
 from .loading import parse_refs, resolve
 from .store import LineageNode, Registry, VersionRecord
@@ -191,7 +191,7 @@ def build_app(session: DemoSession, *, refs: Sequence[str] = ()) -> Any:
                 text = gr.Textbox(label="Prompt (for tasks that take one, e.g. phrase grounding)",
                                   placeholder="the red circle", elem_id="prompt")
                 run = gr.Button("Run", variant="primary", elem_id="run")
-                gr.Examples(example_images(Path(tempfile.mkdtemp(prefix="loradex-demo-"))), inputs=[image])
+                gr.Examples(example_images(make_scratch("demo")), inputs=[image])
             with gr.Column(scale=4):
                 drawing = gr.Image(type="pil", label="Every task on one drawing", show_label=False, elem_id="drawing",
                                    interactive=False, format="png")

@@ -8,7 +8,6 @@ anything fails.
 
 from __future__ import annotations
 
-import tempfile
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 from loradex.core import plugins
 from loradex.core.errors import ConfigError
 from loradex.core.multitask import MultiTaskModel, check_same_base
+from loradex.core.scratch import scratch_folder
 from loradex.core.spec import MULTITASK
 
 from . import compress as compressing
@@ -129,7 +129,7 @@ def merge_versions(
     merging.group_heads(inputs)  # a head name clash fails before any work
     before = _keys(model, records)
     cache: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="loradex-merge-") as scratch:
+    with scratch_folder("merge") as scratch:
         def attempt(index: int, **options: Any) -> Candidate:
             merged = merging.build(inputs, Path(scratch) / f"c{index}", name=name, base=base_input, **options)
             probe = f"candidate@v{index + 1}"
@@ -228,7 +228,7 @@ def compress_version(
     model = _session(registry, [record])
     item = merging.load_input(record, model.adapters[record.ref].folder, model.backbone)
     compressing.check_layers(item.layers, record.ref)
-    with tempfile.TemporaryDirectory(prefix="loradex-compress-") as scratch:
+    with scratch_folder("compress") as scratch:
         built = compressing.build(item.folder, item.config, item.layers, record.spec, Path(scratch) / "out",
                                   kernels=item.kernels,
                                   rank=rank, energy=energy, dtype=dtype, name=target)

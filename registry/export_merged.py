@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from loradex.core import plugins
 from loradex.core.artifact import head_file, load_weights, native_names
 from loradex.core.errors import RegistryError
+from loradex.core.scratch import scratch_folder
 
 from .store import check_destination, staged_folder
 
@@ -87,7 +87,7 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
                                 "export the adapter without --merged and load it with loradex")
         codes.append((head, code))
     with staged_folder(dest) as staging:
-        with tempfile.TemporaryDirectory(prefix="loradex-native-") as scratch:
+        with scratch_folder("native") as scratch:
             lora = native_names(source, backbone, Path(scratch))
             merged = PeftModel.from_pretrained(backbone.model, str(lora)).merge_and_unload()
         merged.save_pretrained(staging, safe_serialization=True)

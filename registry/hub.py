@@ -20,7 +20,6 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from loradex.core.artifact import SPEC_FILE
 from loradex.core.errors import ConfigError, HubError, HubNotFoundError, LoradexError, NotFoundError
+from loradex.core.scratch import scratch_folder
 
 from . import names
 from .hub_card import model_card
@@ -182,7 +182,7 @@ def push(registry: Registry, ref: str, *, repo_id: str | None = None, all_versio
                 say(f"{repo_id}@{tag} is already there ({record.ref}); nothing sent")
                 continue
             folder = registry.materialize(record)
-            with tempfile.TemporaryDirectory(prefix="loradex-push-") as scratch:
+            with scratch_folder("push") as scratch:
                 files = _staged_files(folder, record, Path(scratch), repo_id=repo_id, tag=tag,
                                       lineage=_lineage_lines(registry, record))
                 remote = set(api.list_repo_files(repo_id, revision="main")) if "main" in branches else set()
@@ -281,7 +281,7 @@ def pull(registry: Registry, ref: str, *, name: str | None = None, endpoint: str
         remote = {f.path: f for f in api.list_repo_tree(repo_id, revision=commit, recursive=True)
                   if isinstance(f, RepoFile)}
         cached = Path(snapshot_download(repo_id, revision=commit, endpoint=api.endpoint, token=token))
-    with tempfile.TemporaryDirectory(prefix="loradex-pull-") as scratch:
+    with scratch_folder("pull") as scratch:
         folder = Path(scratch) / local_name
         folder.mkdir()
         for path in sorted(remote):

@@ -51,6 +51,7 @@ from loradex.core.errors import (
     RegistryError,
 )
 from loradex.core.home import loradex_home
+from loradex.core.scratch import dead_scratch
 from loradex.core.spec import AdapterSpec
 
 from . import names
@@ -755,6 +756,8 @@ class Registry:
                     problems.append(f"{record.ref}: {fname}: {seen[key]} (blob {entry.sha256[:12]}…)")
         if ref is None:
             problems += _damaged_caches(self.root)
+            problems += [f"tmp: {path} was left by a loradex process that died; `adapters verify --repair` removes it"
+                         for path in dead_scratch()]
         return problems
 
     def _untrusted_index(self) -> str | None:
@@ -856,6 +859,9 @@ class Registry:
                 damaged.unlink(missing_ok=True)
                 damaged.with_suffix(".json").unlink(missing_ok=True)
                 done.append(f"cache: removed {damaged.name}, a damaged image cache (the next run builds it again)")
+        for path in dead_scratch():
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"tmp: removed {path}, left by a loradex process that died")
         if not self.lost_versions():  # every version is indexed again: a blob nothing names is garbage
             removed, freed = self.gc()
             if removed:

@@ -164,7 +164,6 @@ def test_a_safetensors_header_length_that_looks_like_a_pickle_opcode_is_safetens
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_weights_never_enter_the_registry(tmp_path, bad):
     """Issue 22.3: import (and put, which train, merge, compress and pull store through) refuse NaN/inf."""
-    import numpy as np
     from click.testing import CliRunner
     from safetensors.numpy import load_file, save_file
 
@@ -285,3 +284,26 @@ def test_verify_repair_removes_blobs_no_version_references(home):
     repaired = run(home, "verify", "--repair")
     assert repaired.exit_code == 0 and "removed 1 blob no version references" in repaired.stdout
     assert not orphan.exists() and run(home, "verify").exit_code == 0
+
+
+def test_scratch_folders_of_killed_processes_are_reported_and_removed(home):
+    """Issue 22.10: a killed merge left loradex-merge-*, every demo start loradex-demo-*, forever."""
+    import tempfile
+    from pathlib import Path
+
+    from loradex.core.scratch import make_scratch, remove_dead_scratch, scratch_folder
+
+    dead = Path(tempfile.gettempdir()) / "loradex-merge-999999-left"
+    dead.mkdir(exist_ok=True)
+    (dead / "merged.safetensors").write_bytes(b"x" * 100)
+    found = run(home, "verify")
+    assert found.exit_code != 0 and f"tmp: {dead} was left by a loradex process that died" in found.stdout
+    repaired = run(home, "verify", "--repair")
+    assert repaired.exit_code == 0 and not dead.exists()
+    dead.mkdir()
+    with scratch_folder("merge") as mine:  # making a scratch folder sweeps dead ones first
+        assert not dead.exists() and Path(mine).name.startswith(f"loradex-merge-{os.getpid()}-")
+        assert remove_dead_scratch() == 0 and Path(mine).exists()  # a live process's folder stays
+    kept = make_scratch("demo")
+    assert kept.is_dir() and kept.name.startswith(f"loradex-demo-{os.getpid()}-")
+    kept.rmdir()
