@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from loradex.core.artifact import SPEC_FILE
-from loradex.core.errors import ConfigError, HubError, HubNotFoundError, LoradexError, NotFoundError
+from loradex.core.errors import ConfigError, HubError, HubNotFoundError, LoradexError, NotFoundError, first_line
 from loradex.core.scratch import scratch_folder
 
 from . import names
@@ -121,11 +121,26 @@ class _HubCall:
             status = exc.response.status_code if exc.response is not None else None
             text = {401: "not authorised: log in (`hf auth login`) or set HF_TOKEN",
                     403: "forbidden: this token may not write there"}.get(status, str(exc).splitlines()[0])
-        elif isinstance(exc, (OSError, ConnectionError)) or type(exc).__module__.startswith(("httpx", "httpcore")):
-            text = f"the Hub could not be reached or stopped answering ({type(exc).__name__}: {exc})"
+        elif _network_fault(exc) is not None:
+            root = _network_fault(exc)
+            where = f"{first_line(exc).rstrip('.')}: " if root is not exc else ""  # e.g. "Error while uploading 'x' to the Hub."
+            text = (f"{where}the Hub could not be reached or stopped answering ({type(root).__name__}: "
+                    f"{first_line(root)}); nothing was changed locally, run it again to resume")
         else:
             return False
         raise HubError(redact(f"{self.what}: {text}", self.token)) from None
+
+
+def _network_fault(exc: BaseException) -> BaseException | None:
+    """The connection error behind ``exc`` (itself, or a cause it wraps, as uploads wrap theirs), or None."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, (OSError, ConnectionError)) or type(link).__module__.startswith(("httpx", "httpcore")):
+            return link
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def redact(text: str, token: str | None) -> str:

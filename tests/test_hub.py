@@ -289,3 +289,12 @@ def test_pull_makes_the_checks_import_makes(hub, adapters, tmp_path, change, mes
     home = tmp_path / "home"
     one_line(run(home, "pull", "alice/odd"), message)
     assert json.loads(run(home, "list", "--json").stdout) == [] and run(home, "verify").exit_code == 0
+
+
+def test_a_hub_that_hangs_up_mid_upload_is_one_line_and_changes_nothing(hub, adapters, tmp_path):
+    """Issue 22.16: after the client's retries, three chained tracebacks (httpx → RuntimeError → ...)."""
+    home = registry_with(tmp_path / "home", adapters, shapes=["cls1"])
+    hub.fail_after_lfs_uploads = hub.lfs_uploads + 1  # then every LFS upload is answered by hanging up
+    failed = run(home, "push", "shapes", "--repo", "alice/shapes")
+    one_line(failed, "the Hub could not be reached or stopped answering (RemoteProtocolError", not_in=(ALICE,))
+    assert "run it again to resume" in failed.stderr and run(home, "verify").exit_code == 0
