@@ -213,3 +213,24 @@ def test_a_phrase_implies_phrase_grounding():
     assert task.parse_options({})["prompt"] == "<OD>"
     with pytest.raises(ConfigError, match="takes none"):
         task.parse_options({"prompt": REGION, "text": "the red circle"})
+
+
+def test_texts_longer_than_the_model_takes_are_one_line_naming_them():
+    """Issue 22.13: a 250-object answer (IndexError inside BART mid-run) and a 330-character phrase."""
+    import torch
+
+    from loradex.core import plugins
+    from loradex.core.errors import DataError
+    from loradex.plugins.grounding.prompts import label_ids, max_positions, prompt_inputs
+
+    florence = plugins.resolve_backbone("tiny-florence2").load("tiny-florence2")
+    limit = max_positions(florence.model)
+    assert limit == 512
+    processor = florence.processor
+    answer = "".join(f"thing<loc_{i}><loc_{i}><loc_{i + 1}><loc_{i + 1}>" for i in range(250))
+    with pytest.raises(DataError, match=r"answer 'thing<loc_0>.* tokens, more than the 512 the model's decoder takes"):
+        label_ids(processor, ["a<loc_1><loc_2><loc_3><loc_4>", answer], torch.device("cpu"), limit=limit)
+    assert label_ids(processor, ["a<loc_1><loc_2><loc_3><loc_4>"], torch.device("cpu"), limit=limit).shape[1] < 20
+    phrase = "<CAPTION_TO_PHRASE_GROUNDING>" + "the red circle " * 40
+    with pytest.raises(DataError, match=r"prompt '<CAPTION_TO_PHRASE_GROUNDING>the red circle.* the model takes 512"):
+        prompt_inputs(processor, [phrase], torch.device("cpu"), limit=limit)

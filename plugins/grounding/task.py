@@ -88,14 +88,15 @@ class GroundingTask(Task):
 
     def step(self, model: Any, batch: Mapping[str, Any], *, adapter: str | None = None):
         """Teacher-forced pass: prompts and image in, the answer text as labels."""
-        from .prompts import label_ids, prompt_inputs
+        from .prompts import label_ids, max_positions, prompt_inputs
 
         processor = model.backbone.processor
+        limit = max_positions(model.backbone.model)
         pixels = batch["pixel_values"]
         targets = batch["targets"]
-        inputs = prompt_inputs(processor, [t["prefix"] for t in targets], pixels.device)
-        outputs = model.runner(adapter)(**inputs, pixel_values=pixels,
-                                        labels=label_ids(processor, [t["suffix"] for t in targets], pixels.device))
+        inputs = prompt_inputs(processor, [t["prefix"] for t in targets], pixels.device, limit=limit)
+        labels = label_ids(processor, [t["suffix"] for t in targets], pixels.device, limit=limit)
+        outputs = model.runner(adapter)(**inputs, pixel_values=pixels, labels=labels)
         return outputs.loss, outputs
 
     def validate(self, model: Any, batch: Mapping[str, Any], *, adapter: str | None = None):
@@ -114,11 +115,11 @@ class GroundingTask(Task):
         """Greedy generation: the answer texts, and per image (label, bins, score) of each box."""
         import torch
 
-        from .prompts import prompt_inputs
+        from .prompts import max_positions, prompt_inputs
 
         processor = backbone.processor
         prefixes = list(prompts) if prompts is not None else [prompt + text] * pixel_values.shape[0]
-        inputs = prompt_inputs(processor, prefixes, pixel_values.device)
+        inputs = prompt_inputs(processor, prefixes, pixel_values.device, limit=max_positions(backbone.model))
         out = runner.generate(**inputs, pixel_values=pixel_values, max_new_tokens=max_new_tokens, num_beams=1,
                               do_sample=False, output_scores=True, return_dict_in_generate=True)
         steps = torch.stack([s.float().softmax(-1) for s in out.scores], dim=1) if out.scores else None
