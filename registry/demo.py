@@ -9,6 +9,8 @@ never a dead server.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,7 +193,9 @@ def build_app(session: DemoSession, *, refs: Sequence[str] = ()) -> Any:
                 text = gr.Textbox(label="Prompt (for tasks that take one, e.g. phrase grounding)",
                                   placeholder="the red circle", elem_id="prompt")
                 run = gr.Button("Run", variant="primary", elem_id="run")
-                gr.Examples(example_images(make_scratch("demo")), inputs=[image])
+                examples = make_scratch("demo")
+                atexit.register(shutil.rmtree, examples, True)  # Gradio serves them until the page stops
+                gr.Examples(example_images(examples), inputs=[image])
             with gr.Column(scale=4):
                 drawing = gr.Image(type="pil", label="Every task on one drawing", show_label=False, elem_id="drawing",
                                    interactive=False, format="png")

@@ -756,9 +756,16 @@ class Registry:
                     problems.append(f"{record.ref}: {fname}: {seen[key]} (blob {entry.sha256[:12]}…)")
         if ref is None:
             problems += _damaged_caches(self.root)
-            problems += [f"tmp: {path} was left by a loradex process that died; `adapters verify --repair` removes it"
-                         for path in dead_scratch()]
         return problems
+
+    def leftovers(self) -> list[str]:
+        """Notes on scratch folders of dead loradex processes in the system's temporary folder.
+
+        They belong to no registry (any loradex process on this machine may have left them), so
+        they are reported beside ``verify``'s problems without failing it; ``--repair`` removes them.
+        """
+        return [f"note: {path} was left by a loradex process that died; `adapters verify --repair` removes it"
+                for path in dead_scratch()]
 
     def _untrusted_index(self) -> str | None:
         """Why an index that opened cannot be trusted (SQLite's integrity check, a full read), or None."""

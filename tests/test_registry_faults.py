@@ -296,8 +296,8 @@ def test_scratch_folders_of_killed_processes_are_reported_and_removed(home):
     dead = Path(tempfile.gettempdir()) / "loradex-merge-999999-left"
     dead.mkdir(exist_ok=True)
     (dead / "merged.safetensors").write_bytes(b"x" * 100)
-    found = run(home, "verify")
-    assert found.exit_code != 0 and f"tmp: {dead} was left by a loradex process that died" in found.stdout
+    found = run(home, "verify")  # reported, but it fails no registry: any loradex process may have left it
+    assert found.exit_code == 0 and f"note: {dead} was left by a loradex process that died" in found.stderr
     repaired = run(home, "verify", "--repair")
     assert repaired.exit_code == 0 and not dead.exists()
     dead.mkdir()

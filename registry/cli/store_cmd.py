@@ -280,15 +280,18 @@ def verify_cmd(ref: str | None, repair: bool, as_json: bool) -> None:
     try:
         repairs = reg.repair() if repair else []
         problems = reg.verify(ref)
+        notes = reg.leftovers() if ref is None else []
     finally:
         reg.close()
     if as_json:
-        _echo_json({"ok": not problems, "problems": problems, "repaired": repairs})
+        _echo_json({"ok": not problems, "problems": problems, "repaired": repairs, "notes": notes})
     else:
         for line in repairs:
             click.echo(f"repaired: {line}")
         for problem in problems:
             click.echo(problem)
+        for note in notes:
+            click.echo(note, err=True)
     if problems:
         raise IntegrityError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found in the registry")
     if not as_json:
