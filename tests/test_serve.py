@@ -339,7 +339,7 @@ def test_serve_cli_refuses_bad_settings_in_one_line(shelf):
     for args, message in ((["serve", "nosuch"], "no adapter named 'nosuch'"),
                           (["serve", "cls", "--replicas", "2"], "--replicas needs --ray"),
                           (["serve", "cls,det", "--max-adapters", "1"], "do not fit --max-adapters 1")):
-        result = CliRunner().invoke(cli, ["--home", str(home), *args])
+        result = CliRunner().invoke(cli, ["--home", str(home), *args, "--port", str(free_port())])
         assert result.exit_code != 0 and "Traceback" not in result.output
         assert result.stderr.strip().splitlines()[-1].startswith("Error: ") and message in result.stderr
 
@@ -421,3 +421,19 @@ def test_allow_hub_pulls_a_hub_ref_once_and_serves_it(shelf, tmp_path, monkeypat
             assert httpx.get(f"{running.url}/v1/adapters").json()["loads"]["pose@v1"] == 1
             missing = post(running, [images / "shape0.png"], "alice/nothing@v1")
             assert missing.status_code == 404 and "repository not found" in missing.json()["error"] and "\n" not in missing.json()["error"]
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_port_in_use_or_a_host_that_does_not_resolve_is_one_line_naming_it(shelf, command):
+    """Issue 22.15 (and the same for serve): the demo blamed the port for an unresolvable host."""
+    home, _ = shelf
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = CliRunner().invoke(cli, ["--home", str(home), command, "cls", "--port", str(port)])
+    assert busy.exit_code != 0 and "Traceback" not in busy.output
+    assert f"--port {port} on 127.0.0.1 cannot be used" in busy.stderr.strip().splitlines()[-1]
+    unknown = CliRunner().invoke(cli, ["--home", str(home), command, "cls", "--host", "no-such-host.invalid",
+                                       "--port", str(free_port())])
+    assert unknown.exit_code != 0 and "--host 'no-such-host.invalid' cannot be resolved" in unknown.stderr

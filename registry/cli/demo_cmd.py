@@ -28,6 +28,10 @@ def demo_command(ctx: click.Context, refs: str, host: str, port: int | None, sha
     from loradex.registry.demo import serve
     from loradex.registry.loading import parse_refs
 
+    from .options import check_listen_address
+
+    check_listen_address(host, port)
+
     chosen = parse_refs(refs) if refs else []
     serve(chosen, host=host, port=port, share=share, home=ctx.obj.get("home"), device=device)
 

@@ -113,3 +113,29 @@ def stderr_console():
     from rich.console import Console
 
     return Console(file=sys.stderr)
+
+
+def check_listen_address(host: str, port: int | None) -> None:
+    """Refuse, in one line naming it, a ``--host`` that does not resolve or a ``--port`` that cannot be bound.
+
+    Checked before anything loads, so a server does not spend a minute loading a base to then
+    fail on its address (and blame the port for a bad host).
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"--host {host!r} cannot be resolved ({reason}); use an address such as 127.0.0.1") \
+            from None
+    if not port:
+        return
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"--port {port} on {host} cannot be used ({exc.strerror or exc}); another program may "
+                              "hold it: choose another --port") from None

@@ -56,6 +56,9 @@ def serve_command(ctx: click.Context, refs: str, host: str, port: int, max_batch
 
     if replicas != 1 and not use_ray:
         raise ConfigError("--replicas needs --ray (one process serves one replica)")
+    from .options import check_listen_address
+
+    check_listen_address(host, port)  # before the base loads
     settings = ServeSettings(refs=tuple(parse_refs(refs)) if refs else (), home=ctx.obj.get("home"), device=device,
                              max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                              max_adapters=max_adapters, timeout_s=timeout_s, max_body_mb=max_body_mb,
