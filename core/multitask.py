@@ -39,6 +39,7 @@ from .scratch import scratch_folder
 from .spec import AdapterSpec, HeadSpec
 from .task import Task
 
+
 def module_key(ref: str) -> str:
     """A name for ``ref`` that PEFT and ``nn.ModuleDict`` accept (no dots)."""
     return re.sub(r"[^A-Za-z0-9_]", "_", ref)
@@ -170,7 +171,7 @@ class MultiTaskModel(nn.Module):
             for head_spec in spec.head_specs():
                 task = plugins.get_task(head_spec.task)
                 self.backbone.check_image_size(head_spec.image_size)
-                key = f"{ref}#{head_spec.name}" if spec.is_multitask else ref
+                key = spec.head_key(ref, head_spec)
                 module = self._load_head(task, head_spec, folder / head_file(spec, head_spec))
                 entries.append(HeadEntry(key=key, task=task, module=module, config=dict(head_spec.config),
                                          image_size=head_spec.image_size, lora=lora))
@@ -385,10 +386,6 @@ class MultiTaskModel(nn.Module):
         """
         return Predictor(self).stream(images, tasks=tasks, batch_size=batch_size, skip_bad=skip_bad,
                                       workers=workers, **options)
-
-    def _options_for(self, heads: list[HeadEntry], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        """Each head's validated prediction options (see :meth:`Predictor.options_for`)."""
-        return Predictor.options_for(heads, options)
 
     def to(self, *args: Any, **kwargs: Any) -> MultiTaskModel:  # type: ignore[override]
         """Move base, heads and every adapter's factors (``model.to("cuda")``)."""

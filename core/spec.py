@@ -260,6 +260,10 @@ class AdapterSpec:
             return self.heads
         return (HeadSpec(name=self.task, task=self.task, config=self.head, image_size=self.image_size),)
 
+    def head_key(self, ref: str, head: HeadSpec) -> str:
+        """How results name ``head`` of this adapter stored as ``ref``: ``ref``, or ``ref#head`` for several heads."""
+        return f"{ref}#{head.name}" if self.is_multitask else ref
+
     @property
     def tasks(self) -> tuple[str, ...]:
         """The task of every head."""

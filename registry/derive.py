@@ -88,7 +88,7 @@ def _keys(model: MultiTaskModel, records: Sequence[VersionRecord]) -> dict[str, 
     out = {}
     for record in records:
         for spec, entry in zip(record.spec.head_specs(), model.adapters[record.ref].heads):
-            out[record.ref if not record.spec.is_multitask else f"{record.ref}#{spec.name}"] = entry.key
+            out[record.spec.head_key(record.ref, spec)] = entry.key
     return out
 
 

@@ -113,7 +113,7 @@ def plan_jobs(inputs: Sequence[Any], head_of: Mapping[tuple[str, str], str],
     jobs = []
     for record in inputs:
         for head in record.spec.head_specs():
-            label = record.ref if not record.spec.is_multitask else f"{record.ref}#{head.name}"
+            label = record.spec.head_key(record.ref, head)
             source = overrides.get(record.ref) or overrides.get(record.name) or recorded_source(record.args, head.name)
             note = ""
             if source is None:

@@ -13,6 +13,7 @@ from loradex.core.artifact import attach
 from loradex.core.backbone import EncoderOutput
 from loradex.core.lora_runtime import LoraBank, Segment, contiguous_plan, split_plan
 from loradex.core.multitask import MultiTaskModel
+from loradex.core.predictor import Predictor
 from loradex.core import plugins
 from loradex.testing import random_adapter
 
@@ -210,10 +211,10 @@ def test_prediction_options_are_checked_per_task(model):
     with pytest.raises(ConfigError, match="top_kk.*Did you mean 'top_k'"):
         model.predict("missing.png", top_kk=3)
     with pytest.raises(ConfigError, match="needs a int"):
-        model._options_for(model.head_entries(), {"top_k": "many"})
+        Predictor.options_for(model.head_entries(), {"top_k": "many"})
     with pytest.raises(ConfigError, match="top_k must be at least 1"):
-        model._options_for(model.head_entries(), {"classification.top_k": 0})
-    chosen = model._options_for(model.head_entries(), {"top_k": "2", "det.min_score": 0.5})
+        Predictor.options_for(model.head_entries(), {"classification.top_k": 0})
+    chosen = Predictor.options_for(model.head_entries(), {"top_k": "2", "det.min_score": 0.5})
     assert chosen["cls"]["top_k"] == 2 and chosen["det"] == {"min_score": 0.5, "max_detections": 100}
     assert chosen["pose"] == {}
 

@@ -37,7 +37,7 @@ from loradex.core.errors import (
 )
 
 from .batcher import MicroBatcher
-from .decoding import decode_base64, decode_image, header_pixels
+from .decoding import decode, decode_base64, open_checked
 from .metrics import ServeMetrics
 from .settings import ServeSettings
 from .shelf import AdapterShelf
@@ -230,10 +230,12 @@ INLINE_DECODE_PIXELS = 512 * 512
 
 
 async def decode_off_loop(data: bytes, *, name: str, max_pixels: int) -> Any:
-    """``decode_image`` in a thread, or inline for a small image whose decoding costs less than the hop."""
-    if header_pixels(data) <= INLINE_DECODE_PIXELS:
-        return decode_image(data, name=name, max_pixels=max_pixels)
-    return await asyncio.to_thread(decode_image, data, name=name, max_pixels=max_pixels)
+    """The RGB image of ``data``: its header read once here, its pixels decoded inline when that costs
+    less than a thread hop (small images), else in a thread."""
+    image = open_checked(data, name=name, max_pixels=max_pixels)
+    if image.width * image.height <= INLINE_DECODE_PIXELS:
+        return decode(image, name=name)
+    return await asyncio.to_thread(decode, image, name=name)
 
 
 async def read_request(request: Any, *, max_images: int) -> tuple[list[tuple[str, bytes]], list[str], dict[str, Any]]:
@@ -360,14 +362,14 @@ class GuardMiddleware:
                 status_seen.append(message["status"])
             await send(message)
 
+        headers = dict(scope.get("headers") or [])
         try:
             if self.expected is not None and path not in OPEN_ROUTES:
-                given = dict(scope.get("headers") or []).get(b"authorization", b"")
+                given = headers.get(b"authorization", b"")
                 if not hmac.compare_digest(given, self.expected):
                     return await _plain_error(counted_send, 401, "missing or wrong token: send "
                                               "'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
             limit = self.state.settings.max_body_bytes
-            headers = dict(scope.get("headers") or [])
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 return await _plain_error(counted_send, 413, f"the body is {int(declared):,} bytes; this server "

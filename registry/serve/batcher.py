@@ -81,10 +81,6 @@ class MicroBatcher:
                 pass
         self._thread.shutdown(wait=True)
 
-    async def run_in_model_thread(self, func: Callable[..., Any], *args: Any) -> Any:
-        """Run ``func`` on the model thread (between passes): whatever touches the model must go there."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, func, *args)
-
     def submit(self, images: Sequence[tuple[Any, str]], wanted: Wanted) -> list[asyncio.Future]:
         """Queue one request's (image, name) pairs; a future per image, resolved to its record."""
         if len(self._queue) + len(images) > self.max_queue:

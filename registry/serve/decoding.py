@@ -10,43 +10,41 @@ from typing import Any
 from loradex.core.errors import DataError
 
 
-def decode_image(data: bytes, *, name: str, max_pixels: int) -> Any:
-    """``data`` (PNG, JPEG, WebP, ...) as an RGB PIL image; a DataError names ``name`` and what is wrong.
+def open_checked(data: bytes, *, name: str, max_pixels: int) -> Any:
+    """``data`` (PNG, JPEG, WebP, ...) opened with its header read and its size checked, nothing decoded.
 
-    The size is read from the header first: an image of more than ``max_pixels`` is refused
-    before a single pixel is decoded (a decompression bomb costs nothing).
+    An image of more than ``max_pixels`` is refused before a single pixel is decoded (a
+    decompression bomb costs nothing); a DataError names ``name`` and what is wrong.
     """
     from PIL import Image, UnidentifiedImageError
-
-    from loradex.core.data.images import to_rgb
 
     if not data:
         raise DataError(f"{name}: empty file, not an image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DataError(f"{name}: {width}x{height} is {width * height:,} pixels, more than this server's "
-                                f"limit of {max_pixels:,} (--max-pixels)")
-            return to_rgb(image)
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise DataError(f"{name}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
         raise DataError(f"{name}: not a readable image (no known image format)") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise DataError(f"{name}: {width}x{height} is {width * height:,} pixels, more than this server's "
+                        f"limit of {max_pixels:,} (--max-pixels)")
+    return image
 
 
-def header_pixels(data: bytes) -> int:
-    """Width x height from the image header alone (0 when the header cannot be read)."""
-    from PIL import Image
+def decode(image: Any, *, name: str) -> Any:
+    """An image from :func:`open_checked` decoded to RGB (in any thread); a DataError names a broken file."""
+    from loradex.core.data.images import to_rgb
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - decode_image reports what is wrong, by name
-        return 0
-    return width * height
+        with image:
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 def decode_base64(text: Any, *, name: str) -> bytes:

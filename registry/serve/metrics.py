@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -75,5 +73,3 @@ def histogram_mean(text: str, name: str) -> float | None:
     total, count = sample(text, f"{name}_sum"), sample(text, f"{name}_count")
     return total / count if total is not None and count else None
 
-
-__all__: list[Any] = ["ServeMetrics", "sample", "histogram_mean"]

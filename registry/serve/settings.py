@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from loradex.core.errors import ConfigError
 
@@ -41,11 +40,9 @@ class ServeSettings:
     """Let requests name Hub refs (org/repo@rev), which the server then downloads."""
     token: str | None = dataclasses.field(default=None, repr=False)
     """Bearer token every route but /healthz requires (None: no token)."""
-    decode_threads: int = 2
-    """Threads decoding request images off the event loop."""
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_queue", "max_adapters", "max_pixels", "decode_threads"):
+        for name in ("max_batch", "max_queue", "max_adapters", "max_pixels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -67,7 +64,3 @@ class ServeSettings:
     def registry_home(self) -> Path | None:
         """The registry folder as a path (None: the default)."""
         return Path(self.home) if self.home else None
-
-    def replace(self, **changes: Any) -> ServeSettings:
-        """A copy with ``changes`` applied (and checked)."""
-        return dataclasses.replace(self, **changes)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loradex.core import plugins
-from loradex.core.errors import ConfigError, FingerprintMismatchError, LoradexError, RefusedError
+from loradex.core.artifact import check_fingerprint
+from loradex.core.errors import ConfigError, LoradexError, RefusedError
 from loradex.core.predictor import Job, Predictor, task_results
 from loradex.core.results import ImageResult
 
@@ -126,7 +127,7 @@ class AdapterShelf:
         heads = []
         for record in [self._records[ref] for ref in canonical]:
             for head in record.spec.head_specs():
-                key = f"{record.ref}#{head.name}" if record.spec.is_multitask else record.ref
+                key = record.spec.head_key(record.ref, head)
                 heads.append(types.SimpleNamespace(key=key, task=plugins.get_task(head.task)))
         cache_key = (canonical, json.dumps(options, sort_keys=True, default=str))
         parsed = self._parsed.get(cache_key)
@@ -152,11 +153,8 @@ class AdapterShelf:
                 canonical = self.registry.canonical(ref)
                 record = self._records.get(canonical) or self.registry.resolve(canonical)
         base = self.model.backbone.ref
-        trained = record.spec.backbone.fingerprint
-        if trained and trained != base.fingerprint:
-            raise FingerprintMismatchError(
-                f"{record.ref} was trained on base {record.spec.backbone.name!r} ({trained[:19]}…); this server "
-                f"runs {base.name!r} ({base.fingerprint[:19]}…)")
+        check_fingerprint(record.spec, base.fingerprint, where=record.ref, allow_mismatch=False,
+                          cure=f"this server runs {base.name!r}; serve it from a server of its own base")
         self._records.setdefault(record.ref, record)
         return record
 
@@ -252,7 +250,7 @@ class AdapterShelf:
     def heads_of(self, ref: str) -> dict[str, Any]:
         """``ref``'s heads as a client needs them to draw: key, task and head configuration."""
         record = self.record(ref)
-        heads = [{"key": f"{record.ref}#{h.name}" if record.spec.is_multitask else record.ref, "task": h.task,
+        heads = [{"key": record.spec.head_key(record.ref, h), "task": h.task,
                   "config": dict(h.config), "image_size": h.image_size} for h in record.spec.head_specs()]
         return {"ref": record.ref, "tasks": list(record.spec.tasks), "heads": heads,
                 "base": record.spec.backbone.name}
