@@ -317,15 +317,11 @@ def pull(registry: Registry, ref: str, *, name: str | None = None, endpoint: str
         if (folder / SPEC_FILE).is_file():
             from loradex.core.artifact import read_spec
 
-            from .importer import plan_import
-
-            plan_import(folder, task=read_spec(folder).tasks[0])  # the checks `adapters import` makes: one path for both
-            record = registry.put(folder, name=local_name, kind="pulled", args={"origin": origin})
-        else:
-            if not task:
-                raise ConfigError(f"{repo_id} is a plain PEFT adapter (no loradex.json): say its task with --task")
-            record = registry.import_folder(folder, task=task, name=local_name, kind="pulled",
-                                            args={"origin": origin})
+            task = read_spec(folder).tasks[0]
+        elif not task:
+            raise ConfigError(f"{repo_id} is a plain PEFT adapter (no loradex.json): say its task with --task")
+        # stored as `adapters import` stores a folder: one path, one set of checks, each made once
+        record = registry.import_folder(folder, task=task, name=local_name, kind="pulled", args={"origin": origin})
     say(f"pulled {repo_id}@{revision} ({commit[:12]}) as {record.ref}")
     return record
 

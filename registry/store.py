@@ -342,7 +342,8 @@ class Registry:
         sources: dict[str, Path | bytes] = dict(plan.files)
         if SPEC_FILE not in sources:
             sources[SPEC_FILE] = plan.spec.to_json().encode("utf-8")
-        record_args = {"imported_from": str(path.resolve()), **({"import_note": plan.note} if plan.note else {}),
+        source = {"imported_from": str(path.resolve())} if kind == "imported" else {}  # a pull records its origin
+        record_args = {**source, **({"import_note": plan.note} if plan.note else {}),
                        **dict(args or {})}
         new = self._prepare(
             name=name, spec=plan.spec, sources=sources, kind=kind, parents=parents, args=record_args,
@@ -363,25 +364,18 @@ class Registry:
         if held is not None and held != task:
             raise RegistryError(f"adapter {name!r} holds {held!r} versions, not {task!r}; choose another --name")
         lost = self.lost_versions()
-        if lost:
+        if lost:  # numbering would collide with versions the index forgot
             raise IndexDamagedError(
                 f"the index lost {len(lost)} version{'s' if len(lost) != 1 else ''} its manifests record "
                 f"({', '.join(lost[:5])}); nothing can be stored: run `adapters verify --repair` first")
 
     def _commit(self, new: NewVersion, sources: Mapping[str, Path | bytes]) -> VersionRecord:
         """Store the blobs, then the version row, then its manifest; all under the writers' shared lock."""
-        self._writable(f"store {new.name}")
+        self._writable(f"store {new.name}")  # before the lock file, which a read-only folder cannot create
         with file_lock(self._lock_path, exclusive=False):
-            lost = self.lost_versions()
-            if lost:  # numbering would collide with versions the index forgot
-                raise IndexDamagedError(
-                    f"the index lost {len(lost)} version{'s' if len(lost) != 1 else ''} its manifests record "
-                    f"({', '.join(lost[:5])}); nothing was stored: run `adapters verify --repair` first")
+            self.check_can_store(new.name, new.task)  # again under the lock, before any blob is written
             self.blobs.clear_stale_tmp()  # leftovers of writers that were killed
             self._ensure_manifests()
-            held = self.index.adapter_task(new.name)  # type: ignore[union-attr]
-            if held is not None and held != new.task:  # refused before a blob is written
-                raise RegistryError(f"adapter {new.name!r} holds {held!r} versions, not {new.task!r}")
             new = _with_files(new, self._store_blobs(sources))
             try:
                 number = self.index.insert_version(new)
