@@ -437,3 +437,28 @@ def test_a_port_in_use_or_a_host_that_does_not_resolve_is_one_line_naming_it(she
     unknown = CliRunner().invoke(cli, ["--home", str(home), command, "cls", "--host", "no-such-host.invalid",
                                        "--port", str(free_port())])
     assert unknown.exit_code != 0 and "--host 'no-such-host.invalid' cannot be resolved" in unknown.stderr
+
+
+def test_max_wait_ms_holds_a_pass_open_for_requests_that_arrive_within_it(shelf):
+    """--max-wait-ms: the first image waits that long for others (a lone request pays it; none pays it at 0)."""
+    home, images = shelf
+    lone = {}
+    for wait_ms in (0, 400):
+        with ThreadServer(ServeSettings(refs=("cls",), home=str(home), max_batch=4, max_wait_ms=wait_ms)) as running:
+            post(running, [images / "shape0.png"], "cls")  # warm
+            started = time.monotonic()
+            assert post(running, [images / "shape0.png"], "cls").status_code == 200
+            lone[wait_ms] = time.monotonic() - started
+            if wait_ms:
+                before = sample(httpx.get(f"{running.url}/metrics").text, "loradex_batch_images_count")
+                barrier = threading.Barrier(3)
+
+                def one(ref):
+                    barrier.wait()
+                    return post(running, [images / "shape1.png"], ref)
+
+                with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                    assert [r.status_code for r in pool.map(one, ["cls", "det", "pose"])] == [200] * 3
+                after = sample(httpx.get(f"{running.url}/metrics").text, "loradex_batch_images_count")
+                assert after - before == 1  # three requests for three adapters, gathered into one pass
+    assert lone[400] >= 0.4 > lone[0]
