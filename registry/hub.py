@@ -27,6 +27,7 @@ from typing import Any
 
 from loradex.core.artifact import SPEC_FILE
 from loradex.core.errors import ConfigError, HubError, HubNotFoundError, LoradexError, NotFoundError, first_line
+from loradex.core.home import file_digest
 from loradex.core.scratch import scratch_folder
 
 from . import names
@@ -156,11 +157,7 @@ def git_blob_sha1(path: Path) -> str:
 
 def sha256(path: Path) -> str:
     """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path)
 
 
 # ------------------------------------------------------------------------------------------------ push

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..devices import available_cpus
 from ..errors import ConfigError, DataError, LoradexError, first_line
+from ..home import file_digest
 from ..spec import CACHES
 from .datasets import ImageDataset
 from .transforms import FastTransform
@@ -219,7 +220,7 @@ class ImageCache:
             del pixels
             self.pixels = None
             record = {"images": self.shape[0], "shape": self.shape, "bytes": self.nbytes,
-                      "blake2b": file_digest(Path(private))}
+                      "blake2b": file_digest(Path(private), algorithm="blake2b")}
             marker_private = Path(private).with_suffix(".json")
             marker_private.write_text(json.dumps(record) + "\n", encoding="utf-8")
             os.replace(private, data)
@@ -243,15 +244,6 @@ class ImageCache:
         return self.pixels[index]
 
 
-def file_digest(path: Path) -> str:
-    """The BLAKE2b hex digest of a file's bytes (read in 8 MB blocks)."""
-    digest = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_fault(data: Path, marker: Path, *, nbytes: int | None = None) -> str | None:
     """Why the disk cache ``data`` cannot be trusted (size or checksum against its marker), or None."""
     try:
@@ -264,7 +256,7 @@ def cache_fault(data: Path, marker: Path, *, nbytes: int | None = None) -> str |
     expected = nbytes if nbytes is not None else record.get("bytes")
     if size != expected:
         return f"{size:,} bytes instead of {expected:,}"
-    if file_digest(data) != record["blake2b"]:
+    if file_digest(data, algorithm="blake2b") != record["blake2b"]:
         return "its checksum differs: the pixels were changed after it was written"
     return None
 

@@ -13,7 +13,6 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from loradex.core.errors import BackboneError
-from loradex.core.home import loradex_home
+from loradex.core.home import file_digest, loradex_home
 
 from .timm_models import TimmLoadedBackbone, load_timm, quiet_transformers
 
@@ -60,15 +59,7 @@ def _is_complete(folder: Path) -> bool:
     weights = folder / "model.safetensors"
     if not isinstance(marker, dict) or marker.get("format") != FORMAT or not weights.is_file():
         return False
-    return marker.get("sha256") == _sha256(weights)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return marker.get("sha256") == file_digest(weights)
 
 
 def _remove_dead_staging(parent: Path) -> None:
@@ -108,7 +99,7 @@ def convert(source: Path, folder: Path) -> None:
         "format": FORMAT, "source": PACKAGE, "file": source.name, "architecture": ARCHITECTURE,
         "parameters": sum(p.numel() for p in model.timm_model.parameters()),
         "state_numbers": sum(t.numel() for t in renamed.values()),  # batch-norm statistics included
-        "sha256": _sha256(folder / "model.safetensors"),  # a changed file is converted again, not trusted
+        "sha256": file_digest(folder / "model.safetensors"),  # a changed file is converted again, not trusted
     }, indent=2) + "\n", encoding="utf-8")
 
 

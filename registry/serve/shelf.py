@@ -78,7 +78,7 @@ class AdapterShelf:
         self.loads: Counter[str] = Counter()
         """How many times each ref was attached here (pinned ones at start included)."""
         self._records: dict[str, VersionRecord] = {}
-        self._parsed: dict[tuple[tuple[str, ...], str], dict[str, dict[str, Any]]] = {}
+        self._parsed: dict[tuple[tuple[str, ...], str], tuple[tuple[str, ...], dict[str, dict[str, Any]]]] = {}
         self._registry_lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------------------
@@ -124,19 +124,16 @@ class AdapterShelf:
         if len(unpinned) > self.capacity:
             raise ConfigError(f"a request may name at most {self.capacity} adapters that are not pinned here "
                               f"(--max-adapters {self.settings.max_adapters}); it named {len(unpinned)}")
-        heads = []
-        for record in [self._records[ref] for ref in canonical]:
-            for head in record.spec.head_specs():
-                key = record.spec.head_key(record.ref, head)
-                heads.append(types.SimpleNamespace(key=key, task=plugins.get_task(head.task)))
         cache_key = (canonical, json.dumps(options, sort_keys=True, default=str))
-        parsed = self._parsed.get(cache_key)
-        if parsed is None:
-            parsed = Predictor.options_for(heads, options)
+        cached = self._parsed.get(cache_key)
+        if cached is None:  # versions never change: their heads and these options parse the same every time
+            heads = [types.SimpleNamespace(key=record.spec.head_key(record.ref, head), task=plugins.get_task(head.task))
+                     for record in [self._records[ref] for ref in canonical] for head in record.spec.head_specs()]
+            cached = (tuple(h.key for h in heads), Predictor.options_for(heads, options))
             if len(self._parsed) >= OPTIONS_CACHE:
                 self._parsed.clear()
-            self._parsed[cache_key] = parsed
-        return Wanted(refs=canonical, keys=tuple(h.key for h in heads), options=parsed)
+            self._parsed[cache_key] = cached
+        return Wanted(refs=canonical, keys=cached[0], options=cached[1])
 
     def record(self, ref: str) -> VersionRecord:
         """The registry version ``ref`` names now; on another base, refused with both bases named."""
