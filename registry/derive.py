@@ -8,7 +8,6 @@ anything fails.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,13 +119,12 @@ def merge_versions(
         raise ConfigError("an adapter is named twice; merge distinct versions")
     base_record = registry.resolve(base) if base else None
     check_same_base([(r.ref, r.spec) for r in (records + [base_record] if base_record else records)])
-    heads = merging.group_heads([types.SimpleNamespace(spec=r.spec, record=r) for r in records])  # type: ignore[misc]
+    heads = merging.group_heads(records)  # a head name clash fails before any work
     registry.check_can_store(name, next(iter(heads)) if len(heads) == 1 else MULTITASK)  # before the base loads
     model = _session(registry, records)
     inputs = [merging.load_input(r, model.adapters[r.ref].folder, model.backbone) for r in records]
     base_input = (merging.load_input(base_record, registry.materialize(base_record), model.backbone)
                   if base_record else None)
-    merging.group_heads(inputs)  # a head name clash fails before any work
     before = _keys(model, records)
     cache: dict[str, float] = {}
     with scratch_folder("merge") as scratch:

@@ -164,8 +164,8 @@ def default_weights(inputs: Sequence[MergeInput]) -> list[float]:
     return [1.0] * len(inputs)
 
 
-def group_heads(inputs: Sequence[MergeInput]) -> dict[str, list[tuple[int, HeadSpec]]]:
-    """The merged adapter's heads: head name → the input heads it serves.
+def group_heads(records: Sequence[Any]) -> dict[str, list[tuple[int, HeadSpec]]]:
+    """The merged adapter's heads: head name → (input index, head) it serves, from the inputs' records.
 
     Heads of one task with one schema (configuration and input size: two classifiers with the
     same labels) become one averaged head named after the task. A head of the same task with
@@ -173,14 +173,14 @@ def group_heads(inputs: Sequence[MergeInput]) -> dict[str, list[tuple[int, HeadS
     ``TASK-INPUTNAME``.
     """
     groups: dict[str, list[tuple[int, HeadSpec]]] = {}
-    for index, item in enumerate(inputs):
-        for head in item.spec.head_specs():
+    for index, record in enumerate(records):
+        for head in record.spec.head_specs():
             same = next((name for name, members in groups.items() if members[0][1].task == head.task
                          and members[0][1].config == head.config and members[0][1].image_size == head.image_size),
                         None)
             if same is None:
                 taken = any(members[0][1].task == head.task for members in groups.values())
-                same = head.task if not taken else _head_name(f"{head.task}-{item.record.name}", groups)
+                same = head.task if not taken else _head_name(f"{head.task}-{record.name}", groups)
                 groups[same] = []
             groups[same].append((index, head))
     return groups
@@ -280,7 +280,7 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
     chosen = check_request(len(inputs), method=method, weights=weights, density=density, rank=rank)
     check_same_base([(i.ref, i.spec) for i in ([*inputs, base] if base is not None else inputs)])
     weights = list(weights) if weights is not None else default_weights(inputs)
-    groups = group_heads(inputs)
+    groups = group_heads([i.record for i in inputs])
     merged, stored_rank = merge_layers(chosen, inputs, weights, density=density, rank=rank, base=base)
     error = 0.0 if chosen.exact else update_error(merged, inputs, weights, base)
     kernels = {m: k for i in inputs for m, k in i.kernels.items()}
