@@ -20,6 +20,8 @@ from .errors import BackboneError
 from .spec import SEMANTIC_TARGETS, BackboneRef
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from PIL import Image
     from torch import nn
@@ -248,6 +250,20 @@ class LoadedBackbone:
         module, rest = match.groups()
         prefix = "base_model.model." if module.startswith("base_model.model.") else ""
         return prefix + self.translate_module_name(module) + rest
+
+    def export_encoding(self) -> dict[str, Any]:
+        """How a standalone loader turns this base's output into the heads' features (``export --merged``).
+
+        ``pooled``: where the pooled vector comes from (``first_token``, ``patch_mean`` or timm's
+        ``pooler_output``); ``interpolate_kwarg``: whether the model takes ``interpolate_pos_encoding``.
+        """
+        return {"pooled": "first_token" if self.num_prefix_tokens else "patch_mean",
+                "interpolate_kwarg": self.interpolates}
+
+    def save_image_processor(self, folder: Path) -> None:
+        """Write ``preprocessor_config.json`` into ``folder``: what ``AutoImageProcessor`` needs to
+        give the pixels this base reads (used by ``export --merged``)."""
+        self.processor.save_pretrained(folder)
 
     def transform(self, image: Image.Image) -> torch.Tensor:
         """One PIL image → normalised (3, H, W) tensor at the backbone's resolution."""

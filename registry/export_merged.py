@@ -27,11 +27,15 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel
+from transformers import AutoImageProcessor, AutoModel
 
 folder = Path("{folder}")
 export = json.loads((folder / "loradex_export.json").read_text())
 base = AutoModel.from_pretrained(folder).eval()          # the LoRA is merged into these weights
+# the resize and normalisation the heads were trained on (PIL's resampling, as in training); named,
+# since a timm config.json holds timm's own eval transform too
+processor = AutoImageProcessor.from_pretrained(folder, image_processor_filename="preprocessor_config.json",
+                                               backend="pil")
 
 heads = {{}}
 for h in export["heads"]:
@@ -44,22 +48,35 @@ for h in export["heads"]:
 
 
 class Features:
-    """What every head reads: the CLS token (B, D) and the patch grid (B, rows, cols, D)."""
+    """What every head reads: a pooled vector `cls` (B, D) and the feature grid `patches` (B, rows, cols, D)."""
 
-    def __init__(self, tokens, prefix, rows, cols):
-        self.patches = tokens[:, prefix:prefix + rows * cols].reshape(len(tokens), rows, cols, -1)
-        self.cls = tokens[:, 0] if prefix else self.patches.flatten(1, 2).mean(1)
+    def __init__(self, out, size):
+        hidden, encoding = out.last_hidden_state, export["encoding"]
+        if hidden.ndim == 4:                             # a CNN's feature map (B, D, rows, cols)
+            self.patches = hidden.permute(0, 2, 3, 1)
+        else:                                            # tokens (B, prefix + rows * cols, D)
+            grid, prefix = size // export["patch_size"], export["num_prefix_tokens"]
+            self.patches = hidden[:, prefix:prefix + grid * grid].reshape(len(hidden), grid, grid, -1)
+        pooled = getattr(out, "pooler_output", None) if encoding["pooled"] == "pooler_output" else None
+        if pooled is not None and pooled.ndim == 2:
+            self.cls = pooled
+        else:
+            self.cls = hidden[:, 0] if encoding["pooled"] == "first_token" else self.patches.flatten(1, 2).mean(1)
+
+
+def pixels(name, images):
+    """PIL images -> the pixel_values head `name` reads (its own image size)."""
+    size = next(h for h in export["heads"] if h["name"] == name)["image_size"]
+    return processor(images=images, size={{"height": size, "width": size}}, return_tensors="pt")["pixel_values"]
 
 
 def run(name, pixel_values):
-    """Raw outputs of head `name` for pixels normalised as preprocessor_config.json says, at its image_size."""
-    h = next(h for h in export["heads"] if h["name"] == name)
+    """Raw outputs of head `name` for pixel_values from `pixels(name, images)`."""
     size = pixel_values.shape[-1]
+    resized = export["encoding"]["interpolate_kwarg"] and size != export["base_image_size"]
     with torch.no_grad():
-        extra = {{"interpolate_pos_encoding": True}} if size != export["base_image_size"] else {{}}
-        tokens = base(pixel_values=pixel_values, **extra).last_hidden_state
-        grid = size // export["patch_size"]
-        return heads[name](Features(tokens, export["num_prefix_tokens"], grid, grid))
+        out = base(pixel_values=pixel_values, **({{"interpolate_pos_encoding": True}} if resized else {{}}))
+        return heads[name](Features(out, size))
 '''
 
 
@@ -91,7 +108,10 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
             lora = native_names(source, backbone, Path(scratch))
             merged = PeftModel.from_pretrained(backbone.model, str(lora)).merge_and_unload()
         merged.save_pretrained(staging, safe_serialization=True)
-        backbone.processor.save_pretrained(staging)
+        if codes:
+            backbone.save_image_processor(staging)
+        else:  # a generative base (Florence-2) keeps its whole processor: tokenizer and image part
+            backbone.processor.save_pretrained(staging)
         heads = []
         (staging / "heads").mkdir()
         for head, code in codes:
@@ -106,7 +126,8 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
         manifest = {"adapter": record.ref, "base": {"name": base_ref.name, "revision": base_ref.revision,
                                                     "fingerprint": base_ref.fingerprint},
                     "base_image_size": backbone.image_size, "patch_size": backbone.patch_size,
-                    "num_prefix_tokens": backbone.num_prefix_tokens, "heads": heads}
+                    "num_prefix_tokens": backbone.num_prefix_tokens, "encoding": backbone.export_encoding(),
+                    "heads": heads}
         (staging / EXPORT_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(readme(record, heads, dest), encoding="utf-8")
     return dest
@@ -121,6 +142,7 @@ def readme(record: Any, heads: list[dict[str, Any]], dest: Path) -> str:
             f"The LoRA of loradex adapter `{record.ref}` merged into its base `{record.spec.backbone.name}` "
             f"(`merge_and_unload`), with its head(s):\n\n{listing}\n\n"
             "## Load it with transformers alone\n\n```python\n" + LOADER.format(folder=dest) + "```\n\n"
-            + (f"Then `run(\"{heads[0]['name']}\", pixel_values)` gives the head's raw outputs.\n" if heads else
+            + (f"Then `run(\"{heads[0]['name']}\", pixels(\"{heads[0]['name']}\", [image]))` gives the head's raw "
+               "outputs for a PIL image.\n" if heads else
                "This model answers in text (Florence-2): `AutoModelForImageTextToText` / "
                "`Florence2ForConditionalGeneration.from_pretrained(folder)` with `AutoProcessor`.\n"))

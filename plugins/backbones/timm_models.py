@@ -31,6 +31,8 @@ from loradex.core.errors import BackboneError, first_line
 from loradex.core.spec import BackboneRef
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from torch import nn
 
@@ -109,6 +111,21 @@ class TimmLoadedBackbone(LoadedBackbone):
         cfg = getattr(self.model.timm_model, "pretrained_cfg", None) or {}
         mean, std = (tuple(float(v) for v in cfg.get(k, (0.5, 0.5, 0.5))) for k in ("mean", "std"))
         return FastTransform(size=(size, size), resample=int(PILImage.BICUBIC), mean=mean, std=std)
+
+    def export_encoding(self) -> dict[str, Any]:
+        """timm's own pooled vector (``pooler_output``); the wrapper takes no ``interpolate_pos_encoding``."""
+        return {"pooled": "pooler_output", "interpolate_kwarg": False}
+
+    def save_image_processor(self, folder: Path) -> None:
+        """A plain ``ViTImageProcessor`` config doing what :meth:`fast_transform` does (squash, bicubic,
+        the model's mean and std): transformers' timm processor keeps its settings in ``config.json``
+        and resizes and crops as timm's eval transform does, which is not what the heads were trained on."""
+        from transformers import ViTImageProcessor
+
+        fast = self.fast_transform(self.image_size)
+        ViTImageProcessor(do_resize=True, size={"height": self.image_size, "width": self.image_size},
+                          resample=fast.resample, do_rescale=True, rescale_factor=fast.scale, do_normalize=True,
+                          image_mean=list(fast.mean), image_std=list(fast.std)).save_pretrained(folder)
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
         """Run the wrapped timm model (possibly under PEFT) and lay its last features out as a grid."""
