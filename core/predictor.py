@@ -83,11 +83,13 @@ class Predictor:
         return chosen
 
     @staticmethod
-    def options_for(heads: Sequence[HeadEntry], options: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    def options_for(heads: Sequence[HeadEntry], options: Mapping[str, Any], *,
+                    backbone: Any = None) -> dict[str, dict[str, Any]]:
         """Each head's validated prediction options: a plain key goes to every task that takes it.
 
         ``classification.top_k`` (task), ``cls.top_k`` (adapter name) or ``cls@v2.top_k`` (key)
-        scope an option to some heads only.
+        scope an option to some heads only. With ``backbone``, each task also checks its options
+        against the base (:meth:`~loradex.core.task.Task.check_options`).
         """
         raw: dict[str, dict[str, Any]] = {h.key: {} for h in heads}
         for key, value in options.items():
@@ -103,7 +105,11 @@ class Predictor:
                 raise ConfigError(f"no chosen task takes the option {name!r}.{suggest(name, every)} Options: {listing}")
             for head in takers:
                 raw[head.key][name] = value
-        return {h.key: h.task.parse_options(raw[h.key]) for h in heads}
+        parsed = {h.key: h.task.parse_options(raw[h.key]) for h in heads}
+        if backbone is not None:
+            for head in heads:
+                head.task.check_options(parsed[head.key], backbone)
+        return parsed
 
     # -- the mixed pass ----------------------------------------------------------------------------
 
@@ -188,7 +194,7 @@ class Predictor:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         heads = self.chosen_heads(tasks)
-        per_head = self.options_for(heads, options)
+        per_head = self.options_for(heads, options, backbone=self.model.backbone)
         inputs = image_inputs(images)
         if not skip_bad:
             bad = check_readable(inputs)

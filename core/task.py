@@ -152,6 +152,19 @@ class Task(abc.ABC):
     ) -> TaskData:
         """Read a dataset: a path in one of ``formats``, or None/``synthetic`` for built-in data."""
 
+    def check_data(self, data: TaskData, backbone: Any) -> None:
+        """Refuse data ``backbone`` cannot take (a DataError naming the record), before any pass runs.
+
+        Called by :meth:`read_data` with the loaded base: e.g. answer texts longer than a language
+        model's positions. Default: nothing to check.
+        """
+
+    def read_data(self, source: str | None, *, backbone: Any, image_size: int, seed: int = 0) -> TaskData:
+        """:meth:`load_data` with ``backbone``'s transform at ``image_size``, then :meth:`check_data`."""
+        data = self.load_data(source, transform=backbone.transform_at(image_size), image_size=image_size, seed=seed)
+        self.check_data(data, backbone)
+        return data
+
     @abc.abstractmethod
     def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> nn.Module:
         """The task head: an ``nn.Module`` mapping :class:`EncoderOutput` to raw outputs."""
@@ -244,6 +257,14 @@ class Task(abc.ABC):
         task does not take (with a suggestion) or a value of the wrong type.
         """
         return parse_options(self.predict_options, options, owner=f"task {self.name!r}")
+
+    def check_options(self, options: Mapping[str, Any], backbone: Any) -> None:
+        """Refuse parsed ``options`` that ``backbone`` cannot take (a ConfigError naming the option).
+
+        Called with the loaded base whenever options are parsed for a prediction, before any pass:
+        on a server a request's options must fail that request alone, never a batch shared with
+        others. Default: nothing to check.
+        """
 
     def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """Write task-specific PNG plots of an evaluation into ``out_dir``; return their paths."""

@@ -192,8 +192,7 @@ def train_adapter(
                                "without --init")
     lora, settings = resolve_settings(task, request, backbone)  # the defaults that fit this base
     image_size = settings.image_size or backbone.image_size
-    data = task.load_data(request.data, transform=backbone.transform_at(image_size), image_size=image_size,
-                          seed=settings.seed)
+    data = task.read_data(request.data, backbone=backbone, image_size=image_size, seed=settings.seed)
     if request.data is None:
         say(f"data: none given, using built-in {data.description}")
     else:

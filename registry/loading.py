@@ -91,7 +91,7 @@ class Pipeline:
     def __init__(self, model: MultiTaskModel, **options: Any) -> None:
         self.model = model
         self.options = options
-        Predictor.options_for(model.head_entries(), options)  # a bad option fails here, not on first call
+        Predictor.options_for(model.head_entries(), options, backbone=model.backbone)  # a bad option fails here, not on first call
 
     def __call__(self, images: Any, **options: Any) -> Any:
         from loradex.core.inputs import image_inputs

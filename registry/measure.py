@@ -93,8 +93,8 @@ class EvalJob:
         """The validation split, read once."""
         if self._dataset is None:
             assert self.source is not None
-            data = self.task.load_data(validation_source(self.source), transform=backbone.transform_at(self.image_size),
-                                       image_size=self.image_size, seed=self.seed)
+            data = self.task.read_data(validation_source(self.source), backbone=backbone, image_size=self.image_size,
+                                       seed=self.seed)
             if data.val is None or len(data.val) == 0:
                 raise DataError(f"{self.source}: has no validation split to measure {self.input} on")
             for field, value in data.head_config.items():

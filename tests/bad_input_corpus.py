@@ -122,6 +122,17 @@ def _config(root: Path, text: str) -> list[str]:
 
 TRAIN = ["train", "classification", "--no-progress"]
 
+def _grounding_jsonl(suffix: str) -> Callable[[Path], list[str]]:
+    """A grounding JSONL whose second record answers ``suffix``, and the train command reading it."""
+    def make(scratch: Path) -> list[str]:
+        _image(scratch / "a.png", (64, 48))
+        records = [{"prefix": "<OD>", "suffix": "dot<loc_1><loc_2><loc_300><loc_400>", "image": "a.png"},
+                   {"prefix": "<OD>", "suffix": suffix, "image": "a.png"}]
+        (scratch / "data.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        return ["train", "grounding", "--data", str(scratch / "data.jsonl"), "--no-progress"]
+    return make
+
+
 
 def _bomb(s: Path) -> list[str]:
     _png_header(_classes(s / "d") / "cat" / "huge.png", 15000, 15000)
@@ -292,6 +303,11 @@ CASES: list[Case] = [
     Case("import-nested-spec", _nested_spec, "loradex.json: not valid JSON"),  # issue 22.7
     Case("coco-nested", _nested_coco, "not a readable COCO JSON file (RecursionError"),  # issue 22.14
     Case("import-inf", _non_finite_lora(float("-inf")), "holds 1 NaN or infinite value"),
+    Case("grounding-inverted-box", _grounding_jsonl("square<loc_500><loc_500><loc_100><loc_100>"),
+         "data.jsonl:2: suffix"),  # issue 22.4
+    Case("grounding-answer-too-long", _grounding_jsonl("".join(f"thing<loc_{i}><loc_{i}><loc_{i + 1}><loc_{i + 1}>"
+                                                               for i in range(250))),
+         "data.jsonl:2: answer 'thing<loc_0>"),  # issue 22.13: refused when read, not mid-run
     Case("export-under-file", lambda s: ["export", "shapes", str(_image(s / "f.png") / "out")], "is a file"),
     Case("export-not-empty", lambda s: ["export", "shapes", str(_image(s / "full" / "x.png").parent)],
          "is not an empty folder"),

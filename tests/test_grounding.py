@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -144,6 +145,12 @@ def test_a_florence2_folder_saved_by_transformers_loads_trains_and_predicts(tmp_
     assert answer["task"] == "grounding" and answer["prompt"] == f"{PHRASE}the red circle"
     assert isinstance(answer["text"], str) and isinstance(answer["detections"], list)
     assert record["base"]["name"] == str(folder)
+    # issue 22.13: a phrase too long for the encoder is refused when the options are parsed, before any pass
+    # (a server parses them per request, so one request's text cannot fail a batch shared with others)
+    too_long = run("predict", "grounding", image, "-o", "text=" + "the red circle " * 40)
+    assert too_long.exit_code != 0 and "Traceback" not in too_long.output
+    assert re.search(r"^Error: option text: prompt '<CAPTION_TO_PHRASE_GROUNDING>the red circle.* the model takes 512",
+                     too_long.stderr.strip().splitlines()[-1]), too_long.stderr
 
 
 def test_a_florence2_adapter_and_a_vit_adapter_are_refused_together(tmp_path, isolated_home):
@@ -234,3 +241,22 @@ def test_texts_longer_than_the_model_takes_are_one_line_naming_them():
     phrase = "<CAPTION_TO_PHRASE_GROUNDING>" + "the red circle " * 40
     with pytest.raises(DataError, match=r"prompt '<CAPTION_TO_PHRASE_GROUNDING>the red circle.* the model takes 512"):
         prompt_inputs(processor, [phrase], torch.device("cpu"), limit=limit)
+
+
+def test_a_record_too_long_for_the_model_is_refused_when_the_data_is_read(tmp_path):
+    """Issue 22.13: a 250-object <OD> answer failed inside BART mid-run; now the data is refused
+    before training starts, naming the file and line, and no run folder is made."""
+    many = "".join(f"thing<loc_{i}><loc_{i}><loc_{i + 1}><loc_{i + 1}>" for i in range(250))
+    long_phrase = "<CAPTION_TO_PHRASE_GROUNDING>" + "the red circle " * 40
+    for line, record, message in (
+            (3, {"prefix": "<OD>", "suffix": many, "image": "0 (1).jpg"},
+             r"answer 'thing<loc_0>.* tokens, more than the 512 the model's decoder takes"),
+            (3, {"prefix": long_phrase, "suffix": "the red circle<loc_1><loc_2><loc_3><loc_4>", "image": "0 (1).jpg"},
+             r"prompt '<CAPTION_TO_PHRASE_GROUNDING>the red circle.* the model takes 512")):
+        folder = write_reference_jsonl(tmp_path / f"d{len(message)}", [*REFERENCE[:2], record])
+        result = run("train", "grounding", "--data", folder / "annotations.jsonl", *TINY,
+                     "--project", tmp_path / "runs")
+        assert result.exit_code != 0
+        last = result.stderr.strip().splitlines()[-1]
+        assert re.search(rf"annotations\.jsonl:{line}: {message}", last), result.stderr
+        assert "Traceback" not in result.output and not (tmp_path / "runs").exists()

@@ -163,7 +163,7 @@ class TaskContract:
         name = cls.backbone or task.default_backbone()
         backbone = plugins.resolve_backbone(name).load(name)
         size = task.default_train(name).image_size or backbone.image_size
-        data = task.load_data(cls.data, transform=backbone.transform_at(size), image_size=size, seed=0)
+        data = task.read_data(cls.data, backbone=backbone, image_size=size, seed=0)
         spec = AdapterSpec(task=task.name, backbone=backbone.ref, head={**task.default_head(), **data.head_config},
                            lora=dataclasses.replace(task.default_lora(), rank=4, target_modules=backbone.target_modules(
                                task.default_lora().targets)), image_size=size)

@@ -69,6 +69,14 @@ class GroundingTask(Task):
 
         return load_grounding_data(source, transform=transform, image_size=image_size, seed=seed)
 
+    def check_data(self, data: TaskData, backbone: Any) -> None:
+        """Every record's prompt and answer fit the base's positions (checked before any pass runs)."""
+        from .prompts import check_record_lengths, max_positions
+
+        limit = max_positions(backbone.model)
+        for split in (data.train, data.val, data.test):
+            check_record_lengths(backbone.processor, getattr(split, "records", ()), limit)
+
     def train_sampler(self, dataset: Any, settings: TrainSettings) -> Any:
         """``--mix interleave`` (all kinds shuffled together) or ``sequential`` (OD, regions, phrases in turn)."""
         from .data import MixSampler
@@ -158,6 +166,18 @@ class GroundingTask(Task):
         """Each box with the text written for it."""
         for det in prediction.get("detections", []):
             canvas.box(det["box"], colour=colour, label=det["label"] or "?")
+
+    def check_options(self, options: Mapping[str, Any], backbone: Any) -> None:
+        """The phrase (``text``) fits the base's encoder beside the image tokens."""
+        from .prompts import max_positions, prompt_lengths, prompt_too_long
+
+        limit = max_positions(backbone.model)
+        if limit is None or not options.get("text"):
+            return
+        prefix = options["prompt"] + options["text"]
+        (length,) = prompt_lengths(backbone.processor, [prefix])
+        if length > limit:
+            raise ConfigError("option text: " + prompt_too_long(backbone.processor, prefix, length, limit))
 
     def plot(self, result: EvalResult, head_config: Mapping[str, Any], out_dir: Path) -> list[Path]:
         """PR curves of the OD records (as the detection task draws them)."""

@@ -111,7 +111,7 @@ def eval_command(ref: str, data: str | None, split: str | None, batch_size: int,
     full_ref, record, task, key = attached.ref, attached, head.task, head.key
     backbone = model.backbone
     size = head.image_size
-    task_data = task.load_data(data, transform=backbone.transform_at(size), image_size=size, seed=record.spec.train.seed)
+    task_data = task.read_data(data, backbone=backbone, image_size=size, seed=record.spec.train.seed)
     chosen = split or ("test" if task_data.test is not None else "val")
     dataset = getattr(task_data, chosen)
     if dataset is None or len(dataset) == 0:

@@ -129,7 +129,7 @@ class AdapterShelf:
         if cached is None:  # versions never change: their heads and these options parse the same every time
             heads = [types.SimpleNamespace(key=record.spec.head_key(record.ref, head), task=plugins.get_task(head.task))
                      for record in [self._records[ref] for ref in canonical] for head in record.spec.head_specs()]
-            cached = (tuple(h.key for h in heads), Predictor.options_for(heads, options))
+            cached = (tuple(h.key for h in heads), Predictor.options_for(heads, options, backbone=self.model.backbone))
             if len(self._parsed) >= OPTIONS_CACHE:
                 self._parsed.clear()
             self._parsed[cache_key] = cached
