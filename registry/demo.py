@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from .loading import parse_refs, resolve
 from .store import LineageNode, Registry, VersionRecord
 
 PAGE_TITLE = "loradex — one base, every task"
+MAX_PIXELS = 40_000_000
+"""Largest upload the page decodes, in pixels (a decompression bomb is refused from its header)."""
 
 
 class DemoSession:
@@ -165,6 +168,36 @@ def example_images(folder: Path) -> list[str]:
     return [str(folder / name) for name in pictures]
 
 
+def page_error(gr: Any, line: str) -> Any:
+    """A user's mistake as the page shows it, and ONE line in the terminal (no traceback)."""
+    print(f"demo: {line}", file=sys.stderr)
+    return gr.Error(line, print_exception=False)
+
+
+def check_uploads(gr: Any, component: Any) -> None:
+    """Read an upload's header with loradex's checks before Gradio opens it.
+
+    Gradio's ``Image`` opens every upload with PIL before the page's function runs, so a text
+    file or a decompression bomb would end in Gradio's generic "could not preprocess" error
+    (and a traceback); this makes it loradex's line, naming the uploaded file.
+    """
+    from .serve.decoding import open_checked
+
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        path = getattr(payload, "path", None)
+        if path:
+            name = getattr(payload, "orig_name", None) or Path(path).name
+            try:
+                open_checked(Path(path).read_bytes(), name=name, max_pixels=MAX_PIXELS, hint="").close()
+            except LoradexError as exc:
+                raise page_error(gr, str(exc)) from None
+        return gradio_preprocess(payload)
+
+    component.preprocess = preprocess
+
+
 def build_app(session: DemoSession, *, refs: Sequence[str] = ()) -> Any:
     """The Gradio Blocks app: image + adapters + prompt in; drawing, JSON and the registry panel out."""
     import gradio as gr
@@ -175,9 +208,9 @@ def build_app(session: DemoSession, *, refs: Sequence[str] = ()) -> Any:
         try:
             drawing, record = session.run(image, list(selected or []), text=text or "")
         except LoradexError as exc:
-            raise gr.Error(str(exc)) from None
+            raise page_error(gr, str(exc)) from None
         except Exception as exc:  # an adapter or image the libraries choke on: report, keep serving
-            raise gr.Error(f"{type(exc).__name__}: {exc}") from None
+            raise gr.Error(f"{type(exc).__name__}: {exc}") from None  # a bug: Gradio prints its traceback
         return drawing, record
 
     def describe(selected: list[str] | None) -> str:
@@ -188,6 +221,7 @@ def build_app(session: DemoSession, *, refs: Sequence[str] = ()) -> Any:
         with gr.Row():
             with gr.Column(scale=3):
                 image = gr.Image(type="filepath", label="Image", elem_id="image", sources=["upload", "clipboard"])
+                check_uploads(gr, image)
                 adapters = gr.Dropdown(choices=session.choices(), value=chosen, multiselect=True, allow_custom_value=True,
                                        label="Adapters", elem_id="adapters")
                 text = gr.Textbox(label="Prompt (for tasks that take one, e.g. phrase grounding)",

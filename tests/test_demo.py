@@ -90,24 +90,38 @@ def test_the_side_panel_shows_versions_aliases_metrics_and_lineage(served):
     assert "versions: v1, v2" in panel and "prod → cls@v1" in panel and "lineage" in panel
 
 
-def test_bad_input_shows_an_error_and_the_server_keeps_serving(served, shelf):
+def test_bad_input_shows_loradex_line_and_the_server_keeps_serving(served, shelf, capfd):
+    """Issue 22.15: a non-image or bomb upload showed Gradio's generic "could not preprocess" error,
+    and the terminal printed a traceback for every page error; now each is loradex's line, naming
+    the uploaded file, on the page and once in the terminal."""
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
+
+    from .bad_input_corpus import _png_header
 
     url, _ = served
     client = Client(url, verbose=False)
     broken = shelf["root"] / "broken.png"
     broken.write_bytes(b"this is not a png")
-    with pytest.raises(AppError, match=r"broken\.png"):
-        client.predict(handle_file(broken), ["cls@v1"], "", api_name="/predict")
-    with pytest.raises(AppError, match="choose at least one adapter"):
-        client.predict(handle_file(shelf["scene"]), [], "", api_name="/predict")
-    with pytest.raises(AppError, match="no adapter named 'nope'"):
-        client.predict(handle_file(shelf["scene"]), ["nope"], "", api_name="/predict")
-    with pytest.raises(AppError, match="takes a text prompt"):
-        client.predict(handle_file(shelf["scene"]), ["cls@v1"], "the red circle", api_name="/predict")
+    notes = shelf["root"] / "notes.txt"
+    notes.write_text("hello")
+    bomb = _png_header(shelf["root"] / "bomb.png", 30_000, 30_000)
+    capfd.readouterr()
+    bad = [((broken, ["cls@v1"], ""), r"^broken\.png: not a readable image \(no known image format\)$"),
+           ((notes, ["cls@v1"], ""), r"^notes\.txt: not a readable image"),
+           ((bomb, ["cls@v1"], ""), r"^bomb\.png: (30000x30000 is 900,000,000 pixels, more than the limit of "
+                                    r"40,000,000|refused as a decompression bomb)"),
+           ((shelf["scene"], [], ""), "choose at least one adapter"),
+           ((shelf["scene"], ["nope"], ""), "no adapter named 'nope'"),
+           ((shelf["scene"], ["cls@v1"], "the red circle"), "takes a text prompt")]
+    for (image, adapters, text), message in bad:
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(image), adapters, text, api_name="/predict")
     _, record = client.predict(handle_file(shelf["figure"]), ["pose"], "", api_name="/predict")
     assert list(record["predictions"]) == ["pose@v1"]
+    terminal = capfd.readouterr().err
+    assert "Traceback" not in terminal, terminal
+    assert len([line for line in terminal.splitlines() if line.startswith("demo: ")]) == len(bad), terminal
 
 
 def test_the_demo_command_binds_locally_and_refuses_a_wrong_ref(shelf, monkeypatch):

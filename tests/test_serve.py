@@ -176,7 +176,7 @@ def test_each_fault_fails_only_its_request_and_the_server_keeps_answering(server
     Image.new("1", (2500, 2000)).save(tmp_path / "bomb.png")  # 5 Mpx in a few kB: over the 4 Mpx limit
     cases = [
         (post(server, [tmp_path / "notes.png"], "cls"), 400, "notes.png: not a readable image"),
-        (post(server, [tmp_path / "bomb.png"], "cls"), 400, "more than this server's limit of 4,000,000"),
+        (post(server, [tmp_path / "bomb.png"], "cls"), 400, "more than the limit of 4,000,000 (--max-pixels)"),
         (post(server, [images / "shape0.png"], "clss"), 404, "Did you mean 'cls'?"),
         (post(server, [images / "shape0.png"], "cls@v9"), 404, "cls has no version v9"),
         (post(server, [images / "shape0.png"], "cls", option="top_kk=2"), 400, "Did you mean 'top_k'?"),

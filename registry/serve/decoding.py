@@ -10,11 +10,12 @@ from typing import Any
 from loradex.core.errors import DataError
 
 
-def open_checked(data: bytes, *, name: str, max_pixels: int) -> Any:
+def open_checked(data: bytes, *, name: str, max_pixels: int, hint: str = " (--max-pixels)") -> Any:
     """``data`` (PNG, JPEG, WebP, ...) opened with its header read and its size checked, nothing decoded.
 
     An image of more than ``max_pixels`` is refused before a single pixel is decoded (a
-    decompression bomb costs nothing); a DataError names ``name`` and what is wrong.
+    decompression bomb costs nothing); a DataError names ``name`` and what is wrong, and
+    ``hint`` says how the limit is set.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -31,8 +32,8 @@ def open_checked(data: bytes, *, name: str, max_pixels: int) -> Any:
     width, height = image.size
     if width * height > max_pixels:
         image.close()
-        raise DataError(f"{name}: {width}x{height} is {width * height:,} pixels, more than this server's "
-                        f"limit of {max_pixels:,} (--max-pixels)")
+        raise DataError(f"{name}: {width}x{height} is {width * height:,} pixels, more than the limit of "
+                        f"{max_pixels:,}{hint}")
     return image
 
 
