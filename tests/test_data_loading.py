@@ -284,3 +284,27 @@ def test_seeded_runs_give_the_same_losses_and_metrics_every_epoch_with_workers_a
         assert losses[name][:2] == pytest.approx(losses["plain"][:2], rel=1e-6), name  # the first epoch
         assert losses[name] == pytest.approx(losses["plain"], rel=1e-6), name  # and every later one
         assert outcomes[name].metrics == pytest.approx(outcomes["plain"].metrics, rel=1e-6), name
+
+
+def test_a_disk_cache_that_cannot_be_written_is_one_line_before_training(tiny_backbone, tmp_path, monkeypatch):
+    """Issue 22.12: `train --cache disk` where the cache folder cannot be written ended in two chained
+    tracebacks; now one line says where and what to do instead, before any epoch."""
+    from click.testing import CliRunner
+
+    from loradex.registry.cli import cli
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        paths, _ = write_folder(tmp_path / "data" / label, count=8)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    with pytest.raises(ConfigError, match=r"--cache disk cannot write in .*blocked.*train with --cache ram"):
+        ImageCache(paths, tiny_backbone.transform_at(None), kind="disk", folder=blocked / "images").fill(
+            say=lambda line: None)
+    monkeypatch.setenv("LORADEX_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "cache").write_text("not a folder")
+    result = CliRunner().invoke(cli, ["train", "classification", "--data", str(tmp_path / "data"), "--cache", "disk",
+                                      "--epochs", "1", "--no-progress", "--project", str(tmp_path / "runs")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: --cache disk cannot write in "), result.stderr

@@ -191,7 +191,10 @@ class ImageCache:
             self._decode(threads)
             return
         assert self.folder is not None
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         key = self.key()
         data, marker = self.folder / f"{key}.u8", self.folder / f"{key}.json"
         if marker.is_file() and data.is_file():
@@ -210,7 +213,10 @@ class ImageCache:
         say(f"cache: {self.shape[0]:,} images at {self.shape[2]}x{self.shape[1]} take {size_mb:,.1f} MB of {where}")
         # Built in a file of this run's own and published by renames: a run reading the cache keeps its
         # file (its inode) whatever another run publishes meanwhile, and nobody reads a half-built one.
-        handle, private = tempfile.mkstemp(prefix=f".{key}.", suffix=".building", dir=self.folder)
+        try:
+            handle, private = tempfile.mkstemp(prefix=f".{key}.", suffix=".building", dir=self.folder)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         os.close(handle)
         try:
             pixels = np.memmap(private, dtype=np.uint8, mode="w+", shape=self.shape)
@@ -229,6 +235,10 @@ class ImageCache:
             for leftover in (Path(private), Path(private).with_suffix(".json")):
                 leftover.unlink(missing_ok=True)
         self.pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=self.shape)
+
+    def _unwritable(self, exc: OSError) -> ConfigError:
+        return ConfigError(f"--cache disk cannot write in {self.folder} ({exc.strerror or first_line(exc)}); "
+                           "train with --cache ram, or without --cache")
 
     def _decode(self, threads: int | None) -> None:
         from .transforms import open_for
