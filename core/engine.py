@@ -21,7 +21,7 @@ from .backbone import LoadedBackbone
 from .data.loading import attach_cache, checked_batches, make_loader
 from .errors import ConfigError, DataError, TrainingDivergedError
 from .model import TaskModel, build_model
-from .spec import AdapterSpec
+from .spec import AdapterSpec, RuntimeSettings
 from .task import EvalResult, Task, TaskData
 
 
@@ -132,17 +132,20 @@ def train(
     on_epoch: Callable[[EpochLog], None] | None = None,
     init: Path | None = None,
     say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    runtime: RuntimeSettings | None = None,
 ) -> TrainResult:
     """Train the adapter ``spec`` describes on ``data``; keep the best epoch's weights.
 
     ``init`` is an adapter folder to start from: its LoRA weights, and its head when it is of
-    the same task with the same head configuration (else the head starts fresh).
+    the same task with the same head configuration (else the head starts fresh). ``runtime``:
+    how this machine runs it (workers, cache, compile); the weights do not depend on it.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     settings = spec.train
+    runtime = runtime or RuntimeSettings()
     if data.train is None or len(data.train) == 0:
         raise DataError("the training split is empty")
     if data.val is None or len(data.val) == 0:
@@ -166,13 +169,13 @@ def train(
     lora_params, head_params = model.trainable_parameters()
     groups = [{"params": lora_params, "lr": settings.lr}, {"params": head_params, "lr": settings.head_lr or settings.lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=settings.weight_decay)
-    if settings.cache:
-        _attach_caches(data, settings.cache, say=say)
-    if settings.compile:
+    if runtime.cache:
+        _attach_caches(data, runtime.cache, say=say)
+    if runtime.compile:
         model.encoder.compile()  # in place: parameter names (and so the saved adapter) stay the same
     if accelerator.device.type == "cuda" and backbone.is_convolutional:
         model.to(memory_format=torch.channels_last)  # what cuDNN's fastest conv kernels read
-    loading = {"collate": task.collate, "workers": settings.workers, "device": accelerator.device}
+    loading = {"collate": task.collate, "workers": runtime.workers, "device": accelerator.device}
     train_loader = make_loader(data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
                                sampler=task.train_sampler(data.train, settings), **loading)
     val_loader = make_loader(data.val, batch_size=settings.batch_size * 2, seed=settings.seed, **loading)

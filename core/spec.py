@@ -136,11 +136,6 @@ class TrainSettings:
     max_train_samples: int | None = _help("Use at most this many training images.", None)
     mix: str = _help("Order of data of several kinds (grounding: OD, region captions, phrases): interleave "
                      "(shuffled together) or sequential (one kind after another).", "interleave")
-    workers: int | None = _help("Data-loading worker processes; None fits the machine (0 on a small CPU, up to 8 "
-                                "with a GPU).", None)
-    cache: str | None = _help("Keep decoded, resized images: ram or disk (under the loradex home); None: decode "
-                              "every epoch.", None)
-    compile: bool = _help("torch.compile the model (measure it: it pays on GPUs, rarely on CPUs).", False)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -162,13 +157,6 @@ class TrainSettings:
                             + suggest(str(self.scheduler), SCHEDULERS))
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             raise SpecError(f"monitor must be a metric name, got {self.monitor!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or isinstance(self.workers, bool)
-                                         or self.workers < 0):
-            raise SpecError(f"workers must be an integer >= 0 or null, got {self.workers!r}")
-        if self.cache is not None and self.cache not in CACHES:
-            raise SpecError(f"cache must be one of {', '.join(CACHES)} or null, got {self.cache!r}")
-        if not isinstance(self.compile, bool):
-            raise SpecError(f"compile must be true or false, got {self.compile!r}")
         if self.mix not in MIXES:
             raise SpecError(f"mix must be one of {', '.join(MIXES)}, got {self.mix!r}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -179,6 +167,36 @@ class TrainSettings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise SpecError(f"{name} must be a positive integer or null, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeSettings:
+    """How THIS machine runs a training job: speed, never the result, so never stored with the adapter.
+
+    A seeded run gives the same weights with any of these (tested), and another machine picks
+    its own; they live in the run folder's ``args.yaml``, not in ``loradex.json`` or the Hub card.
+    Adapters stored before they moved out of :class:`TrainSettings` keep loading (the keys are
+    dropped when a spec is read).
+    """
+
+    workers: int | None = _help("Data-loading worker processes; None fits the machine (0 on a small CPU, up to 8 "
+                                "with a GPU).", None)
+    cache: str | None = _help("Keep decoded, resized images: ram or disk (under the loradex home); None: decode "
+                              "every epoch.", None)
+    compile: bool = _help("torch.compile the model (measure it: it pays on GPUs, rarely on CPUs).", False)
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and (not isinstance(self.workers, int) or isinstance(self.workers, bool)
+                                         or self.workers < 0):
+            raise SpecError(f"workers must be an integer >= 0 or null, got {self.workers!r}")
+        if self.cache is not None and self.cache not in CACHES:
+            raise SpecError(f"cache must be one of {', '.join(CACHES)} or null, got {self.cache!r}")
+        if not isinstance(self.compile, bool):
+            raise SpecError(f"compile must be true or false, got {self.compile!r}")
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
+"""Keys a ``train`` mapping held before they became runtime settings (stored specs up to 0.x)."""
 
 
 _HEAD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -298,6 +316,8 @@ class AdapterSpec:
                 raise SpecError(f"{source}: 'heads' must be a list of head objects")
             data["heads"] = tuple(settings_from_mapping(HeadSpec, h, source=f"{source}: heads[{i}]")
                                   for i, h in enumerate(data["heads"]))
+        if isinstance(data.get("train"), Mapping):  # stored before workers/cache/compile became runtime settings
+            data["train"] = {k: v for k, v in data["train"].items() if k not in RUNTIME_FIELDS}
         try:
             for key, sub in (("backbone", BackboneRef), ("lora", LoraSettings), ("train", TrainSettings)):
                 if key in data:

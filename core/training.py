@@ -21,7 +21,7 @@ from .engine import EpochLog, TrainResult, resolve_mixed_precision, train
 from .inference import draw_samples
 from .runs import check_run_location, new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
 from .errors import ConfigError
-from .spec import AdapterSpec, LoraSettings, TrainSettings, settings_from_mapping
+from .spec import RUNTIME_FIELDS, AdapterSpec, LoraSettings, RuntimeSettings, TrainSettings, settings_from_mapping
 from .task import Task, TaskData
 
 
@@ -40,6 +40,9 @@ class TrainRequest:
     run_name: str = "train"
     init: Path | None = None
     """An adapter folder to start from: its LoRA weights (and its head, for the same task and labels)."""
+    runtime: Mapping[str, Any] = field(default_factory=dict)
+    """:class:`~loradex.core.spec.RuntimeSettings` overrides (workers, cache, compile): how this machine
+    runs the job, not stored with the adapter. Given in ``train`` (as before they moved) they count too."""
 
 
 @dataclass
@@ -77,8 +80,15 @@ def resolve_settings(task: Task, request: TrainRequest, backbone: LoadedBackbone
         base = {**dataclasses.asdict(task.default_lora()), **fitted["lora"]}
     lora = settings_from_mapping(LoraSettings, {**base, **request.lora}, source="lora settings")
     defaults = {**dataclasses.asdict(task.default_train(request.backbone or task.default_backbone())), **fitted["train"]}
-    train = settings_from_mapping(TrainSettings, {**defaults, **request.train}, source="train settings")
+    asked = {k: v for k, v in request.train.items() if k not in RUNTIME_FIELDS}
+    train = settings_from_mapping(TrainSettings, {**defaults, **asked}, source="train settings")
     return lora, train
+
+
+def resolve_runtime(request: TrainRequest) -> RuntimeSettings:
+    """The request's runtime settings (``runtime``, and the same keys in ``train`` as before they moved)."""
+    moved = {k: v for k, v in request.train.items() if k in RUNTIME_FIELDS}
+    return settings_from_mapping(RuntimeSettings, {**moved, **request.runtime}, source="runtime settings")
 
 
 def _fitted_defaults(task: Task, backbone: LoadedBackbone | None) -> dict[str, dict[str, Any]]:
@@ -172,6 +182,7 @@ def train_adapter(
     """Run one training job and write its run folder and adapter artifact."""
     task = plugins.get_task(request.task)
     lora, settings = resolve_settings(task, request)
+    runtime = resolve_runtime(request)
     check_run_location(request.project, request.run_name)  # before anything is loaded or written
     resolve_mixed_precision(settings.mixed_precision)
     start = init_spec(request.init) if request.init is not None else None
@@ -204,7 +215,7 @@ def train_adapter(
         data.train = take(data.train, limit, seed=settings.seed)
     spec = build_spec(task, backbone, data, request, lora, settings)
     if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
-        result = train(task, backbone, spec, data, progress=False, init=request.init)
+        result = train(task, backbone, spec, data, progress=False, init=request.init, runtime=runtime)
         return TrainOutcome(run_dir=None, artifact_dir=None, spec=spec, metrics=flat_metrics(result), result=result,
                             data_description=data.description, primary_metric=task.primary_metric)
 
@@ -213,7 +224,8 @@ def train_adapter(
     resolved = spec.to_dict()
     write_yaml(run_dir / "args.yaml", {
         "task": task.name, "data": request.data or "synthetic", "backbone": backbone_name,
-        "revision": revision, "init": str(request.init) if request.init else None, **resolved["lora"], **resolved["train"], "head": spec.head,
+        "revision": revision, "init": str(request.init) if request.init else None, **resolved["lora"], **resolved["train"],
+        "head": spec.head, "runtime": dataclasses.asdict(runtime),  # this run's machine settings: here, not in the adapter
     })
 
     def on_epoch(log: EpochLog) -> None:
@@ -223,7 +235,7 @@ def train_adapter(
             f"val_loss {log.val_loss:.4f}  {parts}  {log.seconds:.1f}s")
 
     result = train(task, backbone, spec, data, log_dir=run_dir / "tensorboard", progress=progress, on_epoch=on_epoch,
-                   init=request.init, say=say)
+                   init=request.init, say=say, runtime=runtime)
     metrics = flat_metrics(result)
     write_results_csv(run_dir / "results.csv", result.history)
     write_json(run_dir / "metrics.json", {

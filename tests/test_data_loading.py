@@ -134,12 +134,12 @@ def test_default_workers_fit_the_machine(tiny_backbone, tmp_path):
 
 def test_settings_refuse_bad_workers_and_cache():
     from loradex.core.errors import SpecError
-    from loradex.core.spec import TrainSettings
+    from loradex.core.spec import RuntimeSettings
 
     with pytest.raises(SpecError, match="workers must be an integer >= 0"):
-        TrainSettings(workers=-1)
+        RuntimeSettings(workers=-1)
     with pytest.raises(SpecError, match="cache must be one of ram, disk"):
-        TrainSettings(cache="ssd")
+        RuntimeSettings(cache="ssd")
 
 
 def test_threads_follow_the_setting(monkeypatch):

@@ -90,3 +90,34 @@ def test_from_dict_names_the_field_at_fault():
     data["format"] = 99
     with pytest.raises(SpecError, match="format 99"):
         AdapterSpec.from_dict(data)
+
+
+def test_machine_settings_are_not_stored_and_old_specs_holding_them_still_load(tmp_path, monkeypatch):
+    """Issue 23.3: workers, cache and compile are how one machine runs a job; they were saved into every
+    loradex.json and Hub card. Now they are runtime settings: in the run folder, not in the adapter."""
+    from click.testing import CliRunner
+
+    from loradex.core.spec import RUNTIME_FIELDS
+    from loradex.registry.cli import cli
+    from loradex.registry.store import Registry
+
+    spec = AdapterSpec(task="classification", backbone=BackboneRef(name="tiny-vit"))
+    old = spec.to_dict()
+    assert not set(RUNTIME_FIELDS) & set(old["train"])
+    old["train"].update(workers=4, cache="disk", compile=True)  # what an adapter stored before held
+    assert AdapterSpec.from_dict(old, source="old loradex.json") == spec
+    monkeypatch.setenv("LORADEX_HOME", str(tmp_path / "home"))
+    trained = CliRunner().invoke(cli, ["train", "classification", "--data", "synthetic:train=16,val=8,test=0",
+                                       "--epochs", "1", "--workers", "0", "--cache", "ram", "--no-progress",
+                                       "--project", str(tmp_path / "runs"), "--json"])
+    assert trained.exit_code == 0, trained.output
+    with Registry.open() as registry:
+        folder = registry.materialize("classification")
+    stored = json.loads((folder / "loradex.json").read_text())
+    assert not set(RUNTIME_FIELDS) & set(stored["train"])
+    card = (folder / "README.md").read_text()
+    assert "workers" not in card and "compile" not in card
+    import yaml
+
+    args = yaml.safe_load((tmp_path / "runs" / "classification" / "train" / "args.yaml").read_text())
+    assert args["runtime"] == {"workers": 0, "cache": "ram", "compile": False}

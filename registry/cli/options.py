@@ -14,12 +14,13 @@ from typing import Any
 import click
 
 from loradex.core.errors import ConfigError, suggest
-from loradex.core.spec import LoraSettings, TrainSettings, field_help
+from loradex.core.spec import LoraSettings, RuntimeSettings, TrainSettings, field_help
 
 LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
 RUN_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "head", "init")
-CONFIG_KEYS = RUN_KEYS + LORA_FIELDS + TRAIN_FIELDS
+CONFIG_KEYS = RUN_KEYS + LORA_FIELDS + TRAIN_FIELDS + RUNTIME_FIELDS
 TEXT_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "init", "scheduler", "mixed_precision",
              "cache")
 
@@ -35,7 +36,8 @@ def _click_type(cls: type, name: str) -> Any:
 
 def settings_options(func: Callable) -> Callable:
     """Add ``--rank --alpha ... --epochs --batch-size --lr ...`` with help from the dataclasses."""
-    for cls, names in ((TrainSettings, TRAIN_FIELDS[::-1]), (LoraSettings, LORA_FIELDS[::-1])):
+    for cls, names in ((RuntimeSettings, RUNTIME_FIELDS[::-1]), (TrainSettings, TRAIN_FIELDS[::-1]),
+                       (LoraSettings, LORA_FIELDS[::-1])):
         for name in names:
             help_text = field_help(cls, name)
             if name == "targets":
@@ -82,11 +84,10 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def split_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(LoRA overrides, training overrides) from a flat mapping; None values are dropped."""
-    lora = {k: values[k] for k in LORA_FIELDS if values.get(k) is not None}
-    train = {k: values[k] for k in TRAIN_FIELDS if values.get(k) is not None}
-    return lora, train
+def split_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(LoRA, training, runtime overrides) from a flat mapping; None values are dropped."""
+    return tuple({k: values[k] for k in fields if values.get(k) is not None}  # type: ignore[return-value]
+                 for fields in (LORA_FIELDS, TRAIN_FIELDS, RUNTIME_FIELDS))
 
 
 def registry_home() -> str | None:

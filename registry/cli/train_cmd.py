@@ -39,7 +39,7 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
     values = {**config, **{k: v for k, v in options.items() if v is not None}}
     name = values.get("name") or task_obj.name
     validate_name(name)
-    lora, train = split_settings(values)
+    lora, train, runtime = split_settings(values)
     registry = open_registry()
     registry.check_can_store(name, task_obj.name)  # a refused name or registry fails now, not after training
     init_ref = values.get("init")
@@ -55,6 +55,7 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
         project=Path(values.get("project") or "runs"),
         run_name=values.get("run_name") or "train",
         init=registry.materialize(init_record) if init_record else None,
+        runtime=runtime,
     )
     outcome = train_adapter(request, progress=not no_progress)
     if outcome.artifact_dir is None:  # a non-main process of a distributed launch
