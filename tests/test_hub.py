@@ -23,6 +23,7 @@ def hub(tmp_path, monkeypatch):
     """A fresh Hub server, the client pointed at it (Xet off, online), alice logged in through HF_TOKEN."""
     import huggingface_hub
     import huggingface_hub.constants as constants
+    import huggingface_hub.hf_api  # noqa: F401  (patched below; not imported yet when this test runs alone)
 
     with HubServer(tmp_path / "hub", tokens={ALICE: "alice", BOB: "bob"}) as server:
         # what HF_ENDPOINT, HF_HUB_OFFLINE=0, HF_HUB_DISABLE_XET=1 ... set before the import would give
@@ -298,3 +299,33 @@ def test_a_hub_that_hangs_up_mid_upload_is_one_line_and_changes_nothing(hub, ada
     failed = run(home, "push", "shapes", "--repo", "alice/shapes")
     one_line(failed, "the Hub could not be reached or stopped answering (RemoteProtocolError", not_in=(ALICE,))
     assert "run it again to resume" in failed.stderr and run(home, "verify").exit_code == 0
+
+
+def test_a_registry_written_by_e3946c2_lists_predicts_merges_and_pushes(hub, tmp_path):
+    """Issue 23: a registry as loradex e3946c2 wrote it (tests/fixtures/registry-e3946c2: two trained
+    tiny-vit adapters whose loradex.json still holds workers/cache/compile, an alias) keeps working."""
+    import shutil
+    from pathlib import Path
+
+    from PIL import Image
+
+    home = tmp_path / "home"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "registry-e3946c2", home)
+    listed = {row["name"]: row for row in json.loads(run(home, "list", "--json").stdout)}
+    assert set(listed) == {"classification", "detection"}
+    assert run(home, "show", "classification@prod", "--json").exit_code == 0
+    assert run(home, "verify").exit_code == 0
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (90, 70), (200, 30, 30)).save(image)
+    predicted = run(home, "predict", "classification@prod,detection", image, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    assert set(json.loads(predicted.stdout)[0]["predictions"]) == {"classification@v1", "detection@v1"}
+    merged = run(home, "merge", "classification@prod", "detection", "--name", "both", "--json")
+    assert merged.exit_code == 0, merged.output
+    with Registry.open(home) as registry:
+        stored = json.loads((registry.materialize("both") / "loradex.json").read_text())
+    assert "workers" not in json.dumps(stored)
+    pushed = run(home, "push", "both", "--repo", "alice/both", "--json")
+    assert pushed.exit_code == 0, pushed.output
+    pulled = run(tmp_path / "other", "pull", "alice/both@v1", "--json")
+    assert pulled.exit_code == 0, pulled.output
