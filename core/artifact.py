@@ -71,6 +71,74 @@ def read_metrics(folder: Path) -> dict[str, float]:
     return data
 
 
+def write_lora(folder: Path, config: Mapping[str, Any], state: Mapping[str, Any]) -> None:
+    """``adapter_config.json`` and ``adapter_model.safetensors`` exactly as PEFT's ``save_pretrained``
+    writes them (sorted JSON; contiguous CPU tensors, ``format: pt``): plain PEFT loads the pair."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS),
+              metadata={"format": "pt"})
+
+
+def write_adapter(
+    folder: Path,
+    spec: AdapterSpec,
+    *,
+    lora_config: Mapping[str, Any],
+    lora_state: Mapping[str, Any],
+    heads: Mapping[str, Mapping[str, Any] | Path],
+    metrics: Mapping[str, float] | None = None,
+    card: str | None = None,
+    name: str | None = None,
+) -> Path:
+    """THE writer of the adapter format: train, merge, compress and import all come through here.
+
+    ``heads`` maps each head name of ``spec`` to its weights (a state dict), or to a head file
+    to copy unchanged (its bytes, and so its blob, stay the same). ``card`` defaults to
+    :func:`model_card` (``name``: the adapter's name in it). ``folder`` is created if needed.
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_lora(folder, lora_config, lora_state)
+    for head in spec.head_specs():
+        weights, target = heads[head.name], folder / head_file(spec, head)
+        if isinstance(weights, Path):
+            shutil.copyfile(weights, target)
+        else:
+            save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(target),
+                      metadata={"task": head.task, "format": "loradex-head"})
+    for file, data in describing_files(spec, metrics=metrics, card=card, name=name).items():
+        (folder / file).write_bytes(data)
+    return folder
+
+
+def describing_files(spec: AdapterSpec, *, metrics: Mapping[str, float] | None = None, card: str | None = None,
+                     name: str | None = None) -> dict[str, bytes]:
+    """The bytes of ``loradex.json``, ``metrics.json`` and ``README.md`` for ``spec`` (what
+    :func:`write_adapter` writes, and what the registry stores for a folder that lacks them)."""
+    return {SPEC_FILE: spec.to_json().encode("utf-8"),
+            METRICS_FILE: (json.dumps(dict(metrics or {}), indent=2, sort_keys=True) + "\n").encode("utf-8"),
+            CARD_FILE: (card if card is not None else model_card(spec, metrics or {}, name=name)).encode("utf-8")}
+
+
+def peft_files(model: Any, adapter_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(adapter_config, LoRA weights) of the PEFT adapter ``adapter_name`` in ``model``, as
+    ``save_pretrained`` would write them (no embedding layers: none is ever trained)."""
+    from peft import get_peft_model_state_dict
+
+    config = model.peft_config[adapter_name].to_dict()
+    config = {k: list(v) if isinstance(v, set) else v for k, v in config.items()}
+    config["inference_mode"] = True
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
+    return config, state
+
+
 def save_artifact(
     model: Any,
     spec: AdapterSpec,
@@ -81,23 +149,10 @@ def save_artifact(
     card: str | None = None,
 ) -> Path:
     """Write the adapter ``adapter_name`` of a TaskModel into ``folder`` (created if needed)."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # no embedding layers are ever trained; "auto" would look the base up on the Hub
-    model.encoder.save_pretrained(str(folder), selected_adapters=[adapter_name], save_embedding_layers=False)
-    if adapter_name != "default":  # PEFT nests non-default adapters in a sub-folder
-        sub = folder / adapter_name
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-            (sub / name).replace(folder / name)
-        sub.rmdir()
-    head_state = {k: v.detach().cpu().contiguous() for k, v in model.heads[adapter_name].state_dict().items()}
-    save_file(head_state, str(folder / HEAD_WEIGHTS), metadata={"task": spec.task, "format": "loradex-head"})
-    (folder / SPEC_FILE).write_text(spec.to_json(), encoding="utf-8")
-    (folder / METRICS_FILE).write_text(json.dumps(dict(metrics or {}), indent=2, sort_keys=True) + "\n")
-    (folder / CARD_FILE).write_text(card if card is not None else model_card(spec, metrics or {}), encoding="utf-8")
-    return folder
+    config, state = peft_files(model.encoder, adapter_name)
+    head = model.heads[adapter_name].state_dict()
+    return write_adapter(folder, spec, lora_config=config, lora_state=state,
+                         heads={h.name: head for h in spec.head_specs()}, metrics=metrics, card=card)
 
 
 def check_complete(folder: Path, spec: AdapterSpec | None = None) -> AdapterSpec:
@@ -250,13 +305,9 @@ def native_names(folder: Path, backbone: Any, scratch: Path) -> Path:
 
     Only the safetensors header is read when no renaming is needed.
     """
-    from safetensors.torch import save_file
-
     if lora_keys_match(folder, backbone):
         return folder
-    config, state = read_lora(folder, backbone)
-    (scratch / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    save_file(state, str(scratch / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    write_lora(scratch, *read_lora(folder, backbone))
     return scratch
 
 

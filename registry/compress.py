@@ -10,8 +10,6 @@ ran by hand.
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 
 import torch
 
-from loradex.core.artifact import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SPEC_FILE, head_files, model_card
+from loradex.core.artifact import ADAPTER_WEIGHTS, head_file, head_files, write_adapter
 from loradex.core.errors import ConfigError, RegistryError
 from loradex.core.lora_runtime import LoraFactors
 
@@ -85,8 +83,6 @@ def build(source: Path, config: Mapping[str, Any], layers: Mapping[str, LoraFact
 
     ``kernels``: the conv layers' kernel shapes (``MergeInput.kernels``), to write their factors back as convs.
     """
-    from safetensors.torch import save_file
-
     check_request(rank=rank, energy=energy, dtype=dtype, adapter_rank=max(f.rank for f in layers.values()))
     if rank is None and energy is None:
         new_layers = {m: LoraFactors(a=f.a, b=f.b * f.scale, scale=1.0) for m, f in layers.items()}
@@ -99,17 +95,12 @@ def build(source: Path, config: Mapping[str, Any], layers: Mapping[str, LoraFact
         errors = _with_storage_error(layers, new_layers, errors)
     new_config, state = algebra.to_peft(new_layers, base_config=config, per_layer_rank=energy is not None,
                                            kernels=kernels)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(new_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    for head in head_files(spec):
-        shutil.copyfile(source / head, folder / head)
     new_rank = int(new_config["r"])
     lora = spec.lora.__class__(rank=new_rank, alpha=new_rank, dropout=spec.lora.dropout, targets=spec.lora.targets,
                                target_modules=spec.lora.target_modules)
     new_spec = spec.replace(lora=lora)
-    (folder / SPEC_FILE).write_text(new_spec.to_json(), encoding="utf-8")
-    (folder / "README.md").write_text(model_card(new_spec, {}, name=name), encoding="utf-8")
+    write_adapter(folder, new_spec, lora_config=new_config, lora_state=state, name=name,
+                  heads={head.name: source / head_file(spec, head) for head in spec.head_specs()})  # heads unchanged
     size = lambda f: sum((f / n).stat().st_size for n in (ADAPTER_WEIGHTS, *head_files(spec)))  # noqa: E731
     return Compressed(folder=folder, layers=errors, size_before=size(source), size_after=size(folder), rank=rank,
                       energy=energy, dtype=dtype)

@@ -13,7 +13,6 @@ factor-wise combinations, which merge the A's and B's separately (cross terms: a
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -23,16 +22,7 @@ from typing import Any
 
 import torch
 
-from loradex.core.artifact import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    METRICS_FILE,
-    SPEC_FILE,
-    head_file,
-    load_weights,
-    model_card,
-    read_lora,
-)
+from loradex.core.artifact import head_file, load_weights, read_lora, write_adapter
 from loradex.core import plugins
 from loradex.core.errors import ConfigError, RegistryError, suggest
 from loradex.core.lora_runtime import LoraFactors, conv_kernels, factors_from_peft, unsupported_reason
@@ -275,8 +265,6 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
 
     ``base``: the adapter the inputs were fine-tuned from (``--base``); see :func:`merge_layers`.
     """
-    from safetensors.torch import save_file
-
     chosen = check_request(len(inputs), method=method, weights=weights, density=density, rank=rank)
     check_same_base([(i.ref, i.spec) for i in ([*inputs, base] if base is not None else inputs)])
     weights = list(weights) if weights is not None else default_weights(inputs)
@@ -318,17 +306,9 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
     else:
         spec = AdapterSpec(task=MULTITASK, backbone=first.backbone, lora=lora, train=first.train,
                            image_size=head_specs[0].image_size, heads=tuple(head_specs))
-    folder.mkdir(parents=True, exist_ok=True)
     config["base_model_name_or_path"] = first.backbone.name
     config["revision"] = first.backbone.revision
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    for head in spec.head_specs():
-        save_file({k: v.contiguous() for k, v in head_states[head.name].items()}, str(folder / head_file(spec, head)),
-                  metadata={"task": head.task, "format": "loradex-head"})
-    (folder / SPEC_FILE).write_text(spec.to_json(), encoding="utf-8")
-    (folder / METRICS_FILE).write_text("{}\n", encoding="utf-8")
-    (folder / "README.md").write_text(model_card(spec, {}, name=name), encoding="utf-8")
+    write_adapter(folder, spec, lora_config=config, lora_state=state, heads=head_states, name=name)
     return MergedAdapter(folder=folder, spec=spec, method=chosen.name, weights=weights,
                          density=effective_density(chosen, density), rank=stored_rank, exact=chosen.exact,
                          update_error=error, head_of=head_of, base=base.ref if base is not None else None)

@@ -38,7 +38,7 @@ from loradex.core.artifact import (
     artifact_files,
     check_complete,
     check_fingerprint,
-    model_card,
+    describing_files,
     read_metrics,
 )
 from loradex.core.errors import (
@@ -340,8 +340,8 @@ class Registry:
             raise RegistryError("import needs a task (--task)")
         plan = plan_import(path, task=task, base=base)
         sources: dict[str, Path | bytes] = dict(plan.files)
-        if SPEC_FILE not in sources:
-            sources[SPEC_FILE] = plan.spec.to_json().encode("utf-8")
+        if SPEC_FILE not in sources:  # a plain PEFT folder: the spec worked out from its config
+            sources[SPEC_FILE] = describing_files(plan.spec)[SPEC_FILE]
         source = {"imported_from": str(path.resolve())} if kind == "imported" else {}  # a pull records its origin
         record_args = {**source, **({"import_note": plan.note} if plan.note else {}),
                        **dict(args or {})}
@@ -420,11 +420,10 @@ class Registry:
             final = numeric_metrics(folder_metrics, source=f"{where}/{METRICS_FILE}", strict=False)
         else:
             final = numeric_metrics(metrics, source="metrics", strict=True)
-            sources[METRICS_FILE] = (json.dumps(final, indent=2, sort_keys=True) + "\n").encode()
-        if METRICS_FILE not in sources:
-            sources[METRICS_FILE] = (json.dumps(final, indent=2, sort_keys=True) + "\n").encode()
-        if CARD_FILE not in sources:
-            sources[CARD_FILE] = model_card(spec, final, name=name).encode("utf-8")
+        described = describing_files(spec, metrics=final, name=name)
+        if metrics is not None or METRICS_FILE not in sources:
+            sources[METRICS_FILE] = described[METRICS_FILE]
+        sources.setdefault(CARD_FILE, described[CARD_FILE])
         parent_refs = tuple(self.resolve(p).ref for p in parents)
         head_name, head_value = headline(final, args)
         return NewVersion(

