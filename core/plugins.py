@@ -1,7 +1,8 @@
 """The one plugin manager: built-in plugins and third-party ones load the same way.
 
-Built-in plugins are module names registered with ``pm.register``; third-party plugins come
-from the ``loradex`` entry-point group. ``LORADEX_LOAD_PLUGINS`` (comma-separated
+Every plugin comes from the ``loradex`` entry-point group: the built-in ones are the entry
+points loradex's own distribution declares in pyproject.toml (core names none of them), the
+others are third-party. ``LORADEX_LOAD_PLUGINS`` (comma-separated
 distribution or entry-point names; empty for none) limits which third-party plugins load; a
 name in it that matches no installed plugin is warned about. A plugin that fails to import,
 raises in a hook, registers a taken name or implements a hook loradex does not define is
@@ -11,7 +12,6 @@ disabled as a whole — nothing it registered stays — and reported with its di
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -24,13 +24,7 @@ import pluggy
 from . import hookspecs
 from .errors import PluginError, UnknownNameError
 
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "loradex.plugins.backbones",
-    "loradex.plugins.classification",
-    "loradex.plugins.detection",
-    "loradex.plugins.pose",
-    "loradex.plugins.grounding",
-)
+DISTRIBUTION = "loradex"
 ENTRY_POINT_GROUP = "loradex"
 LOAD_ENV = "LORADEX_LOAD_PLUGINS"
 DEBUG_ENV = "LORADEX_DEBUG"
@@ -67,6 +61,7 @@ class _State:
     dists: dict[str, tuple[str, str]] = field(default_factory=dict)
     tasks: dict[str, Registration] | None = None
     backbones: dict[str, Registration] | None = None
+    builtin: tuple[str, ...] = ()
 
 
 _state = _State()
@@ -95,8 +90,24 @@ def _fail(plugin: str, exc: BaseException | str) -> None:
         import traceback
 
         print("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), file=sys.stderr)
-    if plugin not in BUILTIN_PLUGINS and pm.get_plugin(plugin) is not None:
+    if plugin not in _state.builtin and pm.get_plugin(plugin) is not None:
         pm.unregister(name=plugin)
+
+
+def _entry_points() -> tuple[list[Any], list[Any]]:
+    """(loradex's own entry points, the third-party ones) of the ``loradex`` group."""
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
+    own = [ep for ep in found if ep.dist is not None and ep.dist.name == DISTRIBUTION]
+    if not own:
+        raise PluginError(f"loradex's own plugins are not registered (no {ENTRY_POINT_GROUP!r} entry points in "
+                          "its installed metadata): reinstall it (uv sync, or pip install -e .)")
+    return own, [ep for ep in found if ep not in own]
+
+
+def builtin_plugins() -> tuple[str, ...]:
+    """Names of the built-in plugins: the entry points loradex's own pyproject.toml declares."""
+    load_plugins()
+    return _state.builtin
 
 
 def load_plugins() -> pluggy.PluginManager:
@@ -104,13 +115,14 @@ def load_plugins() -> pluggy.PluginManager:
     if _state.loaded:
         return pm
     _state.loaded = True
-    for module_name in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=module_name)
+    own, found = _entry_points()
+    for ep in own:  # always loaded, whatever LORADEX_LOAD_PLUGINS says
+        pm.register(ep.load(), name=ep.name)
+    _state.builtin = tuple(ep.name for ep in own)
     pm.check_pending()
 
     allowed = os.environ.get(LOAD_ENV)
     wanted = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-    found = list(entry_points(group=ENTRY_POINT_GROUP))
     if wanted:
         known = {ep.name for ep in found} | {ep.dist.name for ep in found if ep.dist}
         for name in sorted(wanted - known):
@@ -209,6 +221,17 @@ def resolve_backbone(source: str):
     raise UnknownNameError("backbone", source, backbones)
 
 
+def default_backbone(kind: str) -> str:
+    """The name of the backbone registered as the default for tasks on ``kind`` bases (``encoder``,
+    ``encoder-decoder``): the first whose ``default_for`` names it."""
+    for name, registration in get_backbones().items():
+        if kind in getattr(registration.obj, "default_for", ()):
+            return name
+    from .errors import ConfigError
+
+    raise ConfigError(f"no installed backbone is the default for {kind} tasks; name one with --backbone")
+
+
 def register_commands(cli: Any) -> None:
     """Let every plugin add commands to the root click group ``cli``.
 
@@ -231,7 +254,7 @@ def register_commands(cli: Any) -> None:
             if name in before and before[name] is not command:
                 cli.commands[name] = before[name]
                 _warn(f"plugin {plugin!r} tried to add the command {name!r}, which is already "
-                      f"{'built in' if plugin not in BUILTIN_PLUGINS else 'taken'}; its command is ignored")
+                      f"{'built in' if plugin not in _state.builtin else 'taken'}; its command is ignored")
 
 
 def plugin_infos(*, include_builtin: bool = False) -> list[PluginInfo]:
@@ -241,7 +264,7 @@ def plugin_infos(*, include_builtin: bool = False) -> list[PluginInfo]:
     get_backbones()
     infos: list[PluginInfo] = []
     for name, plugin in pm.list_name_plugin():
-        builtin = name in BUILTIN_PLUGINS
+        builtin = name in _state.builtin
         if builtin and not include_builtin:
             continue
         hooks = tuple(sorted(h.name for h in pm.get_hookcallers(plugin) or ()))

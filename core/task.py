@@ -101,6 +101,8 @@ class Task(abc.ABC):
     """The kind of base the task runs on: ``encoder`` (its head reads the base's tokens: ViT and kin)
     or ``encoder-decoder`` (pixels and a prompt → text: Florence-2). A task of the second kind owns
     its forward pass (:meth:`step`, :meth:`validate`) and its generation (:meth:`generate`)."""
+    pipeline_tag: ClassVar[str | None] = None
+    """The Hub's ``pipeline_tag`` for an adapter of this task alone (``image-classification``); None: none."""
     predict_options: ClassVar[type] = NoOptions
     """A frozen dataclass of the options ``postprocess`` takes (``top_k``, score thresholds, ...).
 
@@ -114,8 +116,20 @@ class Task(abc.ABC):
         return self.requires == "encoder-decoder"
 
     def default_backbone(self) -> str:
-        """The built-in base this task trains on when none is given."""
-        return "tiny-vit" if self.requires == "encoder" else "tiny-florence2"
+        """The base this task trains on when none is given: the backbone a plugin declares the
+        default for this task's kind of base (:attr:`requires`); override to choose another."""
+        from . import plugins
+
+        return plugins.default_backbone(self.requires)
+
+    def example_images(self) -> dict[str, Image.Image]:
+        """Pictures to try an adapter of this task on, by file name (``adapters demo`` offers them)."""
+        return {}
+
+    def synthetic_head_config(self) -> dict[str, Any]:
+        """The head configuration this task's built-in synthetic data gives (labels, keypoints, ...),
+        without reading the data; used by :func:`loradex.testing.random_adapter`. Empty: none."""
+        return {}
 
     def default_lora(self) -> LoraSettings:
         """LoRA settings used when the user gives none: r=16, alpha 32 on every attention and MLP

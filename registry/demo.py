@@ -156,13 +156,14 @@ def _lineage_lines(node: LineageNode, *, depth: int) -> list[str]:
 
 
 def example_images(folder: Path) -> list[str]:
-    """A few built-in pictures to try the page on: a shapes scene and a stick figure."""
-    from loradex.plugins.grounding.data import scene
-    from loradex.plugins.pose.synthetic import stick_figure
+    """The pictures the installed tasks offer to try the page on (:meth:`Task.example_images`), saved in ``folder``."""
+    from loradex.core import plugins
 
     folder.mkdir(parents=True, exist_ok=True)
-    pictures = {"shapes-scene.png": scene(0, 11, 224)[0], "shapes-scene-2.png": scene(0, 12, 224)[0],
-                "stick-figure.png": stick_figure(0, 5)[0]}
+    pictures: dict[str, Any] = {}
+    for registration in plugins.get_tasks().values():
+        for name, picture in registration.obj.example_images().items():
+            pictures.setdefault(name, picture)
     for name, picture in pictures.items():
         picture.save(folder / name)
     return [str(folder / name) for name in pictures]

@@ -12,8 +12,6 @@ import json
 import re
 from typing import Any
 
-PIPELINE_TAGS = {"classification": "image-classification", "detection": "object-detection",
-                 "pose": "keypoint-detection"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -24,8 +22,9 @@ def model_card(record: Any, *, repo_id: str, tag: str, lineage: list[str]) -> st
     spec = record.spec
     base = spec.backbone
     tasks = list(spec.tasks)
+    pipeline_tag = pipeline_tag_of(record.task)
     results = [
-        EvalResult(task_type=PIPELINE_TAGS.get(record.task, record.task), dataset_type=str(record.args.get("data")
+        EvalResult(task_type=pipeline_tag or record.task, dataset_type=str(record.args.get("data")
                    or "unknown"), dataset_name=str(record.args.get("data") or "unknown"), metric_type=name,
                    metric_value=value)
         for name, value in sorted(record.metrics.items()) if isinstance(value, (int, float))
@@ -35,7 +34,7 @@ def model_card(record: Any, *, repo_id: str, tag: str, lineage: list[str]) -> st
         extra["base_model"] = base.name
         extra["base_model_relation"] = "adapter"
     data = ModelCardData(
-        library_name="peft", pipeline_tag=PIPELINE_TAGS.get(record.task) if len(tasks) == 1 else None,
+        library_name="peft", pipeline_tag=pipeline_tag if len(tasks) == 1 else None,
         tags=["loradex", "lora", *tasks], model_name=repo_id, eval_results=results or None, **extra,
     )
     revision = f'"{tag}"'
@@ -78,6 +77,17 @@ model = PeftModel.from_pretrained(base, "{repo_id}", revision={revision})   # ba
 - input size: {', '.join(f'{h.name} {h.image_size}px' for h in spec.head_specs())}
 """
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
+
+
+def pipeline_tag_of(task: str) -> str | None:
+    """The Hub pipeline tag the task declares (:attr:`Task.pipeline_tag`); None for an uninstalled task."""
+    from loradex.core import plugins
+    from loradex.core.errors import LoradexError
+
+    try:
+        return plugins.get_task(task).pipeline_tag
+    except LoradexError:
+        return None
 
 
 def _lineage(record: Any, lineage: list[str]) -> str:

@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from loradex.core import plugins
 from loradex.core.artifact import (
     CARD_FILE,
     METRICS_FILE,
@@ -63,7 +64,6 @@ from .locks import file_lock
 from .manifests import Manifests
 from .weights import check_finite, check_safetensors
 
-HEADLINE_METRICS = ("f1_macro", "map50", "pck@0.1")
 KINDS = ("trained", "merged", "compressed", "imported", "pulled")
 OPTIONAL_FILES = (METRICS_FILE, CARD_FILE)
 """Stored when present (generated otherwise); the rest of a version is ``artifact_files(spec)``."""
@@ -186,12 +186,18 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def headline(metrics: Mapping[str, float], args: Mapping[str, Any]) -> tuple[str | None, float | None]:
-    """The metric ``adapters list`` shows: ``args['primary_metric']``, else a known one present."""
+def headline(metrics: Mapping[str, float], args: Mapping[str, Any], tasks: Sequence[str] = ()
+             ) -> tuple[str | None, float | None]:
+    """The metric ``adapters list`` shows: ``args['primary_metric']``, else the first of ``tasks``'
+    primary metrics (:attr:`Task.primary_metric`) that is present."""
     primary = args.get("primary_metric")
     if isinstance(primary, str) and primary:
         return primary, metrics.get(primary)
-    for name in HEADLINE_METRICS:
+    for task in tasks:
+        try:
+            name = plugins.get_task(task).primary_metric
+        except LoradexError:  # a task whose plugin is not installed here
+            continue
         if name in metrics:
             return name, metrics[name]
     return None, None
@@ -425,7 +431,7 @@ class Registry:
             sources[METRICS_FILE] = described[METRICS_FILE]
         sources.setdefault(CARD_FILE, described[CARD_FILE])
         parent_refs = tuple(self.resolve(p).ref for p in parents)
-        head_name, head_value = headline(final, args)
+        head_name, head_value = headline(final, args, spec.tasks)
         return NewVersion(
             name=name, task=spec.task, spec_json=spec.to_json(), metrics=final, base=spec.backbone.name,
             fingerprint=spec.backbone.fingerprint, files=(), created=utc_now(), kind=kind, args=args,

@@ -39,7 +39,10 @@ def test_builtins_register_through_the_hooks(fresh_plugins):
     backbones = plugins.get_backbones()
     assert {"tiny-vit", "vit-base", "hf"} <= set(backbones)
     assert backbones["tiny-vit"].plugin == "loradex.plugins.backbones"
-    for name in plugins.BUILTIN_PLUGINS:
+    assert set(plugins.builtin_plugins()) == {"loradex.plugins.backbones", "loradex.plugins.classification",
+                                              "loradex.plugins.detection", "loradex.plugins.pose",
+                                              "loradex.plugins.grounding"}  # from pyproject.toml's entry points
+    for name in plugins.builtin_plugins():
         assert plugins.pm.get_plugin(name) is not None
 
 

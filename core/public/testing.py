@@ -21,20 +21,8 @@ def builtin_head_config(task: str) -> dict[str, Any]:
     from loradex.core import plugins
 
     task_obj = plugins.get_task(task)
-    if task == "classification":
-        from loradex.plugins.shapes import SHAPES
-
-        data = {"labels": list(SHAPES)}
-    elif task == "detection":
-        from loradex.plugins.detection.targets import head_config
-        from loradex.plugins.shapes import SCENE_SHAPES
-
-        data = head_config(SCENE_SHAPES)
-    elif task == "pose":
-        from loradex.plugins.pose.schema import stick_figure_schema
-
-        data = stick_figure_schema()
-    else:
+    data = task_obj.synthetic_head_config()
+    if not data:
         raise ValueError(f"no built-in head configuration for task {task!r}; pass head=...")
     return {**task_obj.default_head(), **data}
 

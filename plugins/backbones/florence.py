@@ -106,6 +106,8 @@ class FlorencePreset:
     description: str
     image_size: int = 128
     seed: int = 0
+    default_for: tuple[str, ...] = ()
+    """Kinds of task (``encoder-decoder``) that train on this preset when no base is named."""
 
     def handles(self, source: str) -> bool:
         """Presets answer to their own name only."""
@@ -162,6 +164,6 @@ def _image_processor(size: int, tokens: int):
 
 
 FLORENCE_PRESETS = (
-    FlorencePreset(name="tiny-florence2",
+    FlorencePreset(name="tiny-florence2", default_for=("encoder-decoder",),
                    description="Florence-2 (DaViT + BART, 1.9M params) at 128px, random init: generative tasks on a CPU"),
 )

@@ -20,6 +20,8 @@ class PresetBackbone:
     description: str
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    default_for: tuple[str, ...] = ()
+    """Kinds of task (``encoder``) that train on this preset when no base is named."""
 
     def handles(self, source: str) -> bool:
         """Presets answer to their own name only."""
@@ -55,6 +57,7 @@ class PresetBackbone:
 PRESETS: tuple[PresetBackbone, ...] = (
     PresetBackbone(
         name="tiny-vit",
+        default_for=("encoder",),
         description="2-layer, 192-wide ViT at 64px, patch 8 (0.94M params): fast on a CPU",
         config=dict(
             hidden_size=192, num_hidden_layers=2, num_attention_heads=3, intermediate_size=768,

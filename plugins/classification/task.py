@@ -30,7 +30,14 @@ class ClassificationTask(Task):
     description = "single-label image classification (ImageFolder, synthetic shapes)"
     formats = ("imagefolder", "synthetic")
     primary_metric = "f1_macro"
+    pipeline_tag = "image-classification"
     predict_options = ClassificationOptions
+
+    def synthetic_head_config(self) -> dict[str, Any]:
+        """The labels of the built-in synthetic shapes."""
+        from ..shapes import SHAPES
+
+        return {"labels": list(SHAPES)}
 
     def default_train(self, backbone: str) -> TrainSettings:
         """Settings measured to reach macro-F1 >= 0.9 on synthetic shapes in minutes on a CPU."""

@@ -36,7 +36,21 @@ class DetectionTask(Task):
     description = "object detection, boxes per class (COCO JSON, YOLO txt, Pascal VOC XML, synthetic scenes)"
     formats = ("coco", "yolo", "voc", "synthetic")
     primary_metric = "map50"
+    pipeline_tag = "object-detection"
     predict_options = DetectionOptions
+
+    def synthetic_head_config(self) -> dict[str, Any]:
+        """The labels (and their head settings) of the built-in synthetic scenes."""
+        from ..shapes import SCENE_SHAPES
+        from .targets import head_config
+
+        return head_config(SCENE_SHAPES)
+
+    def example_images(self) -> dict[str, Any]:
+        """Two scenes of shapes."""
+        from ..shapes import scene_image
+
+        return {"shapes-scene.png": scene_image(0, 11, 224)[0], "shapes-scene-2.png": scene_image(0, 12, 224)[0]}
 
     def default_train(self, backbone: str) -> TrainSettings:
         """96px input (a 12x12 patch grid on tiny-vit, upsampled to 24x24 by the head), 6 epochs.

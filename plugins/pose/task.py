@@ -26,6 +26,19 @@ class PoseTask(Task):
     description = "keypoints / pose, top-down heatmaps (COCO keypoints JSON, synthetic stick figures)"
     formats = ("coco-keypoints", "synthetic")
     primary_metric = "pck@0.1"
+    pipeline_tag = "keypoint-detection"
+
+    def synthetic_head_config(self) -> dict[str, Any]:
+        """The keypoints and skeleton of the built-in stick figures."""
+        from .schema import stick_figure_schema
+
+        return stick_figure_schema()
+
+    def example_images(self) -> dict[str, Any]:
+        """A stick figure."""
+        from .synthetic import stick_figure
+
+        return {"stick-figure.png": stick_figure(0, 5)[0]}
 
     def default_train(self, backbone: str) -> TrainSettings:
         """6 epochs at the backbone's own resolution (64px on tiny-vit).
