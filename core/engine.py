@@ -140,149 +140,181 @@ def train(
     the same task with the same head configuration (else the head starts fresh). ``runtime``:
     how this machine runs it (workers, cache, compile); the weights do not depend on it.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
+    trainer = Trainer(task, backbone, spec, data, log_dir=log_dir, on_epoch=on_epoch, say=say,
+                      runtime=runtime or RuntimeSettings())
+    trainer.set_up(init=init)
+    return trainer.fit(progress=progress)
 
-    settings = spec.train
-    runtime = runtime or RuntimeSettings()
-    if data.train is None or len(data.train) == 0:
-        raise DataError("the training split is empty")
-    if data.val is None or len(data.val) == 0:
-        raise DataError("the validation split is empty: early stopping and the best epoch need one")
-    mixed_precision = resolve_mixed_precision(settings.mixed_precision)
-    from accelerate.utils import DataLoaderConfiguration
 
-    accelerator = Accelerator(
-        mixed_precision=mixed_precision,
-        gradient_accumulation_steps=settings.grad_accum,
-        log_with="tensorboard" if log_dir else None,
-        project_dir=str(log_dir) if log_dir else None,
-        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
-    )
-    if log_dir:
-        accelerator.init_trackers("tensorboard", config=_flat_config(spec))
-    set_seed(settings.seed)
-    model = build_model(task, backbone, spec)
-    if init is not None:
-        load_initial_weights(model, task, spec, Path(init))
-    lora_params, head_params = model.trainable_parameters()
-    groups = [{"params": lora_params, "lr": settings.lr}, {"params": head_params, "lr": settings.head_lr or settings.lr}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=settings.weight_decay)
-    if runtime.cache:
-        _attach_caches(data, runtime.cache, say=say)
-    if runtime.compile:
-        model.encoder.compile()  # in place: parameter names (and so the saved adapter) stay the same
-    if accelerator.device.type == "cuda" and backbone.is_convolutional:
-        model.to(memory_format=torch.channels_last)  # what cuDNN's fastest conv kernels read
-    loading = {"collate": task.collate, "workers": runtime.workers, "device": accelerator.device}
-    train_loader = make_loader(data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
-                               sampler=task.train_sampler(data.train, settings), **loading)
-    val_loader = make_loader(data.val, batch_size=settings.batch_size * 2, seed=settings.seed, **loading)
-    steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum)
-    total_steps = steps_per_epoch * settings.epochs
-    scheduler = get_scheduler(
-        settings.scheduler,
-        optimizer,
-        num_warmup_steps=int(settings.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    monitor = settings.monitor or task.primary_metric
-    greater = task.greater_is_better if monitor == task.primary_metric else not monitor.endswith("loss")
-    history: list[EpochLog] = []
-    best_value: float | None = None
-    best_loss: float | None = None
-    best_epoch, best_state, best_val = 0, None, None
-    stale, stopped_early = 0, False
-    seen, start, stepping = 0, time.perf_counter(), 0.0
-    bar = _progress(progress and accelerator.is_main_process)
-    with bar:
-        job = bar.add_task("train", total=len(train_loader) * settings.epochs, status="")
-        for epoch in range(1, settings.epochs + 1):
-            epoch_start = time.perf_counter()
-            model.train()
-            running, batches = 0.0, 0
-            for batch in checked_batches(train_loader):
-                with accelerator.accumulate(model):
-                    loss, _ = task.step(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(trainable, 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDivergedError(
-                        f"training diverged in epoch {epoch}, batch {batches + 1}: the loss is {value}; nothing "
-                        f"was stored. Lower the learning rate (--lr {settings.lr:g}) or check the data for bad labels")
-                running += value
-                batches += 1
-                seen += batch["pixel_values"].shape[0]
-                bar.update(job, advance=1, description=f"epoch {epoch}/{settings.epochs}",
-                           status=f"loss {running / batches:.4f}")
-            epoch_stepping = time.perf_counter() - epoch_start
-            stepping += epoch_stepping
-            val_result, val_loss = evaluate(task, model, val_loader, spec.head, accelerator=accelerator)
-            if not math.isfinite(val_loss):
-                raise TrainingDivergedError(f"training diverged in epoch {epoch}: the validation loss is {val_loss}; "
-                                            f"nothing was stored. Lower the learning rate (--lr {settings.lr:g})")
-            if monitor not in val_result.metrics and monitor != "val_loss":
-                raise ConfigError(
-                    f"monitor metric {monitor!r} is not reported by task {task.name!r}; "
-                    f"it reports {', '.join(sorted(val_result.metrics))}, val_loss"
-                )
-            log = EpochLog(
-                epoch=epoch,
-                train_loss=running / max(batches, 1),
-                val_loss=val_loss,
-                lr=scheduler.get_last_lr()[0],
-                seconds=time.perf_counter() - epoch_start,
-                train_seconds=epoch_stepping,
-                metrics=val_result.metrics,
-            )
-            history.append(log)
-            accelerator.log(
-                {"train/loss": log.train_loss, "val/loss": val_loss, "lr": log.lr,
-                 **{f"val/{k}": v for k, v in val_result.metrics.items()}},
-                step=epoch,
-            )
-            value = val_loss if monitor == "val_loss" else val_result.metrics[monitor]
-            if _improved(value, best_value, greater, loss=val_loss, best_loss=best_loss):
-                best_value, best_loss, best_epoch, best_val, stale = value, val_loss, epoch, val_result, 0
-                best_state = _trainable_state(accelerator.unwrap_model(model))
-            else:
-                stale += 1
-            if on_epoch and accelerator.is_main_process:
-                on_epoch(log)
-            if settings.patience is not None and stale >= settings.patience:
-                stopped_early = True
-                break
-    seconds = time.perf_counter() - start
-    unwrapped: TaskModel = accelerator.unwrap_model(model)
-    if best_state is not None:
-        _load_trainable_state(unwrapped, best_state)
-    test_result = None
-    if data.test is not None and len(data.test):
-        test_loader = accelerator.prepare(make_loader(data.test, batch_size=settings.batch_size * 2, **loading))
-        test_result, _ = evaluate(task, model, test_loader, spec.head, accelerator=accelerator)
-    accelerator.end_training()
-    unwrapped.eval()
-    return TrainResult(
-        model=unwrapped,
-        history=history,
-        best_epoch=best_epoch,
-        val=best_val,
-        test=test_result,
-        stopped_early=stopped_early,
-        seconds=seconds,
-        images_per_second=seen / stepping if stepping else 0.0,
-        mixed_precision=mixed_precision,
-    )
+@dataclass
+class _Best:
+    """The best epoch so far: its monitored value, validation loss and result, and the trainable weights."""
+
+    value: float | None = None
+    loss: float | None = None
+    epoch: int = 0
+    val: EvalResult | None = None
+    state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
+
+
+class Trainer:
+    """The training loop in steps: :meth:`set_up`, then :meth:`fit` runs :meth:`train_epoch`,
+    :meth:`validate` and :meth:`keep_best` per epoch and :meth:`finish` once (``on_epoch``: the callback)."""
+
+    def __init__(self, task: Task, backbone: LoadedBackbone, spec: AdapterSpec, data: TaskData, *,
+                 log_dir: Path | None, on_epoch: Callable[[EpochLog], None] | None, say: Callable[[str], None],
+                 runtime: RuntimeSettings) -> None:
+        if data.train is None or len(data.train) == 0:
+            raise DataError("the training split is empty")
+        if data.val is None or len(data.val) == 0:
+            raise DataError("the validation split is empty: early stopping and the best epoch need one")
+        self.task, self.backbone, self.spec, self.data = task, backbone, spec, data
+        self.settings, self.runtime = spec.train, runtime
+        self.log_dir, self.on_epoch, self.say = log_dir, on_epoch, say
+        self.monitor = self.settings.monitor or task.primary_metric
+        self.greater = task.greater_is_better if self.monitor == task.primary_metric else not self.monitor.endswith("loss")
+        self.history: list[EpochLog] = []
+        self.best = _Best()
+        self.seen, self.stepping = 0, 0.0
+
+    def set_up(self, *, init: Path | None = None) -> None:
+        """The accelerator, the model (from ``init`` if given), optimiser, loaders and scheduler."""
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration, set_seed
+
+        settings, runtime = self.settings, self.runtime
+        self.mixed_precision = resolve_mixed_precision(settings.mixed_precision)
+        self.accelerator = Accelerator(
+            mixed_precision=self.mixed_precision, gradient_accumulation_steps=settings.grad_accum,
+            log_with="tensorboard" if self.log_dir else None,
+            project_dir=str(self.log_dir) if self.log_dir else None,
+            dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
+        )
+        if self.log_dir:
+            self.accelerator.init_trackers("tensorboard", config=_flat_config(self.spec))
+        set_seed(settings.seed)
+        model = build_model(self.task, self.backbone, self.spec)
+        if init is not None:
+            load_initial_weights(model, self.task, self.spec, Path(init))
+        lora_params, head_params = model.trainable_parameters()
+        groups = [{"params": lora_params, "lr": settings.lr},
+                  {"params": head_params, "lr": settings.head_lr or settings.lr}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=settings.weight_decay)
+        if runtime.cache:
+            _attach_caches(self.data, runtime.cache, say=self.say)
+        if runtime.compile:
+            model.encoder.compile()  # in place: parameter names (and so the saved adapter) stay the same
+        if self.accelerator.device.type == "cuda" and self.backbone.is_convolutional:
+            model.to(memory_format=torch.channels_last)  # what cuDNN's fastest conv kernels read
+        self._prepare(model, optimizer)
+
+    def _prepare(self, model: TaskModel, optimizer: torch.optim.Optimizer) -> None:
+        from transformers import get_scheduler
+
+        settings = self.settings
+        self.loading = {"collate": self.task.collate, "workers": self.runtime.workers,
+                        "device": self.accelerator.device}
+        train_loader = make_loader(self.data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+                                   sampler=self.task.train_sampler(self.data.train, settings), **self.loading)
+        val_loader = make_loader(self.data.val, batch_size=settings.batch_size * 2, seed=settings.seed, **self.loading)
+        total_steps = math.ceil(len(train_loader) / settings.grad_accum) * settings.epochs
+        scheduler = get_scheduler(settings.scheduler, optimizer, num_training_steps=total_steps,
+                                  num_warmup_steps=int(settings.warmup_ratio * total_steps))
+        (self.model, self.optimizer, self.train_loader, self.val_loader,
+         self.scheduler) = self.accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+    def fit(self, *, progress: bool = True) -> TrainResult:
+        """Every epoch until the last or early stopping; the best epoch's weights are kept."""
+        start, stopped_early = time.perf_counter(), False
+        epochs = self.settings.epochs
+        with _progress(progress and self.accelerator.is_main_process) as bar:
+            job = bar.add_task("train", total=len(self.train_loader) * epochs, status="")
+            for epoch in range(1, epochs + 1):
+                epoch_start = time.perf_counter()
+                train_loss = self.train_epoch(epoch, bar=bar, job=job)
+                epoch_stepping = time.perf_counter() - epoch_start
+                self.stepping += epoch_stepping
+                val_result, val_loss = self.validate(epoch)
+                log = EpochLog(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
+                               lr=self.scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start,
+                               train_seconds=epoch_stepping, metrics=val_result.metrics)
+                self.history.append(log)
+                self.accelerator.log({"train/loss": log.train_loss, "val/loss": val_loss, "lr": log.lr,
+                                      **{f"val/{k}": v for k, v in val_result.metrics.items()}}, step=epoch)
+                self.keep_best(epoch, val_result, val_loss)
+                if self.on_epoch and self.accelerator.is_main_process:
+                    self.on_epoch(log)
+                if self.settings.patience is not None and self.best.stale >= self.settings.patience:
+                    stopped_early = True
+                    break
+        return self.finish(seconds=time.perf_counter() - start, stopped_early=stopped_early)
+
+    def train_epoch(self, epoch: int, *, bar: Any, job: Any) -> float:
+        """One pass over the training split; its mean loss. A non-finite loss stops training."""
+        model, accelerator, settings = self.model, self.accelerator, self.settings
+        model.train()
+        running, batches = 0.0, 0
+        for batch in checked_batches(self.train_loader):
+            with accelerator.accumulate(model):
+                loss, _ = self.task.step(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(self.trainable, 1.0)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDivergedError(
+                    f"training diverged in epoch {epoch}, batch {batches + 1}: the loss is {value}; nothing "
+                    f"was stored. Lower the learning rate (--lr {settings.lr:g}) or check the data for bad labels")
+            running += value
+            batches += 1
+            self.seen += batch["pixel_values"].shape[0]
+            bar.update(job, advance=1, description=f"epoch {epoch}/{settings.epochs}",
+                       status=f"loss {running / batches:.4f}")
+        return running / max(batches, 1)
+
+    def validate(self, epoch: int) -> tuple[EvalResult, float]:
+        """Metrics and loss on the validation split; a non-finite loss or an unknown monitor stops training."""
+        val_result, val_loss = evaluate(self.task, self.model, self.val_loader, self.spec.head,
+                                        accelerator=self.accelerator)
+        if not math.isfinite(val_loss):
+            raise TrainingDivergedError(f"training diverged in epoch {epoch}: the validation loss is {val_loss}; "
+                                        f"nothing was stored. Lower the learning rate (--lr {self.settings.lr:g})")
+        if self.monitor not in val_result.metrics and self.monitor != "val_loss":
+            raise ConfigError(f"monitor metric {self.monitor!r} is not reported by task {self.task.name!r}; "
+                              f"it reports {', '.join(sorted(val_result.metrics))}, val_loss")
+        return val_result, val_loss
+
+    def keep_best(self, epoch: int, val_result: EvalResult, val_loss: float) -> None:
+        """Remember this epoch's weights if it beats the best so far on the monitored metric."""
+        best = self.best
+        value = val_loss if self.monitor == "val_loss" else val_result.metrics[self.monitor]
+        if _improved(value, best.value, self.greater, loss=val_loss, best_loss=best.loss):
+            self.best = _Best(value=value, loss=val_loss, epoch=epoch, val=val_result,
+                              state=_trainable_state(self.accelerator.unwrap_model(self.model)))
+        else:
+            best.stale += 1
+
+    def finish(self, *, seconds: float, stopped_early: bool) -> TrainResult:
+        """The best epoch's weights loaded back, the test split measured, the result handed back."""
+        unwrapped: TaskModel = self.accelerator.unwrap_model(self.model)
+        if self.best.state is not None:
+            _load_trainable_state(unwrapped, self.best.state)
+        test_result = None
+        if self.data.test is not None and len(self.data.test):
+            loader = make_loader(self.data.test, batch_size=self.settings.batch_size * 2, **self.loading)
+            test_result, _ = evaluate(self.task, self.model, self.accelerator.prepare(loader), self.spec.head,
+                                      accelerator=self.accelerator)
+        self.accelerator.end_training()
+        unwrapped.eval()
+        return TrainResult(model=unwrapped, history=self.history, best_epoch=self.best.epoch, val=self.best.val,
+                           test=test_result, stopped_early=stopped_early, seconds=seconds,
+                           images_per_second=self.seen / self.stepping if self.stepping else 0.0,
+                           mixed_precision=self.mixed_precision)
 
 
 def load_initial_weights(model: TaskModel, task: Task, spec: AdapterSpec, folder: Path) -> bool:
