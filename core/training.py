@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plugins
-from .artifact import model_card, save_artifact
+from .artifact import save_artifact
 from .backbone import LoadedBackbone
 from .data.datasets import take
 from .engine import EpochLog, TrainResult, resolve_mixed_precision, train
@@ -185,6 +185,40 @@ def train_adapter(
     runtime = resolve_runtime(request)
     check_run_location(request.project, request.run_name)  # before anything is loaded or written
     resolve_mixed_precision(settings.mixed_precision)
+    backbone, revision = _load_base(task, request, say)
+    lora, settings = resolve_settings(task, request, backbone)  # the defaults that fit this base
+    data = _read_data(task, request, backbone, settings, say)
+    spec = build_spec(task, backbone, data, request, lora, settings)
+    if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
+        result = train(task, backbone, spec, data, progress=False, init=request.init, runtime=runtime)
+        return TrainOutcome(run_dir=None, artifact_dir=None, spec=spec, metrics=flat_metrics(result), result=result,
+                            data_description=data.description, primary_metric=task.primary_metric)
+
+    run_dir = new_run_dir(request.project, task.name, request.run_name)
+    say(f"run folder: {run_dir}")
+    resolved = spec.to_dict()
+    write_yaml(run_dir / "args.yaml", {
+        "task": task.name, "data": request.data or "synthetic", "backbone": backbone.ref.name,
+        "revision": revision, "init": str(request.init) if request.init else None, **resolved["lora"], **resolved["train"],
+        "head": spec.head, "runtime": dataclasses.asdict(runtime),  # this run's machine settings: here, not in the adapter
+    })
+
+    def on_epoch(log: EpochLog) -> None:
+        shown = {k: v for k, v in log.metrics.items() if k == task.primary_metric or k in ("accuracy",)}
+        parts = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        say(f"epoch {log.epoch}/{spec.train.epochs}  train_loss {log.train_loss:.4f}  "
+            f"val_loss {log.val_loss:.4f}  {parts}  {log.seconds:.1f}s")
+
+    result = train(task, backbone, spec, data, log_dir=run_dir / "tensorboard", progress=progress, on_epoch=on_epoch,
+                   init=request.init, say=say, runtime=runtime)
+    metrics = flat_metrics(result)
+    artifact_dir = _write_run(run_dir, task, spec, data, result, metrics, say)
+    return TrainOutcome(run_dir=run_dir, artifact_dir=artifact_dir, spec=spec, metrics=metrics, result=result,
+                        data_description=data.description, primary_metric=task.primary_metric)
+
+
+def _load_base(task: Task, request: TrainRequest, say: Callable[[str], None]) -> tuple[LoadedBackbone, str | None]:
+    """(the base to train on, its revision): the request's, the ``init`` adapter's, or the task's default."""
     start = init_spec(request.init) if request.init is not None else None
     backbone_name = request.backbone or (start.backbone.name if start else task.default_backbone())
     revision = request.revision or (start.backbone.revision if start else None)
@@ -201,42 +235,26 @@ def train_adapter(
         check_fingerprint(start, backbone.ref.fingerprint, where=str(request.init), allow_mismatch=False,
                           cure=f"train from it on its own base (--backbone {start.backbone.name}), or start "
                                "without --init")
-    lora, settings = resolve_settings(task, request, backbone)  # the defaults that fit this base
+    return backbone, revision
+
+
+def _read_data(task: Task, request: TrainRequest, backbone: LoadedBackbone, settings: TrainSettings,
+               say: Callable[[str], None]) -> TaskData:
+    """The request's data at the training size, checked against the base, cut to ``max_train_samples``."""
     image_size = settings.image_size or backbone.image_size
     data = task.read_data(request.data, backbone=backbone, image_size=image_size, seed=settings.seed)
-    if request.data is None:
-        say(f"data: none given, using built-in {data.description}")
-    else:
-        say(f"data: {data.description}")
+    say(f"data: none given, using built-in {data.description}" if request.data is None else f"data: {data.description}")
     limit = settings.max_train_samples
     if limit is not None and data.train is not None and len(data.train) > limit:
         say(f"data: training on {limit} of the {len(data.train)} training images (max_train_samples, drawn with "
             f"seed {settings.seed})")
         data.train = take(data.train, limit, seed=settings.seed)
-    spec = build_spec(task, backbone, data, request, lora, settings)
-    if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
-        result = train(task, backbone, spec, data, progress=False, init=request.init, runtime=runtime)
-        return TrainOutcome(run_dir=None, artifact_dir=None, spec=spec, metrics=flat_metrics(result), result=result,
-                            data_description=data.description, primary_metric=task.primary_metric)
+    return data
 
-    run_dir = new_run_dir(request.project, task.name, request.run_name)
-    say(f"run folder: {run_dir}")
-    resolved = spec.to_dict()
-    write_yaml(run_dir / "args.yaml", {
-        "task": task.name, "data": request.data or "synthetic", "backbone": backbone_name,
-        "revision": revision, "init": str(request.init) if request.init else None, **resolved["lora"], **resolved["train"],
-        "head": spec.head, "runtime": dataclasses.asdict(runtime),  # this run's machine settings: here, not in the adapter
-    })
 
-    def on_epoch(log: EpochLog) -> None:
-        shown = {k: v for k, v in log.metrics.items() if k == task.primary_metric or k in ("accuracy",)}
-        parts = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        say(f"epoch {log.epoch}/{spec.train.epochs}  train_loss {log.train_loss:.4f}  "
-            f"val_loss {log.val_loss:.4f}  {parts}  {log.seconds:.1f}s")
-
-    result = train(task, backbone, spec, data, log_dir=run_dir / "tensorboard", progress=progress, on_epoch=on_epoch,
-                   init=request.init, say=say, runtime=runtime)
-    metrics = flat_metrics(result)
+def _write_run(run_dir: Path, task: Task, spec: AdapterSpec, data: TaskData, result: TrainResult,
+               metrics: dict[str, float], say: Callable[[str], None]) -> Path:
+    """results.csv, metrics.json, the adapter, report.txt, plots and drawings; returns the adapter folder."""
     write_results_csv(run_dir / "results.csv", result.history)
     write_json(run_dir / "metrics.json", {
         "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,
@@ -244,10 +262,9 @@ def train_adapter(
         "mixed_precision": result.mixed_precision, "metrics": metrics,
     })
     # the adapter first: a fault in a plugin's report, plot or drawing must not lose a trained adapter
-    artifact_dir = save_artifact(
-        result.model, spec, run_dir / "adapter", metrics=metrics, card=model_card(spec, metrics)
-    )
-    report = [f"task: {task.name}", f"data: {data.description}", f"backbone: {backbone_name} ({spec.backbone.fingerprint})",
+    artifact_dir = save_artifact(result.model, spec, run_dir / "adapter", metrics=metrics)
+    report = [f"task: {task.name}", f"data: {data.description}",
+              f"backbone: {spec.backbone.name} ({spec.backbone.fingerprint})",
               f"best epoch: {result.best_epoch} of {len(result.history)}"
               + (" (stopped early)" if result.stopped_early else ""), ""]
     if result.val:
@@ -258,12 +275,4 @@ def train_adapter(
     (run_dir / "report.txt").write_text("\n".join(report), encoding="utf-8")
     plot_training_curves(result.history, run_dir, metric=task.primary_metric)
     _guard(say, "draw", lambda: draw_samples(task, result.model, data.val, run_dir / "predictions"))
-    return TrainOutcome(
-        run_dir=run_dir,
-        artifact_dir=artifact_dir,
-        spec=spec,
-        metrics=metrics,
-        result=result,
-        data_description=data.description,
-        primary_metric=task.primary_metric,
-    )
+    return artifact_dir
