@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from loradex.core.artifact import SPEC_FILE
-from loradex.core.errors import ConfigError, HubError, HubNotFoundError, LoradexError, NotFoundError, first_line
+from loradex.core.errors import ConfigError, HubError, HubNotFoundError, LoradexError, first_line
 from loradex.core.home import file_digest
 from loradex.core.scratch import scratch_folder
 
@@ -210,18 +210,15 @@ def push(registry: Registry, ref: str, *, repo_id: str | None = None, all_versio
             branches["main"] = commit.oid
             result.versions.append(PushedVersion(record.ref, tag, commit.oid, uploaded=True))
             say(f"pushed {record.ref} to {repo_id}@{tag} ({commit.oid[:12]})")
-        for summary in registry.list():
-            if summary.name != parsed.name:
+        for alias, version in registry.aliases_of(parsed.name).items():
+            tag = f"v{version}"
+            if tag not in tags or branches.get(alias) == tags[tag]:
                 continue
-            for alias, version in sorted(summary.aliases.items()):
-                tag = f"v{version}"
-                if tag not in tags or branches.get(alias) == tags[tag]:
-                    continue
-                if alias in branches:  # aliases move: the branch follows
-                    api.delete_branch(repo_id, branch=alias)
-                api.create_branch(repo_id, branch=alias, revision=tags[tag])
-                result.branches[alias] = tag
-                say(f"{repo_id}@{alias} -> {tag}")
+            if alias in branches:  # aliases move: the branch follows
+                api.delete_branch(repo_id, branch=alias)
+            api.create_branch(repo_id, branch=alias, revision=tags[tag])
+            result.branches[alias] = tag
+            say(f"{repo_id}@{alias} -> {tag}")
     return result
 
 
@@ -349,14 +346,5 @@ def _check_manifest(folder: Path, repo_id: str, revision: str) -> None:
 
 
 def _already_pulled(registry: Registry, endpoint: str, repo_id: str, commit: str) -> VersionRecord | None:
-    for summary in registry.list():
-        try:
-            versions = registry.versions(summary.name)
-        except NotFoundError:
-            continue
-        for record in versions:
-            origin = record.args.get("origin") if record.kind == "pulled" else None
-            if isinstance(origin, dict) and origin.get("commit") == commit and origin.get("repo") == repo_id \
-                    and origin.get("endpoint") == endpoint:
-                return record
-    return None
+    found = registry.pulled(endpoint=endpoint, repo=repo_id, commit=commit)
+    return found[0] if found else None

@@ -372,6 +372,20 @@ class Index:
         ).fetchone()
         return row[0] if row else None
 
+    def aliases_of(self, name: str) -> dict[str, int]:
+        """The aliases of ``name`` and the version number each points at, by alias."""
+        return dict(self.conn.execute(
+            "SELECT al.alias, v.version FROM aliases al JOIN adapters a ON a.id = al.adapter_id "
+            "JOIN versions v ON v.id = al.version_id WHERE a.name = ? ORDER BY al.alias", (name,)))
+
+    def pulled(self, *, endpoint: str, repo: str, commit: str) -> list[tuple[str, int]]:
+        """(name, version) of the versions pulled from ``repo`` at ``commit`` on the Hub at ``endpoint``."""
+        return [tuple(row) for row in self.conn.execute(
+            "SELECT a.name, v.version FROM versions v JOIN adapters a ON a.id = v.adapter_id "
+            "WHERE v.kind = 'pulled' AND json_extract(v.args, '$.origin.commit') = ? "
+            "AND json_extract(v.args, '$.origin.repo') = ? AND json_extract(v.args, '$.origin.endpoint') = ? "
+            "ORDER BY a.name, v.version", (commit, repo, endpoint))]
+
     def alias_target(self, name: str, alias: str) -> int | None:
         """The version ``name@alias`` points at."""
         row = self.conn.execute(

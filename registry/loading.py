@@ -10,7 +10,7 @@ from loradex.core import plugins
 from loradex.core.multitask import LocatedAdapter, MultiTaskModel, check_same_base
 from loradex.core.predictor import Predictor
 
-from .store import Registry
+from .store import Registry, VersionRecord
 
 
 class RegistrySource:
@@ -53,7 +53,7 @@ def parse_refs(refs: str | Sequence[str]) -> list[str]:
 
 
 def load(
-    refs: str | Sequence[str],
+    refs: str | Sequence[str | VersionRecord],
     *,
     device: Any = None,
     home: str | Path | None = None,
@@ -64,18 +64,22 @@ def load(
     """Load the base the adapters ``refs`` share, ONCE, and attach every one of them.
 
     ``refs``: ``name``, ``name@vN`` or ``name@alias``, a list of them or a comma-separated
-    string. Adapters on different bases are refused with both bases named.
+    string; or records already resolved (each ref is looked up once, here or by the caller).
+    Adapters on different bases are refused with both bases named.
     """
     registry = registry or Registry.open(home)
-    records = [resolve(registry, ref) for ref in parse_refs(refs)]
+    items = parse_refs(refs) if isinstance(refs, str) else list(refs)
+    records = [item if isinstance(item, VersionRecord) else resolve(registry, parse_refs([item])[0])
+               for item in items]
     check_same_base([(r.ref, r.spec) for r in records])
     first = records[0].spec.backbone
     backbone = plugins.resolve_backbone(first.name).load(first.name, revision=first.revision)
     options = {"say": say} if say is not None else {}
     model = MultiTaskModel(backbone, device=device, source=RegistrySource(registry), **options)
     for record in records:
-        if record.ref not in model.adapters:
-            model.add(record.ref, allow_base_mismatch=allow_base_mismatch)
+        if record.ref not in model.adapters:  # attached from the record in hand: no second lookup
+            model.attach(record.ref, registry.materialize(record), spec=record.spec,
+                         allow_base_mismatch=allow_base_mismatch)
     return model
 
 

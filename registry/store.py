@@ -510,6 +510,15 @@ class Registry:
 
     get = resolve
 
+    def aliases_of(self, name: str) -> dict[str, int]:
+        """``name``'s aliases and the version number each points at (one index query)."""
+        return self.index.aliases_of(name)
+
+    def pulled(self, *, endpoint: str, repo: str, commit: str) -> list[VersionRecord]:
+        """The versions pulled from ``repo`` at ``commit`` on the Hub at ``endpoint`` (one index query)."""
+        return [self.resolve(names.version_ref(name, version))
+                for name, version in self.index.pulled(endpoint=endpoint, repo=repo, commit=commit)]
+
     def versions(self, name: str) -> list[VersionRecord]:
         """Every version of ``name``, oldest first."""
         names.validate_name(name)
@@ -583,7 +592,7 @@ class Registry:
         Raises IntegrityError naming the version and the file if a stored file is corrupt. A
         read-only registry materialises into a temporary folder outside it.
         """
-        record = self.resolve(ref)
+        record = ref if isinstance(ref, VersionRecord) else self.resolve(ref)  # a record is not looked up again
         cache = self.cache if not self.read_only else Path(tempfile.gettempdir()) / "loradex-read-only" / _slug(self.root)
         target = cache / record.name / f"v{record.version}"
         if target.is_dir() and _folder_matches(target, record):

@@ -141,3 +141,32 @@ def test_home_falls_back_to_loradex_home(isolated_home, tmp_path):
         reg.put(make_adapter(tmp_path / "x", seed=1), name="envy")
     result = CliRunner().invoke(cli_group(), ["list", "--json"])
     assert [d["name"] for d in json.loads(result.stdout)] == ["envy"]
+
+
+def test_one_predict_of_three_refs_looks_each_up_once(tmp_path, monkeypatch):
+    """Issue 23.2: `adapters predict name@v3` resolved the same ref four times (predict, load, locate,
+    materialize); now the record found once is passed down."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from .registry_helpers import random_shelf
+
+    home = random_shelf(tmp_path, [("a", "classification", {"seed": 1}), ("b", "classification", {"seed": 2}),
+                                   ("b", "classification", {"seed": 3}), ("c", "pose", {"seed": 4})])
+    with Registry.open(home) as registry:
+        registry.tag("c@v1", "prod")
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(image)
+    lookups = Counter()
+    real = Registry.resolve
+
+    def counted(self, ref):
+        lookups[ref if isinstance(ref, str) else f"record {ref.ref}"] += 1
+        return real(self, ref)
+
+    monkeypatch.setattr(Registry, "resolve", counted)
+    result = run(home, "predict", "a,b@v1,c@prod", str(image), "--json")
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)[0]["predictions"]) == ["a@v1", "b@v1", "c@v1"]
+    assert lookups == Counter({"a": 1, "b@v1": 1, "c@prod": 1})

@@ -70,8 +70,8 @@ def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir:
     from loradex.registry.loading import resolve
 
     registry = open_registry()
-    ref_list = [resolve(registry, ref).ref for ref in ref_list]  # unknown refs fail before the base loads
-    model = load(ref_list, device=device, registry=registry, allow_base_mismatch=allow_base_mismatch)
+    records = [resolve(registry, ref) for ref in ref_list]  # unknown refs fail before the base loads; once each
+    model = load(records, device=device, registry=registry, allow_base_mismatch=allow_base_mismatch)
     from loradex.core.threads import configure_threads
 
     configure_threads()
