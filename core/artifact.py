@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ HEAD_WEIGHTS = "head.safetensors"
 SPEC_FILE = "loradex.json"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, SPEC_FILE)
 """Files every adapter has; the head files depend on the spec (:func:`head_files`)."""
 
@@ -311,42 +313,72 @@ def native_names(folder: Path, backbone: Any, scratch: Path) -> Path:
     return scratch
 
 
-def model_card(spec: AdapterSpec, metrics: Mapping[str, float], *, name: str | None = None) -> str:
-    """A Hub-style README.md for an adapter, with YAML metadata and a metrics table."""
-    title = name or f"{spec.task} adapter"
-    lines = [
-        "---",
-        "library_name: peft",
-        f"base_model: {spec.backbone.name}",
-        "tags:",
-        "- loradex",
-        "- lora",
-        f"- {spec.task}",
-        "---",
-        "",
-        f"# {title}",
-        "",
-        f"A [loradex](https://github.com/loradex/loradex) LoRA adapter for **{spec.task}** on "
-        f"`{spec.backbone.name}` ({spec.backbone.architecture or 'unknown architecture'}).",
-        "",
-        f"- base fingerprint: `{spec.backbone.fingerprint or 'unknown'}`",
-        f"- LoRA: rank {spec.lora.rank}, alpha {spec.lora.alpha:g}, dropout {spec.lora.dropout:g}, "
-        f"targets {', '.join(spec.lora.targets)}",
-        f"- input size: {spec.image_size}px",
-        "",
-    ]
-    if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if isinstance(v, (int, float))]
-        lines.append("")
-    lines += [
-        "## Use",
-        "",
-        "```bash",
-        f"adapters predict {name or 'NAME'} image.jpg",
-        "```",
-        "",
-        "The LoRA part is plain PEFT: `PeftModel.from_pretrained(base, folder)`.",
-        "",
-    ]
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class HubPlace:
+    """Where a card is published: the repo and tag, the local version, its data and its lineage lines."""
+
+    repo_id: str
+    tag: str
+    ref: str
+    data: str | None = None
+    lineage: tuple[str, ...] = ()
+
+
+def pipeline_tag_of(task: str) -> str | None:
+    """The Hub pipeline tag ``task`` declares (:attr:`Task.pipeline_tag`); None for a task not installed."""
+    from . import plugins
+    from .errors import LoradexError
+
+    try:
+        return plugins.get_task(task).pipeline_tag
+    except LoradexError:
+        return None
+
+
+def model_card(spec: AdapterSpec, metrics: Mapping[str, float], *, name: str | None = None,
+               hub: HubPlace | None = None) -> str:
+    """THE model card (README.md) of an adapter, in its folder and on the Hub (``hub``): the metadata
+    the Hub reads (huggingface_hub's card classes), how to use it, its metrics, lineage and settings."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    base, tasks = spec.backbone, list(spec.tasks)
+    pipeline_tag = pipeline_tag_of(spec.task)
+    data = (hub.data if hub else None) or "unknown"
+    numbers = {k: v for k, v in sorted(metrics.items()) if isinstance(v, (int, float))}
+    results = [EvalResult(task_type=pipeline_tag or spec.task, dataset_type=str(data), dataset_name=str(data),
+                          metric_type=key, metric_value=value) for key, value in numbers.items()]
+    extra: dict[str, Any] = {"base_model": base.name, "base_model_relation": "adapter"} \
+        if _REPO_ID.match(base.name) else {}
+    card_data = ModelCardData(library_name="peft", pipeline_tag=pipeline_tag if len(tasks) == 1 else None,
+                              tags=["loradex", "lora", *tasks], model_name=hub.repo_id if hub else (name or f"{spec.task} adapter"),
+                              eval_results=results or None, **extra)
+    title = f"{hub.repo_id} ({hub.tag})" if hub else (name or f"{spec.task} adapter")
+    stored = f" Stored locally as `{hub.ref}`." if hub else ""
+    sections = [f"# {title}", f"A [loradex](https://github.com/loradex/loradex) LoRA adapter for **{', '.join(tasks)}** "
+                f"on the shared base `{base.name}`{f' at `{base.revision}`' if base.revision else ''} (fingerprint "
+                f"`{base.fingerprint or 'unknown'}`): a LoRA in PEFT's format plus the task "
+                f"{'heads' if spec.is_multitask else 'head'}.{stored}", _card_use(name, hub)]
+    if numbers:
+        sections.append("## Metrics\n\n| metric | value |\n| --- | --- |\n"
+                        + "\n".join(f"| {k} | {v:.4f} |" for k, v in numbers.items()))
+    if hub and hub.lineage:
+        sections.append("## Lineage\n\n" + "\n".join(hub.lineage))
+    sections.append(f"## Settings\n\n- LoRA: rank {spec.lora.rank}, alpha {spec.lora.alpha:g}, dropout "
+                    f"{spec.lora.dropout:g}, targets {', '.join(spec.lora.targets)}\n"
+                    f"- training: {json.dumps(spec.to_dict()['train'], sort_keys=True)}\n"
+                    f"- input size: {', '.join(f'{h.name} {h.image_size}px' for h in spec.head_specs())}")
+    body = "\n\n".join(sections) + "\n"
+    return str(ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n\n" + body))
+
+
+def _card_use(name: str | None, hub: HubPlace | None) -> str:
+    """The card's "use it" sections: the CLI and Python with loradex, and the LoRA in plain PEFT."""
+    if hub is None:
+        return (f"## Use it\n\n```bash\nadapters predict {name or 'NAME'} image.jpg\n```\n\n"
+                "The LoRA part is plain PEFT: `PeftModel.from_pretrained(base, folder)`.")
+    ref = f"{hub.repo_id}@{hub.tag}"
+    return (f"## Use it with loradex\n\n```bash\nadapters pull {ref}\nadapters predict {ref} photo.jpg --json\n```"
+            f"\n\n```python\nimport loradex\nmodel = loradex.load([\"{ref}\"])   # pulled on demand\n"
+            f"print(model.predict(\"photo.jpg\")[0].to_dict())\n```\n\n## Use the LoRA with plain PEFT\n\n"
+            f"```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base, \"{hub.repo_id}\", "
+            f"revision=\"{hub.tag}\")\n```")

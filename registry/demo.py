@@ -21,7 +21,7 @@ from loradex.core.errors import ConfigError, LoradexError
 from loradex.core.scratch import make_scratch
 
 from .loading import parse_refs, resolve
-from .store import LineageNode, Registry, VersionRecord
+from .store import Registry, VersionRecord
 
 PAGE_TITLE = "loradex — one base, every task"
 MAX_PIXELS = 40_000_000
@@ -142,17 +142,9 @@ def _describe(record: VersionRecord, registry: Registry) -> str:
         f"- aliases: {', '.join(f'{a} → {r}' for a, r in sorted(aliases.items())) or 'none'}",
         f"- metrics: {metrics or 'none'}",
         "- lineage:",
-        *_lineage_lines(registry.lineage(record), depth=1),
+        *registry.lineage(record).lines(bullet="- ", include_self=True, indent=1),
     ]
     return "\n".join(lines)
-
-
-def _lineage_lines(node: LineageNode, *, depth: int) -> list[str]:
-    how = node.record.kind if node.record is not None else "removed"
-    lines = [f"{'  ' * depth}- {node.ref} ({how})"]
-    for parent in node.parents:
-        lines += _lineage_lines(parent, depth=depth + 1)
-    return lines
 
 
 def example_images(folder: Path) -> list[str]:

@@ -196,7 +196,7 @@ def push(registry: Registry, ref: str, *, repo_id: str | None = None, all_versio
             folder = registry.materialize(record)
             with scratch_folder("push") as scratch:
                 files = _staged_files(folder, record, Path(scratch), repo_id=repo_id, tag=tag,
-                                      lineage=_lineage_lines(registry, record))
+                                      lineage=registry.lineage(record).lines(bullet="from "))
                 remote = set(api.list_repo_files(repo_id, revision="main")) if "main" in branches else set()
                 operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
                               for name, path in sorted(files.items())]
@@ -222,15 +222,6 @@ def push(registry: Registry, ref: str, *, repo_id: str | None = None, all_versio
     return result
 
 
-def _lineage_lines(registry: Registry, record: VersionRecord) -> list[str]:
-    node = registry.lineage(record)
-    lines, stack = [], [(p, 1) for p in node.parents]
-    while stack:
-        parent, depth = stack.pop(0)
-        kind = parent.record.kind if parent.record else "removed"
-        lines.append(f"{'  ' * (depth - 1)}from {parent.ref} ({kind})")
-        stack[:0] = [(p, depth + 1) for p in parent.parents]
-    return lines
 
 
 def _staged_files(folder: Path, record: VersionRecord, scratch: Path, *, repo_id: str, tag: str,

@@ -180,6 +180,30 @@ class LineageNode:
     record: VersionRecord | None
     parents: tuple[LineageNode, ...] = ()
 
+    @property
+    def kind(self) -> str:
+        """How the version was made (``trained``, ``merged``, ...), or ``removed``."""
+        return self.record.kind if self.record is not None else "removed"
+
+    def ancestors(self, depth: int = 1) -> Iterator[tuple[LineageNode, int]]:
+        """Every version this one was made from, depth first, with its depth (parents are 1)."""
+        for parent in self.parents:
+            yield parent, depth
+            yield from parent.ancestors(depth + 1)
+
+    def lines(self, *, bullet: str, include_self: bool = False, indent: int = 0) -> list[str]:
+        """The lineage as text lines, ``{bullet}{ref} ({kind})`` each, indented two spaces a generation
+        (the Hub card, the demo's panel); ``include_self`` starts with this version itself."""
+        nodes = [(self, 0)] if include_self else []
+        nodes += [(node, depth if include_self else depth - 1) for node, depth in self.ancestors()]
+        return [f"{'  ' * (indent + level)}{bullet}{node.ref} ({node.kind})" for node, level in nodes]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The lineage as JSON values (``adapters show --json``)."""
+        record = self.record
+        return {"ref": self.ref, "kind": record.kind if record else None, "args": record.args if record else None,
+                "removed": record is None, "parents": [p.to_dict() for p in self.parents]}
+
 
 def utc_now() -> str:
     """The current time as ISO 8601 UTC, e.g. ``2025-01-31T12:00:00Z``."""

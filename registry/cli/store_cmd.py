@@ -96,17 +96,6 @@ def list_cmd(task: str | None, as_json: bool) -> None:
         _console().print(table)
 
 
-def _lineage_dict(node: LineageNode) -> dict[str, Any]:
-    rec = node.record
-    return {
-        "ref": node.ref,
-        "kind": rec.kind if rec else None,
-        "args": rec.args if rec else None,
-        "removed": rec is None,
-        "parents": [_lineage_dict(p) for p in node.parents],
-    }
-
-
 def _lineage_tree(node: LineageNode):
     from rich.tree import Tree
 
@@ -114,15 +103,13 @@ def _lineage_tree(node: LineageNode):
         if n.record is None:
             return f"{n.ref} [dim](removed)[/dim]"
         args = ", ".join(f"{k}={v}" for k, v in sorted(n.record.args.items()))
-        return f"[bold]{n.ref}[/bold] {n.record.kind}" + (f" [dim]({args})[/dim]" if args else "")
+        return f"[bold]{n.ref}[/bold] {n.kind}" + (f" [dim]({args})[/dim]" if args else "")
 
-    def add(tree: Tree, n: LineageNode) -> None:
-        for parent in n.parents:
-            add(tree.add(label(parent)), parent)
-
-    root = Tree(label(node))
-    add(root, node)
-    return root
+    levels = [Tree(label(node))]  # the walk's depths give each ancestor its branch
+    for ancestor, depth in node.ancestors():
+        del levels[depth:]
+        levels.append(levels[depth - 1].add(label(ancestor)))
+    return levels[0]
 
 
 @click.command("show")
@@ -136,7 +123,7 @@ def show_cmd(ref: str, as_json: bool) -> None:
         versions = reg.versions(record.name)
         if as_json:
             data = record.to_dict()
-            data["lineage"] = _lineage_dict(lineage)
+            data["lineage"] = lineage.to_dict()
             data["versions"] = [
                 {"version": v.version, "kind": v.kind, "created": v.created, "aliases": list(v.aliases)}
                 for v in versions
