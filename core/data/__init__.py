@@ -3,7 +3,8 @@
 Images (:mod:`.images`: decoding with 16-bit and bomb checks), datasets (:mod:`.datasets`),
 splits (:mod:`.splits`: the split names and the one seeded split), paths (:mod:`.paths`: files
 that must stay inside the data folder), synthetic sources (:mod:`.synthetic`), COCO JSON
-(:mod:`.coco`) and the simple labelled layouts (:mod:`.labelled`: ImageFolder, labels CSV).
+(:mod:`.coco`), YOLO txt folders and ``classes.txt`` (:mod:`.yolo`), the pixel boxes both give
+(:mod:`.boxes`) and the simple labelled layouts (:mod:`.labelled`: ImageFolder, labels CSV).
 """
 
 from .datasets import ImageDataset, TensorListDataset

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .boxes import BoxAnnotation
 from .images import image_size
 from .paths import find_in
 
@@ -145,3 +146,33 @@ def annotations_by_image(path: Path, data: Mapping[str, Any]) -> dict[Any, list[
 def split_sequence(values: Sequence[float], size: int) -> list[list[float]]:
     """``[x1, y1, v1, x2, ...]`` → ``[[x1, y1, v1], ...]``."""
     return [list(values[i:i + size]) for i in range(0, len(values), size)]
+
+
+def read_coco_boxes(json_path: Path, root: Path, categories: Mapping[int, str] | None = None, split_dir: str = ""
+                    ) -> tuple[list[tuple[Path, BoxAnnotation]], dict[int, str]]:
+    """Checked ``(image path, boxes)`` items of one COCO detection file, and its categories (``iscrowd`` skipped)."""
+    data = read_coco(json_path)
+    declared = category_names(json_path, data)
+    if categories is not None and dict(declared) != dict(categories):
+        raise DataError(f"{json_path}: categories {declared} differ from the training file's {dict(categories)}")
+    label_of = {cid: index for index, cid in enumerate(declared)}
+    per_image = annotations_by_image(json_path, data)
+    lookup = ImageLookup(json_path, root, split_dir)
+    items = []
+    for image in data["images"]:
+        anns = per_image[image["id"]]
+        path, width, height = lookup(image, annotation=anns[0].get("id") if anns else None)
+        boxes, labels = [], []
+        for ann in anns:
+            where = f"{json_path}: annotation {ann.get('id')} (image {image['file_name']!r})"
+            cid = ann.get("category_id")
+            if cid not in label_of:
+                raise DataError(f"{where}: category id {cid!r} is not declared in 'categories' "
+                                f"(declared: {', '.join(map(str, declared))})")
+            if ann.get("iscrowd"):
+                continue
+            boxes.append(box_xyxy(ann.get("bbox"), width, height, where=where))
+            labels.append(label_of[cid])
+        items.append((path, BoxAnnotation(boxes=tuple(map(tuple, boxes)), labels=tuple(labels), width=width,
+                                          height=height)))
+    return items, declared

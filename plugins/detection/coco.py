@@ -20,62 +20,32 @@ undeclared category id, an unknown image id, a missing image file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 from loradex.core.data import SPLITS, find_split_files, seeded_split
-from loradex.core.data.coco import ImageLookup, annotations_by_image, box_xyxy, category_names, read_coco
+from loradex.core.data.coco import read_coco_boxes
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
-from .targets import make_target, split_data
-
-
-def read_coco_file(json_path: Path, root: Path, categories: Mapping[int, str] | None = None, split_dir: str = ""
-                   ) -> tuple[list[tuple[Path, dict]], dict[int, str]]:
-    """Checked ``(image path, target)`` items of one COCO file, and its categories."""
-    data = read_coco(json_path)
-    declared = category_names(json_path, data)
-    if categories is not None and dict(declared) != dict(categories):
-        raise DataError(f"{json_path}: categories {declared} differ from the training file's {dict(categories)}")
-    label_of = {cid: index for index, cid in enumerate(declared)}
-    per_image = annotations_by_image(json_path, data)
-    lookup = ImageLookup(json_path, root, split_dir)
-    items = []
-    for image in data["images"]:
-        anns = per_image[image["id"]]
-        path, width, height = lookup(image, annotation=anns[0].get("id") if anns else None)
-        boxes, labels = [], []
-        for ann in anns:
-            where = f"{json_path}: annotation {ann.get('id')} (image {image['file_name']!r})"
-            cid = ann.get("category_id")
-            if cid not in label_of:
-                raise DataError(f"{where}: category id {cid!r} is not declared in 'categories' "
-                                f"(declared: {', '.join(map(str, declared))})")
-            if ann.get("iscrowd"):
-                continue
-            boxes.append(box_xyxy(ann.get("bbox"), width, height, where=where))
-            labels.append(label_of[cid])
-        items.append((path, make_target(boxes, labels, width, height)))
-    return items, declared
+from .targets import split_data, targets_of
 
 
 def load_coco(path: Path, *, transform: ImageTransform, seed: int) -> TaskData:
     """A COCO JSON file (split 80/20 with ``seed``) or a folder of split files; see the module doc."""
     if path.is_file():
-        items, categories = read_coco_file(path, path.parent)
-        splits = dict(zip(("train", "val"), seeded_split(items, seed)))
+        items, categories = read_coco_boxes(path, path.parent)
+        splits = dict(zip(("train", "val"), seeded_split(targets_of(items), seed)))
         how = f"one file split 80/20 with seed {seed}"
     else:
         files = find_split_files(path)
         if "train" not in files:
             raise DataError(f"{path}: no train COCO file (train.json or annotations/instances_train*.json)")
-        items, categories = read_coco_file(files["train"][0], path, split_dir=files["train"][1])
-        splits = {"train": items}
+        items, categories = read_coco_boxes(files["train"][0], path, split_dir=files["train"][1])
+        splits = {"train": targets_of(items)}
         for split in ("val", "test"):
             if split in files:
-                splits[split] = read_coco_file(files[split][0], path, categories, split_dir=files[split][1])[0]
+                splits[split] = targets_of(read_coco_boxes(files[split][0], path, categories, split_dir=files[split][1])[0])
         if "val" not in splits:
-            splits["train"], splits["val"] = seeded_split(items, seed)
+            splits["train"], splits["val"] = seeded_split(splits["train"], seed)
         how = "files " + "/".join(files[s][0].name for s in SPLITS if s in files)
     return split_data(splits, list(categories.values()), f"COCO {path} ({how})", transform)

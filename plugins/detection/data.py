@@ -15,6 +15,7 @@ from __future__ import annotations
 
 
 from loradex.core.data import TensorListDataset, find_split_files, parse_synthetic, require_path, synthetic_splits
+from loradex.core.data.yolo import is_yolo_folder
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
@@ -35,7 +36,7 @@ def load_detection_data(source: str | None, *, transform: ImageTransform, image_
         if path.suffix.lower() != ".json":
             raise DataError(f"{path}: expected a COCO .json file or a dataset folder")
         return coco.load_coco(path, transform=transform, seed=seed)
-    if yolo.is_yolo_folder(path):
+    if is_yolo_folder(path):
         return yolo.load_yolo(path, transform=transform, seed=seed)
     if voc.is_voc_folder(path):
         return voc.load_voc(path, transform=transform, seed=seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from loradex.core.data import ImageDataset, describe_counts
+from loradex.core.data.boxes import BoxAnnotation
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
@@ -33,6 +34,11 @@ def make_target(boxes: Sequence[Sequence[float]], labels: Sequence[int], width: 
         "labels": torch.tensor(list(labels), dtype=torch.long),
         "size": torch.tensor([float(width), float(height)]),
     }
+
+
+def targets_of(items: Sequence[tuple[Path, BoxAnnotation]]) -> list[tuple[Path, dict[str, torch.Tensor]]]:
+    """The shared readers' ``(path, boxes)`` items as ``(path, target)``."""
+    return [(path, make_target(a.boxes, a.labels, a.width, a.height)) for path, a in items]
 
 
 def split_data(splits: dict[str, list[tuple[Path, dict]]], labels: list[str], what: str,

@@ -41,6 +41,7 @@ from loradex.core.data import (
     split_of,
     synthetic_splits,
 )
+from loradex.core.data.boxes import BoxAnnotation
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
@@ -215,11 +216,11 @@ def read_jsonl(path: Path, *, root: Path) -> list[Record]:
 
 
 def _from_detection_data(path: Path, *, transform: ImageTransform, seed: int) -> TaskData:
-    """A COCO JSON or YOLO folder, read by the detection task's readers, as ``<OD>`` records."""
-    from ..detection import coco, yolo
+    """A COCO JSON or YOLO folder, read by the shared box readers (core.data), as ``<OD>`` records."""
+    from loradex.core.data import coco, yolo
 
     if path.is_file() and path.suffix.lower() == ".json":
-        items, categories = coco.read_coco_file(path, path.parent)
+        items, categories = coco.read_coco_boxes(path, path.parent)
         labels = list(categories.values())
         splits = dict(zip(("train", "val"), seeded_split(items, seed)))
         how = f"COCO {path}"
@@ -239,11 +240,11 @@ def _from_detection_data(path: Path, *, transform: ImageTransform, seed: int) ->
     return task_data(records, transform, f"{how} as {OD} records", labels=labels)
 
 
-def _od_record(path: Path, target: dict, labels: Sequence[str]) -> Record:
-    width, height = (float(v) for v in target["size"])
-    scale = (width, height, width, height)
-    boxes = [[float(v) * s for v, s in zip(box, scale)] for box in target["boxes"].tolist()]
-    objects = sorted(((labels[int(c)], quantize(b, width, height)) for b, c in zip(boxes, target["labels"].tolist())),
+def _od_record(path: Path, annotation: BoxAnnotation, labels: Sequence[str]) -> Record:
+    width, height = float(annotation.width), float(annotation.height)
+    boxes = [[min(max(float(v), 0.0), side) for v, side in zip(box, (width, height, width, height))]
+             for box in annotation.boxes]  # clamped into the image, as the detection targets are
+    objects = sorted(((labels[int(c)], quantize(b, width, height)) for b, c in zip(boxes, annotation.labels)),
                      key=lambda o: (o[1][1], o[1][0]))
     return make_record(OD, objects_text(objects), (width, height), where=str(path), path=path)
 
