@@ -28,3 +28,20 @@ def test_console_script_points_at_the_cli():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["adapters"] == "loradex.registry.cli:main"
     assert project["requires-python"] == ">=3.10"
+
+
+def test_the_static_imports_editors_see_name_exactly_the_lazy_exports():
+    """Issue 23.5: `import loradex` stays cheap (exports load on first use), and the TYPE_CHECKING block
+    that lets editors see `loradex.load` names each export from its module, no more and no less."""
+    import ast
+    import sys
+
+    import loradex
+
+    tree = ast.parse(Path(loradex.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    static = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom)
+              for alias in node.names}
+    assert static == loradex._EXPORTS
+    for name, module in static.items():
+        assert getattr(loradex, name) is getattr(sys.modules[module], name), name

@@ -25,9 +25,59 @@ the errors — see docs/writing-plugins.md. Everything here is imported on first
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loradex.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time each name is imported on first use
+    # (tests/test_packaging.py checks these lines name exactly the exports below)
+    from loradex.core.backbone import Backbone, EncoderOutput, LoadedBackbone  # noqa: F401
+    from loradex.core.data import (  # noqa: F401
+        ImageDataset,
+        SPLITS,
+        TensorListDataset,
+        image_folder,
+        image_size,
+        is_image_file,
+        labels_csv,
+        open_image,
+        parse_synthetic,
+        require_folder,
+        seeded_split,
+        synthetic_splits,
+    )
+    from loradex.core.drawing import Canvas, colour_for  # noqa: F401
+    from loradex.core.errors import (  # noqa: F401
+        ArtifactError,
+        BackboneError,
+        ConfigError,
+        DataError,
+        FingerprintMismatchError,
+        LoradexError,
+        NotFoundError,
+        ServerError,
+        SpecError,
+        TrainingDivergedError,
+    )
+    from loradex.core.metrics import ClassificationMetrics  # noqa: F401
+    from loradex.core.multitask import MultiTaskModel  # noqa: F401
+    from loradex.core.plots import figure, plot_bars, plot_confusion_matrix  # noqa: F401
+    from loradex.core.results import BaseInfo, ImageResult, TaskResult  # noqa: F401
+    from loradex.core.spec import AdapterSpec, LoraSettings, RuntimeSettings, TrainSettings  # noqa: F401
+    from loradex.core.task import (  # noqa: F401
+        EvalResult,
+        HeadCode,
+        ImageTransform,
+        MetricAccumulator,
+        NoOptions,
+        Task,
+        TaskData,
+        option_help,
+    )
+    from loradex.registry.loading import Pipeline, load, pipeline  # noqa: F401
+    from loradex.registry.serve.client import Client  # noqa: F401
+    from loradex.registry.serve.settings import ServeSettings  # noqa: F401
+    from loradex.registry.store import Registry  # noqa: F401
 
 _EXPORTS: dict[str, str] = {
     # users
@@ -55,6 +105,7 @@ _EXPORTS: dict[str, str] = {
     "AdapterSpec": "loradex.core.spec",
     "LoraSettings": "loradex.core.spec",
     "TrainSettings": "loradex.core.spec",
+    "RuntimeSettings": "loradex.core.spec",
     "Canvas": "loradex.core.drawing",
     "colour_for": "loradex.core.drawing",
     "ImageDataset": "loradex.core.data",
