@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,30 +33,97 @@ from . import lora_algebra as algebra
 
 
 @dataclass(frozen=True)
+class MergeArgs:
+    """What a method merges with: one weight per input, the density (its default filled in) and the rank."""
+
+    weights: Sequence[float]
+    density: float | None
+    rank: int
+
+
+Layers = dict[str, LoraFactors]
+
+
+def _no_check(method: Method, inputs: Sequence[MergeInput]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
 class Method:
-    """A merge method: whether its result is the exact weighted sum, and what it takes."""
+    """A merge method as ONE object: its maths (``merge``), its validity checks (``check``) and its
+    help text. A new method is one :func:`register_method` call (tests/test_merge.py adds one)."""
 
     name: str
     exact: bool
-    density: bool
-    rank: bool
-    factorwise: bool
+    """Whether the result is the exact weighted sum Σ wᵢ·ΔWᵢ."""
     help: str
+    merge: Callable[[Sequence[Mapping[str, LoraFactors]], MergeArgs], Layers]
+    """The merged factors of the inputs' layers (task vectors with ``--base``)."""
+    check: Callable[[Method, Sequence[MergeInput]], None] = _no_check
+    """Refuse inputs the method cannot merge (RegistryError naming why)."""
+    density: bool = False
+    """Whether it takes ``--density``."""
+    rank: bool = False
+    """Whether it takes ``--rank``."""
+    default_density: float | None = None
+    """The density used when none is given (methods that take one)."""
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("cat", True, False, False, False, "exact: A's stacked, B's side by side; the update is Σ wᵢ·ΔWᵢ, rank Σ rᵢ"),
-    Method("svd", False, False, True, False, "the exact sum truncated to --rank by SVD; the error is reported"),
-    Method("knots", False, True, False, False,
-           "KnOTS: align the updates in the basis of their joint SVD, then TIES-merge there (--density)"),
-    Method("linear", False, False, False, True, "PEFT's factor-wise linear: A's and B's averaged separately"),
-    Method("ties", False, True, False, True, "PEFT's factor-wise TIES (trim to --density, elect signs)"),
-    Method("dare_ties", False, True, False, True, "PEFT's factor-wise DARE + TIES (random drop, --density)"),
-    Method("dare_linear", False, True, False, True, "PEFT's factor-wise DARE (random drop, --density)"),
-    Method("magnitude_prune", False, True, False, True, "PEFT's factor-wise magnitude pruning (--density)"),
-)}
-DEFAULT_METHOD = "cat"
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` available to ``adapters merge --method`` and ``--search``."""
+    if method.name in METHODS:
+        raise ConfigError(f"merge method {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
+
+
+def _svd(layers: Sequence[Mapping[str, LoraFactors]], args: MergeArgs) -> Layers:
+    total = sum(max((f.rank for f in tv.values()), default=0) for tv in layers)
+    if args.rank > total:
+        raise ConfigError(f"--rank {args.rank} is above the rank of the exact sum ({total})")
+    return algebra.merge_svd(layers, args.weights, args.rank)[0]
+
+
+def _factorwise_check(method: Method, inputs: Sequence[MergeInput]) -> None:
+    """A's and B's merged separately need one rank per layer, and PEFT gets rsLoRA wrong."""
+    for module in algebra.all_modules([i.layers for i in inputs]):
+        ranks = {i.ref: i.layers[module].rank for i in inputs if module in i.layers}
+        if len(set(ranks.values())) > 1:
+            listing = ", ".join(f"{r} r={k}" for r, k in ranks.items())
+            raise RegistryError(f"method {method.name!r} merges A and B factors separately and needs one rank per "
+                                f"layer, but {module} has {listing}; use cat, svd or knots")
+    if any(i.config.get("use_rslora") for i in inputs):
+        raise RegistryError(f"method {method.name!r} merges rsLoRA adapters wrongly (PEFT issue #3761); "
+                            "use cat, svd or knots")
+
+
+def _factorwise(name: str, help_text: str, *, density: bool) -> Method:
+    def merge(layers: Sequence[Mapping[str, LoraFactors]], args: MergeArgs) -> Layers:
+        return algebra.merge_factorwise(name, layers, args.weights, density=args.density or 1.0)
+
+    return Method(name, False, help_text, merge, _factorwise_check, density=density,
+                  default_density=DEFAULT_DENSITY if density else None)
+
+
 DEFAULT_DENSITY = 0.5
+for _method in (
+    Method("cat", True, "exact: A's stacked, B's side by side; the update is Σ wᵢ·ΔWᵢ, rank Σ rᵢ",
+           lambda layers, args: algebra.merge_cat(layers, args.weights)),
+    Method("svd", False, "the exact sum truncated to --rank by SVD; the error is reported", _svd, rank=True),
+    Method("knots", False, "KnOTS: align the updates in the basis of their joint SVD, then TIES-merge there "
+           "(--density)", lambda layers, args: algebra.merge_knots(layers, args.weights, density=args.density),
+           density=True, default_density=1.0),
+    _factorwise("linear", "PEFT's factor-wise linear: A's and B's averaged separately", density=False),
+    _factorwise("ties", "PEFT's factor-wise TIES (trim to --density, elect signs)", density=True),
+    _factorwise("dare_ties", "PEFT's factor-wise DARE + TIES (random drop, --density)", density=True),
+    _factorwise("dare_linear", "PEFT's factor-wise DARE (random drop, --density)", density=True),
+    _factorwise("magnitude_prune", "PEFT's factor-wise magnitude pruning (--density)", density=True),
+):
+    register_method(_method)
+DEFAULT_METHOD = "cat"
 SEED = 0
 """Seed of the random drops of dare_* (merges are reproducible)."""
 
@@ -185,12 +252,10 @@ def _head_name(wanted: str, taken: Mapping[str, Any]) -> str:
 
 
 def effective_density(method: Method, density: float | None) -> float | None:
-    """The density a method runs with: the one given, else 1 for knots and 0.5 for PEFT's methods."""
+    """The density a method merges with: the one given, else its default; None if it takes none."""
     if not method.density:
         return None
-    if density is not None:
-        return density
-    return 1.0 if method.name == "knots" else DEFAULT_DENSITY
+    return density if density is not None else method.default_density
 
 
 def merge_layers(method: Method, inputs: Sequence[MergeInput], weights: Sequence[float], *,
@@ -202,31 +267,11 @@ def merge_layers(method: Method, inputs: Sequence[MergeInput], weights: Sequence
     vectors ``ΔWᵢ − ΔW_base`` and the base update is added back: task arithmetic.
     """
     layers = task_vectors(inputs, base) if base is not None else [i.layers for i in inputs]
-    if method.factorwise:
-        for module in algebra.all_modules(layers):
-            ranks = {i.ref: i.layers[module].rank for i in inputs if module in i.layers}
-            if len(set(ranks.values())) > 1:
-                listing = ", ".join(f"{r} r={k}" for r, k in ranks.items())
-                raise RegistryError(f"method {method.name!r} merges A and B factors separately and needs one rank per "
-                                    f"layer, but {module} has {listing}; use cat, svd or knots")
-        if any(i.config.get("use_rslora") for i in inputs):
-            raise RegistryError(f"method {method.name!r} merges rsLoRA adapters wrongly (PEFT issue #3761); "
-                                "use cat, svd or knots")
+    method.check(method, inputs)
     torch.manual_seed(SEED)
-    if method.name == "cat":
-        merged = algebra.merge_cat(layers, weights)
-    elif method.name == "svd":
-        most = max(f.rank for i in inputs for f in i.layers.values())
-        target = rank or most
-        total = sum(max((f.rank for f in tv.values()), default=0) for tv in layers)
-        if target > total:
-            raise ConfigError(f"--rank {target} is above the rank of the exact sum ({total})")
-        merged, _ = algebra.merge_svd(layers, weights, target)
-    elif method.name == "knots":
-        merged = algebra.merge_knots(layers, weights, density=effective_density(method, density))
-    else:
-        merged = algebra.merge_factorwise(method.name, layers, weights,
-                                          density=effective_density(method, density) or 1.0)
+    most = max(f.rank for i in inputs for f in i.layers.values())
+    merged = method.merge(layers, MergeArgs(weights=weights, density=effective_density(method, density),
+                                            rank=rank or most))
     if base is not None:
         merged = algebra.merge_cat([merged, base.layers], [1.0, 1.0])
     return merged, max(f.rank for f in merged.values())

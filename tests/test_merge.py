@@ -295,3 +295,31 @@ def test_train_init_starts_from_an_adapter_and_records_it(home, tmp_path):
     assert before.keys() == after.keys()
     assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before), "a near-zero lr keeps the LoRA"
     assert all(torch.allclose(head_before[k], head_after[k], atol=1e-6) for k in head_before)
+
+
+def test_a_merge_method_added_here_is_one_object_in_one_file(home):
+    """Issue 23.4: a new merge method took four edits (table, if/elif chain, algebra, CLI help); now it
+    is one Method registered from this test module, and the CLI, --search and the help know it."""
+    from loradex.core.artifact import read_lora
+    from loradex.core.lora_runtime import factors_from_peft
+    from loradex.registry import lora_algebra as algebra
+    from loradex.registry.merge import METHODS, Method, register_method
+
+    register_method(Method("half_cat", False, "half of the exact sum (a test's method)",
+                           lambda layers, args: algebra.merge_cat(layers, [w / 2 for w in args.weights])))
+    try:
+        assert "half_cat" in run(home, "merge", "--help").stdout
+        halved = run(home, "merge", "cls-a", "cls-b", "--method", "half_cat", "--name", "halved", "--json")
+        assert halved.exit_code == 0, halved.output
+        assert json.loads(halved.stdout)["method"] == "half_cat"
+        full = run(home, "merge", "cls-a", "cls-b", "--name", "full", "--json")
+        assert full.exit_code == 0, full.output
+        backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+        with Registry.open(home) as registry:
+            deltas = [algebra.exact_sum([factors_from_peft(*read_lora(registry.materialize(name), backbone))], [1.0])
+                      for name in ("halved", "full")]
+        assert deltas[0].keys() == deltas[1].keys()
+        for module, delta in deltas[0].items():
+            assert torch.allclose(delta, deltas[1][module] / 2, atol=1e-6), module
+    finally:
+        METHODS.pop("half_cat", None)

@@ -18,18 +18,21 @@ def _floats(value: str | None, option: str) -> list[float] | None:
         raise ConfigError(f"{option} {value!r} is not a comma-separated list of numbers") from None
 
 
-def _method_help() -> str:
-    from loradex.registry.merge import METHODS
+class _MergeCommand(click.Command):
+    """``adapters merge`` whose help lists the registered merge methods, read when help is shown."""
 
-    return "; ".join(f"{m.name}: {m.help}" for m in METHODS.values())
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from loradex.registry.merge import METHODS
+
+        with formatter.section("Methods"):
+            formatter.write_dl([(m.name, m.help) for m in METHODS.values()])
+        super().format_epilog(ctx, formatter)
 
 
-@click.command(name="merge")
+@click.command(name="merge", cls=_MergeCommand)
 @click.argument("refs", nargs=-1, metavar="A[@V] B[@V] ...")
 @click.option("--name", required=True, help="Name of the merged adapter (stored as NAME@vN).")
-@click.option("--method", default="cat", show_default=True,
-              help="cat (exact), svd, knots, or PEFT's factor-wise linear, ties, dare_ties, dare_linear, "
-                   "magnitude_prune (approximate).")
+@click.option("--method", default="cat", show_default=True, help="How to merge: one of the methods listed below.")
 @click.option("--weights", default=None, help="One weight per adapter, comma-separated (default: 1/K each for one "
                                                "task, 1 each for different tasks).")
 @click.option("--density", type=float, default=None, help="Share of coordinates kept by ties, dare_*, "
