@@ -67,7 +67,7 @@ class Methods:
         import torch
 
         from loradex.core import plugins
-        from loradex.core.artifact import attach
+        from loradex.testing import attach
         from loradex.core.multitask import MultiTaskModel
 
         load = plugins.resolve_backbone(name).load
@@ -179,7 +179,7 @@ def throughput(name: str, ks: tuple[int, ...], ns: tuple[int, ...], rounds: int,
 def attach_times(count: int, workdir: Path) -> dict:
     """ms per attach of stored ViT-Base-sized adapters against how many are attached already."""
     from loradex.core import plugins
-    from loradex.core.artifact import attach
+    from loradex.testing import attach
     from loradex.registry.loading import RegistrySource
     from loradex.registry.store import Registry
     from loradex.core.multitask import MultiTaskModel
@@ -222,7 +222,7 @@ MEMORY_CHILD = """
 import json, sys, torch
 from pathlib import Path
 from loradex.core import plugins
-from loradex.core.artifact import attach
+from loradex.testing import attach
 from loradex.core.multitask import MultiTaskModel
 name, mode, folders = sys.argv[1], sys.argv[2], [Path(p) for p in sys.argv[3:]]
 load = plugins.resolve_backbone(name).load

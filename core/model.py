@@ -59,20 +59,6 @@ class TaskModel(nn.Module):
         features = self.backbone.encode(self.encoder, pixel_values)
         return self.heads[name](features)
 
-    def forward_mixed(self, pixel_values: torch.Tensor, adapter_names: list[str]) -> dict[str, tuple[list[int], Any]]:
-        """One pass of a mixed batch: image i goes through adapter ``adapter_names[i]``.
-
-        Returns, per adapter, the batch indices it served and its head's outputs on them.
-        """
-        features = self.backbone.encode(self.encoder, pixel_values, adapter_names=adapter_names)
-        results: dict[str, tuple[list[int], Any]] = {}
-        for name in dict.fromkeys(adapter_names):
-            index = [i for i, a in enumerate(adapter_names) if a == name]
-            sel = torch.tensor(index, device=pixel_values.device)
-            sub = type(features)(cls=features.cls[sel], patches=features.patches[sel])
-            results[name] = (index, self.heads[name](sub))
-        return results
-
     def runner(self, adapter: str | None = None) -> Any:
         """The base with adapter ``adapter`` (the only one if None) on: call it, or ``.generate`` with it.
 

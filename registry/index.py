@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,35 @@ _VERSION_COLUMNS = (
     "v.id, a.name, v.version, v.task, v.spec, v.metrics, v.base, v.fingerprint, v.size, v.created, "
     "v.kind, v.args, v.headline_name, v.headline_value"
 )
+
+
+@dataclass(frozen=True)
+class AdapterSummary:
+    """One line of ``adapters list``: an adapter and its latest version."""
+
+    name: str
+    task: str
+    versions: int
+    latest: int
+    aliases: dict[str, int]
+    base: str
+    size: int
+    """Bytes of the latest version."""
+    headline_metric: str | None
+    headline_value: float | None
+    updated: str
+    """When the latest version was created (ISO 8601, UTC)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """All metrics of the latest version."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return {
+            "name": self.name, "task": self.task, "versions": self.versions, "latest": self.latest,
+            "aliases": self.aliases, "base": self.base, "size": self.size,
+            "headline": {"metric": self.headline_metric, "value": self.headline_value}, "updated": self.updated,
+            "metrics": self.metrics,
+        }
 
 
 @dataclass(frozen=True)
@@ -191,7 +220,8 @@ def _guarded(method):
 
 
 class Index:
-    """Typed queries over one SQLite connection; SQLite faults become :class:`RegistryError` lines."""
+    """Typed queries over one SQLite connection; SQLite faults become :class:`RegistryError` lines
+    (every public query is ``@_guarded``; tests/test_registry_faults.py checks none is left out)."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         """Open the index file at ``path`` (``read_only``: without writing anything)."""
@@ -210,6 +240,7 @@ class Index:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @_guarded
     def insert_version(self, new: NewVersion) -> int:
         """Add ``new`` as the next version of its adapter in one transaction; returns the number.
 
@@ -218,6 +249,7 @@ class Index:
         with transaction(self.conn) as conn:
             return self._insert(conn, new)
 
+    @_guarded
     def insert_many(self, batch: Sequence[NewVersion]) -> list[int]:
         """Insert several versions in one transaction (bulk loads); same rows as insert_version."""
         with transaction(self.conn) as conn:
@@ -252,6 +284,7 @@ class Index:
         conn.execute("UPDATE adapters SET next_version = ? WHERE id = ?", (number + 1, adapter_id))
         return number
 
+    @_guarded
     def restore_version(self, new: NewVersion, number: int) -> None:
         """Insert ``new`` as version ``number`` exactly (rebuilding the index from manifests)."""
         with transaction(self.conn) as conn:
@@ -281,6 +314,7 @@ class Index:
             [(version_id, path, sha, size) for path, sha, size in files],
         )
 
+    @_guarded
     def set_alias(self, name: str, alias: str, version: int) -> bool:
         """Point ``name@alias`` at ``version``; False if that version does not exist."""
         with transaction(self.conn) as conn:
@@ -298,6 +332,7 @@ class Index:
             )
             return True
 
+    @_guarded
     def drop_alias(self, name: str, alias: str) -> bool:
         """Remove ``name@alias``; False if there was no such alias."""
         with transaction(self.conn) as conn:
@@ -307,6 +342,7 @@ class Index:
             )
             return cur.rowcount > 0
 
+    @_guarded
     def delete_versions(self, name: str, versions: Sequence[int], *, force: bool) -> list[str] | None:
         """Delete versions of ``name`` in one transaction.
 
@@ -342,15 +378,18 @@ class Index:
 
     # -- reading ---------------------------------------------------------------------------
 
+    @_guarded
     def adapter_task(self, name: str) -> str | None:
         """The task of adapter ``name`` (None if there is no such adapter)."""
         row = self.conn.execute("SELECT task FROM adapters WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
+    @_guarded
     def adapter_names(self) -> list[str]:
         """Every adapter name, sorted."""
         return [r[0] for r in self.conn.execute("SELECT name FROM adapters ORDER BY name")]
 
+    @_guarded
     def version_numbers(self, name: str) -> list[int]:
         """The version numbers of ``name``, ascending (empty if it does not exist)."""
         return [r[0] for r in self.conn.execute(
@@ -358,6 +397,7 @@ class Index:
             "ORDER BY v.version", (name,)
         )]
 
+    @_guarded
     def alias_names(self, name: str) -> list[str]:
         """The aliases of ``name``, sorted."""
         return [r[0] for r in self.conn.execute(
@@ -365,6 +405,7 @@ class Index:
             (name,),
         )]
 
+    @_guarded
     def latest(self, name: str) -> int | None:
         """The highest version number of ``name``."""
         row = self.conn.execute(
@@ -372,12 +413,14 @@ class Index:
         ).fetchone()
         return row[0] if row else None
 
+    @_guarded
     def aliases_of(self, name: str) -> dict[str, int]:
         """The aliases of ``name`` and the version number each points at, by alias."""
         return dict(self.conn.execute(
             "SELECT al.alias, v.version FROM aliases al JOIN adapters a ON a.id = al.adapter_id "
             "JOIN versions v ON v.id = al.version_id WHERE a.name = ? ORDER BY al.alias", (name,)))
 
+    @_guarded
     def pulled(self, *, endpoint: str, repo: str, commit: str) -> list[tuple[str, int]]:
         """(name, version) of the versions pulled from ``repo`` at ``commit`` on the Hub at ``endpoint``."""
         return [tuple(row) for row in self.conn.execute(
@@ -386,6 +429,7 @@ class Index:
             "AND json_extract(v.args, '$.origin.repo') = ? AND json_extract(v.args, '$.origin.endpoint') = ? "
             "ORDER BY a.name, v.version", (commit, repo, endpoint))]
 
+    @_guarded
     def alias_target(self, name: str, alias: str) -> int | None:
         """The version ``name@alias`` points at."""
         row = self.conn.execute(
@@ -395,6 +439,7 @@ class Index:
         ).fetchone()
         return row[0] if row else None
 
+    @_guarded
     def versions(self, *, name: str | None = None, version: int | None = None) -> list[VersionRow]:
         """Full rows, optionally only those of ``name`` (and of ``version``), by name then number."""
         where, params = [], []
@@ -435,9 +480,9 @@ class Index:
             for r in rows
         ]
 
-    def summaries(self, *, task: str | None = None) -> list[tuple[Any, ...]]:
-        """Per adapter: name, task, count, latest, base, size, headline name and value, updated,
-        the latest version's metrics (JSON text), aliases."""
+    @_guarded
+    def summaries(self, *, task: str | None = None) -> list[AdapterSummary]:
+        """One summary per adapter (its latest version's base, size, headline and metrics; its aliases), by name."""
         sql = (
             "WITH agg AS (SELECT adapter_id, COUNT(*) AS n, MAX(version) AS latest FROM versions GROUP BY adapter_id) "
             "SELECT a.id, a.name, a.task, agg.n, agg.latest, v.base, v.size, v.headline_name, v.headline_value, "
@@ -457,17 +502,23 @@ class Index:
                 "ORDER BY al.alias"
             ):
                 aliases.setdefault(adapter_id, {})[alias] = version
-        return [(*r[1:], aliases.get(r[0], {})) for r in rows]
+        return [AdapterSummary(name=name, task=kind, versions=count, latest=latest, aliases=aliases.get(adapter_id, {}),
+                               base=base, size=size, headline_metric=hname, headline_value=hvalue, updated=updated,
+                               metrics=json.loads(metrics))
+                for adapter_id, name, kind, count, latest, base, size, hname, hvalue, updated, metrics in rows]
 
+    @_guarded
     def referenced_blobs(self) -> set[str]:
         """The sha256 of every blob some version's file refers to."""
         return {r[0] for r in self.conn.execute("SELECT DISTINCT sha256 FROM files")}
 
+    @_guarded
     def quick_check(self) -> list[str]:
         """SQLite's own consistency check of the index file (empty if fine)."""
         rows = [r[0] for r in self.conn.execute("PRAGMA quick_check")]
         return [] if rows == ["ok"] else rows
 
+    @_guarded
     def integrity_check(self) -> list[str]:
         """SQLite's full integrity check (pages, indexes, constraints); empty if fine."""
         rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
@@ -481,9 +532,3 @@ class Index:
             yield self.conn
         finally:
             self.conn.execute("COMMIT")
-
-
-# Every public query goes through _guarded: an SQLite fault is one clear line, never a traceback.
-for _name, _member in list(vars(Index).items()):
-    if callable(_member) and not _name.startswith("_") and _name not in ("read", "close"):
-        setattr(Index, _name, _guarded(_member))

@@ -59,7 +59,7 @@ from . import names
 from .blobs import BlobStore, sha256_file, tmp_prefix
 from .import_checks import check_regular_files
 from .importer import read_config
-from .index import Index, NewVersion, VersionRow
+from .index import AdapterSummary, Index, NewVersion, VersionRow
 from .locks import file_lock
 from .manifests import Manifests
 from .weights import check_finite, check_safetensors
@@ -140,35 +140,6 @@ class VersionRecord:
             "headline": {"metric": self.headline_metric, "value": self.headline_value},
             "spec": self.spec.to_dict(),
             "files": {k: {"sha256": v.sha256, "size": v.size} for k, v in self.files.items()},
-        }
-
-
-@dataclass(frozen=True)
-class AdapterSummary:
-    """One line of ``adapters list``: an adapter and its latest version."""
-
-    name: str
-    task: str
-    versions: int
-    latest: int
-    aliases: dict[str, int]
-    base: str
-    size: int
-    """Bytes of the latest version."""
-    headline_metric: str | None
-    headline_value: float | None
-    updated: str
-    """When the latest version was created (ISO 8601, UTC)."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    """All metrics of the latest version."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data."""
-        return {
-            "name": self.name, "task": self.task, "versions": self.versions, "latest": self.latest,
-            "aliases": self.aliases, "base": self.base, "size": self.size,
-            "headline": {"metric": self.headline_metric, "value": self.headline_value}, "updated": self.updated,
-            "metrics": self.metrics,
         }
 
 
@@ -566,14 +537,7 @@ class Registry:
         return summaries
 
     def _summaries(self, *, task: str | None) -> list[AdapterSummary]:
-        return [
-            AdapterSummary(
-                name=n, task=t, versions=count, latest=latest, aliases=aliases, base=base, size=size,
-                headline_metric=hname, headline_value=hvalue, updated=updated, metrics=json.loads(metrics),
-            )
-            for n, t, count, latest, base, size, hname, hvalue, updated, metrics, aliases
-            in self.index.summaries(task=task)
-        ]
+        return self.index.summaries(task=task)
 
     def lineage(self, ref: str | VersionRecord) -> LineageNode:
         """The tree of versions ``ref`` was made from (parents that were removed have no record)."""

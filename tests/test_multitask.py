@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from loradex.core.artifact import attach
+from loradex.testing import attach
 from loradex.core.backbone import EncoderOutput
 from loradex.core.lora_runtime import LoraBank, Segment, contiguous_plan, split_plan
 from loradex.core.multitask import MultiTaskModel

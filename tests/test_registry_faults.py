@@ -307,3 +307,15 @@ def test_scratch_folders_of_killed_processes_are_reported_and_removed(home):
     kept = make_scratch("demo")
     assert kept.is_dir() and kept.name.startswith(f"loradex-demo-{os.getpid()}-")
     kept.rmdir()
+
+
+def test_every_public_index_query_turns_sqlite_faults_into_one_line():
+    """Issue 23.4: a loop monkey-patched every Index method; now each public query is decorated with
+    @_guarded, and this test keeps a new one from being left out."""
+    import inspect
+
+    from loradex.registry.index import Index
+
+    public = [name for name, member in vars(Index).items()
+              if inspect.isfunction(member) and not name.startswith("_") and name not in ("read", "close")]
+    assert public and [n for n in public if not hasattr(getattr(Index, n), "__wrapped__")] == []

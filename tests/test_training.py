@@ -77,7 +77,7 @@ def test_plain_peft_loads_the_adapter_with_identical_weights(outcome):
 
 
 def test_attached_adapter_predicts_like_the_trained_model(outcome):
-    from loradex.core.artifact import attach
+    from loradex.testing import attach
 
     task = plugins.get_task("classification")
     base = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
@@ -113,7 +113,7 @@ def test_adapter_saved_with_pre_transformers_5_names_loads(outcome, tmp_path):
 
     from safetensors.torch import save_file
 
-    from loradex.core.artifact import attach
+    from loradex.testing import attach
 
     old = tmp_path / "old-names"
     shutil.copytree(outcome.artifact_dir, old)
@@ -144,7 +144,7 @@ def test_adapter_for_another_base_is_refused_unless_allowed(outcome, tmp_path):
     import json
     import shutil
 
-    from loradex.core.artifact import attach
+    from loradex.testing import attach
     from loradex.core.errors import FingerprintMismatchError
 
     other = tmp_path / "other-base"

@@ -277,3 +277,62 @@ def _tensors(outputs):
     if hasattr(outputs, "logits"):  # a transformers ModelOutput
         return [outputs.logits]
     return [v for v in outputs if isinstance(v, torch.Tensor)]
+
+
+def attach(
+    model_or_backbone: Any,
+    task: Any,
+    folder: Path,
+    *,
+    adapter_name: str = "default",
+    allow_base_mismatch: bool = False,
+) -> Any:
+    """Attach the adapter in ``folder`` to a base through plain PEFT (``PeftModel.from_pretrained`` /
+    ``load_adapter``); returns the TaskModel. The reference tests and benches compare loradex's own
+    paths against (no production code calls it).
+
+    Pass a LoadedBackbone for the first adapter, then the returned TaskModel for the others:
+    they share the one base object.
+    """
+    from peft import PeftModel
+
+    from loradex.core.artifact import HEAD_WEIGHTS, check_complete, check_fingerprint, load_weights, native_names
+    from loradex.core.backbone import LoadedBackbone
+    from loradex.core.errors import ArtifactError
+    from loradex.core.model import TaskModel, new_head
+    from loradex.core.scratch import scratch_folder
+
+    folder = Path(folder)
+    spec = check_complete(folder)
+    if spec.is_multitask:
+        raise ArtifactError(f"{folder}: a multi-task adapter ({', '.join(spec.tasks)}); attach it to a MultiTaskModel")
+    if spec.task != task.name:
+        raise ArtifactError(f"{folder}: adapter is for task {spec.task!r}, not {task.name!r}")
+    if isinstance(model_or_backbone, LoadedBackbone):
+        backbone, model = model_or_backbone, None
+    else:
+        model = model_or_backbone
+        backbone = model.backbone
+        if adapter_name in model.heads:
+            raise ArtifactError(f"an adapter named {adapter_name!r} is already attached")
+    check_fingerprint(spec, backbone.ref.fingerprint, where=str(folder), allow_mismatch=allow_base_mismatch)
+    with scratch_folder("renamed") as scratch:
+        source = native_names(folder, backbone, Path(scratch))
+        try:
+            if model is None:
+                encoder = PeftModel.from_pretrained(backbone.model, str(source), adapter_name=adapter_name)
+                model = TaskModel(backbone, encoder)
+            else:
+                model.encoder.load_adapter(str(source), adapter_name=adapter_name)
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            raise ArtifactError(f"{folder}: PEFT could not load the adapter ({exc})") from None
+    head = new_head(task, backbone, spec)
+    state = load_weights(folder / HEAD_WEIGHTS)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{folder / HEAD_WEIGHTS}: does not fit the {spec.task} head ({exc})") from None
+    head.eval()
+    model.add_head(adapter_name, head, spec)
+    model.eval()
+    return model
