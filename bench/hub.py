@@ -44,9 +44,9 @@ def run(hub, work: Path) -> None:
     from huggingface_hub import HfApi, snapshot_download
 
     from loradex.core import plugins
-    from loradex.registry.export_merged import export_merged
-    from loradex.registry.hub import pull, push
-    from loradex.registry.store import Registry
+    from loradex.registry.derive.export_merged import export_merged
+    from loradex.registry.hub.client import pull, push
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     backbone = plugins.resolve_backbone("vit-base").load("vit-base")

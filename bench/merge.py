@@ -33,7 +33,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 TIMING_CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 from loradex.core import plugins
 op, home, out, refs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
 registry = Registry.open(home)
@@ -45,17 +45,17 @@ def hwm():
 base = hwm()
 start = time.perf_counter()
 if op.startswith("merge-"):
-    from loradex.registry import merge
+    from loradex.registry.derive import merge
     inputs = [merge.load_input(r, f, backbone) for r, f in zip(records, folders)]
     merge.build(inputs, out, method=op.split("-", 1)[1], density=0.5 if op.endswith(("ties", "knots")) else None)
 elif op.startswith("compress-"):
-    from loradex.registry import compress, merge
+    from loradex.registry.derive import compress, merge
     item = merge.load_input(records[0], folders[0], backbone)
     kind = op.split("-", 1)[1]
     compress.build(folders[0], item.config, item.layers, records[0].spec, out,
                    rank=8 if kind == "half-rank" else None, energy=None, dtype="bf16" if kind == "bf16" else None)
 else:
-    from loradex.registry.export_merged import export_merged
+    from loradex.registry.derive.export_merged import export_merged
     export_merged(records[0], folders[0], out)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "peak_above_base_MB": (hwm() - base) / 1e6}))
@@ -65,7 +65,7 @@ print(json.dumps({"seconds": seconds, "peak_above_base_MB": (hwm() - base) / 1e6
 def timing(work: Path) -> list[dict]:
     """Seconds and peak memory of each operation for 2, 4 and 8 ViT-Base-sized adapters."""
     from loradex.core import plugins
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     backbone = plugins.resolve_backbone("vit-base").load("vit-base")
@@ -113,7 +113,7 @@ JOBS = (  # name, task, data, training settings, adapter to start from
 def ensure_trained(home: Path, work: Path) -> None:
     """Train every adapter of :data:`JOBS` into ``home`` where missing (``adapters train`` does the same)."""
     from loradex.core.training import TrainRequest, train_adapter
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     registry = Registry.open(home)
     for name, task, data, settings, init in JOBS:
@@ -130,9 +130,9 @@ def ensure_trained(home: Path, work: Path) -> None:
 
 def quality(home: Path, work: Path) -> dict:
     """The retained tables (see the module docstring)."""
-    from loradex.registry.derive import compress_version, merge_versions
-    from loradex.registry.merge import METHODS
-    from loradex.registry.store import Registry
+    from loradex.registry.derive.sessions import compress_version, merge_versions
+    from loradex.registry.derive.merge import METHODS
+    from loradex.registry.store.registry import Registry
 
     ensure_trained(home, work)
     registry = Registry.open(home)

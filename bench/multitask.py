@@ -181,7 +181,7 @@ def attach_times(count: int, workdir: Path) -> dict:
     from loradex.core import plugins
     from loradex.testing import attach
     from loradex.registry.loading import RegistrySource
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.core.multitask import MultiTaskModel
 
     load = plugins.resolve_backbone("vit-base").load

@@ -223,7 +223,7 @@ def multitask_part(roots: dict[str, Path], registry, report: dict, work: Path) -
 
 def merge_part(registry, report: dict, work: Path) -> None:
     """Merge the three efficientnet-lite0 adapters with each method: retained % per task."""
-    from loradex.registry.derive import merge_versions
+    from loradex.registry.derive.sessions import merge_versions
 
     refs = [f"{d}-efficientnet-lite0" for d in ("fashion", "digits", "trees")]
     print("\nmulti-task merge of fashion + digits + trees on efficientnet-lite0 (retained % of each task's metric)",
@@ -260,7 +260,7 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LORADEX_HOME", str(work / "home"))
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     registry = Registry.open(work / "home")
     saved = work / "real_data.json"

@@ -28,8 +28,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from loradex.core.spec import AdapterSpec, BackboneRef, LoraSettings
-from loradex.registry.index import NewVersion
-from loradex.registry.store import Registry, utc_now
+from loradex.registry.store.index import NewVersion
+from loradex.registry.store.registry import Registry, utc_now
 
 PER_ADAPTER = 20
 DISTINCT = 6

@@ -56,7 +56,7 @@ SCENARIOS = {
 def build_registry(home: Path, base: str, count: int, *, names: list[str] | None = None) -> list[str]:
     """``count`` random classification adapters on ``base`` stored in a registry at ``home``; their refs."""
     from loradex.core import plugins
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     backbone = plugins.resolve_backbone(base).load(base)
@@ -387,7 +387,7 @@ def scenario_alias(root: Path) -> None:
 
     import httpx
 
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     home = root / "alias"
     build_registry(home, "tiny-vit", 2, names=["x", "x"])

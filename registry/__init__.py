@@ -1,5 +1,5 @@
 """loradex.registry — the local adapter store, loading onto a shared base, and the `adapters` CLI."""
 
-from .store import AdapterSummary, FileEntry, Registry, VersionRecord, default_home
+from loradex.registry.store.registry import AdapterSummary, FileEntry, Registry, VersionRecord, default_home
 
 __all__ = ["AdapterSummary", "FileEntry", "Registry", "VersionRecord", "default_home"]

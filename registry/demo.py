@@ -20,8 +20,8 @@ from typing import Any
 from loradex.core.errors import ConfigError, LoradexError
 from loradex.core.scratch import make_scratch
 
-from .loading import parse_refs, resolve
-from .store import Registry, VersionRecord
+from loradex.registry.loading import parse_refs, resolve
+from loradex.registry.store.registry import Registry, VersionRecord
 
 PAGE_TITLE = "loradex — one base, every task"
 MAX_PIXELS = 40_000_000
@@ -74,7 +74,7 @@ class DemoSession:
         if self.model is not None and not _same_base(self.model, records[0]):
             self.model = None
         if self.model is None:
-            from .loading import load
+            from loradex.registry.loading import load
 
             self.model = load(wanted, device=self.device, registry=self.registry)
             self.loads += 1

@@ -10,7 +10,7 @@ from loradex.core import plugins
 from loradex.core.multitask import LocatedAdapter, MultiTaskModel, check_same_base
 from loradex.core.predictor import Predictor
 
-from .store import Registry, VersionRecord
+from loradex.registry.store.registry import Registry, VersionRecord
 
 
 class RegistrySource:
@@ -34,7 +34,7 @@ class RegistrySource:
 
 def resolve(registry: Registry, ref: str):
     """The registry version ``ref`` names; a Hub reference (``org/repo@v2``) is pulled first (once)."""
-    from .hub import is_hub_ref, pull
+    from loradex.registry.hub.client import is_hub_ref, pull
 
     if is_hub_ref(ref):
         return pull(registry, ref)

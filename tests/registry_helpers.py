@@ -101,7 +101,7 @@ def random_shelf(root: Path, adapters: list[tuple[str, str, dict[str, Any]]], *,
     A name listed twice gets a second version. ``args`` are recorded with every version, as training would.
     """
     from loradex.core import plugins
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")

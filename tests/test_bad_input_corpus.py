@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from loradex.core import plugins
 from loradex.registry.cli import cli
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 from loradex.testing import random_adapter
 
 from .bad_input_corpus import CASES, Case

@@ -28,7 +28,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def shelf(tmp_path_factory):
     """A registry holding classification (v1, v2), detection and pose adapters on tiny-vit."""
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     root = tmp_path_factory.mktemp("demo")
     home = random_shelf(root, [(name, task, {"seed": seed, "scale": 0.02}) for name, task, seed in (
@@ -46,7 +46,7 @@ def shelf(tmp_path_factory):
 def served(shelf):
     """The page served in this process on a free port; yields (url, session)."""
     from loradex.registry.demo import DemoSession, build_app
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     registry = Registry.open(shelf["home"])
     session = DemoSession(registry)

@@ -20,7 +20,7 @@ def readme_shelf(isolated_home, tmp_path):
     """What `adapters train classification|detection|pose` would store, with random weights, and photos/."""
     from loradex.core import plugins
     from loradex.plugins.shapes import scene_image, single_shape_image
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")

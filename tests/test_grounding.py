@@ -155,7 +155,7 @@ def test_a_florence2_folder_saved_by_transformers_loads_trains_and_predicts(tmp_
 
 def test_a_florence2_adapter_and_a_vit_adapter_are_refused_together(tmp_path, isolated_home):
     from loradex.core import plugins
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     with Registry.open(isolated_home) as registry:
@@ -177,7 +177,7 @@ def test_a_florence2_adapter_and_a_vit_adapter_are_refused_together(tmp_path, is
 def test_grounding_adapters_merge_push_style_round_trip(tmp_path, isolated_home):
     """Two grounding adapters merge like any others (the LoRA alone: no head weights)."""
     from loradex.core import plugins
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     florence = plugins.resolve_backbone("tiny-florence2").load("tiny-florence2")

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from loradex.core.lora_runtime import LoraFactors
-from loradex.registry import lora_algebra as algebra
-
-
+from loradex.registry.derive import lora_algebra as algebra
 def factors(seed: int, rank: int, shape=(24, 20), scale: float = 2.0) -> LoraFactors:
     g = torch.Generator().manual_seed(seed)
     return LoraFactors(a=torch.randn(rank, shape[1], generator=g), b=torch.randn(shape[0], rank, generator=g),

@@ -13,7 +13,7 @@ from loradex.core import plugins
 from loradex.core.lora_runtime import Segment
 from loradex.core.multitask import MultiTaskModel
 from loradex.registry.cli import cli
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 from loradex.testing import random_adapter
 
 from .registry_helpers import check_merged_export, make_adapter, random_shelf
@@ -93,7 +93,7 @@ def test_the_merged_lora_loads_in_plain_peft_and_equals_the_exact_sum(home):
     backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
     peft = PeftModel.from_pretrained(backbone.model, str(merged))
     layers = [factors_from_peft(*read_lora(folder, backbone)) for folder in inputs]
-    from loradex.registry.lora_algebra import exact_sum
+    from loradex.registry.derive.lora_algebra import exact_sum
 
     exact = exact_sum(layers, [0.5, 0.5])
     for module, reference in exact.items():
@@ -255,7 +255,7 @@ def test_merge_with_a_base_adapter_is_task_arithmetic(home):
 
     from loradex.core.artifact import read_lora
     from loradex.core.lora_runtime import factors_from_peft
-    from loradex.registry.lora_algebra import exact_sum
+    from loradex.registry.derive.lora_algebra import exact_sum
 
     result = run(home, "merge", "cls-a@v1", "pose", "--base", "cls-a@v1", "--name", "arith", "--json")
     assert result.exit_code == 0, result.output
@@ -302,8 +302,8 @@ def test_a_merge_method_added_here_is_one_object_in_one_file(home):
     is one Method registered from this test module, and the CLI, --search and the help know it."""
     from loradex.core.artifact import read_lora
     from loradex.core.lora_runtime import factors_from_peft
-    from loradex.registry import lora_algebra as algebra
-    from loradex.registry.merge import METHODS, Method, register_method
+    from loradex.registry.derive import lora_algebra as algebra
+    from loradex.registry.derive.merge import METHODS, Method, register_method
 
     register_method(Method("half_cat", False, "half of the exact sum (a test's method)",
                            lambda layers, args: algebra.merge_cat(layers, [w / 2 for w in args.weights])))

@@ -165,7 +165,7 @@ def test_one_epoch_training_then_cli_predict_json(tmp_path, isolated_home):
     from loradex.core.training import TrainRequest, train_adapter
     from loradex.plugins.pose.synthetic import stick_figure
     from loradex.registry.cli import cli
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     request = TrainRequest(task="pose", data="synthetic:train=16,val=8,test=0", project=tmp_path / "runs",
                            train={"epochs": 1, "batch_size": 8, "image_size": 64})

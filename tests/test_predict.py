@@ -13,7 +13,7 @@ from PIL import Image
 import loradex
 from loradex.plugins.shapes import SHAPES, scene_image, single_shape_image
 from loradex.registry.cli import cli
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 
 from .registry_helpers import make_adapter, random_shelf
 

@@ -17,7 +17,7 @@ from loradex.core.errors import (
     NotFoundError,
     RegistryError,
 )
-from loradex.registry.store import Registry, default_home
+from loradex.registry.store.registry import Registry, default_home
 
 try:
     from tests.registry_helpers import make_adapter, peft_config, tree_snapshot, write_peft_folder

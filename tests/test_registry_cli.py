@@ -8,7 +8,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 
 try:
     from tests.registry_helpers import cli_group, make_adapter, write_peft_folder

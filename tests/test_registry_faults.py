@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from loradex.core.errors import IndexDamagedError, ReadOnlyRegistryError, RegistryError
 from loradex.registry.cli import cli
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 
 from .registry_helpers import make_adapter, tree_snapshot
 
@@ -85,7 +85,7 @@ def test_a_corrupt_index_is_one_line_everywhere_and_repair_rebuilds_it(home, dam
 
 
 def test_a_read_only_registry_lists_shows_predicts_and_exports_but_refuses_changes(home, tmp_path, monkeypatch):
-    import loradex.registry.store as store
+    import loradex.registry.store.registry as store
 
     with Registry.open(home):
         pass
@@ -147,7 +147,7 @@ def test_a_safetensors_header_length_that_looks_like_a_pickle_opcode_is_safetens
     from safetensors.numpy import load_file
 
     from loradex.core.errors import ArtifactError
-    from loradex.registry.weights import check_safetensors
+    from loradex.registry.store.weights import check_safetensors
 
     header = json_module.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
     path = tmp_path / "head.safetensors"
@@ -169,7 +169,7 @@ def test_non_finite_weights_never_enter_the_registry(tmp_path, bad):
 
     from loradex.core.errors import ArtifactError
     from loradex.registry.cli import cli
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     from .registry_helpers import make_adapter, write_peft_folder
 
@@ -314,7 +314,7 @@ def test_every_public_index_query_turns_sqlite_faults_into_one_line():
     @_guarded, and this test keeps a new one from being left out."""
     import inspect
 
-    from loradex.registry.index import Index
+    from loradex.registry.store.index import Index
 
     public = [name for name, member in vars(Index).items()
               if inspect.isfunction(member) and not name.startswith("_") and name not in ("read", "close")]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 
 try:
     from tests.registry_helpers import make_adapter
@@ -22,7 +22,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     root, go, proc, folders = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
     reg = Registry.open(root)
@@ -37,7 +37,7 @@ COLLECTOR = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     root, go, stop = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     reg = Registry.open(root)
@@ -85,8 +85,8 @@ CRASHER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from loradex.registry import blobs, index
-    from loradex.registry.store import Registry
+    from loradex.registry.store import blobs, index
+    from loradex.registry.store.registry import Registry
 
     mode, root, folder, ready = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
     if mode == "blob":  # stall half-way through writing the second new blob

@@ -28,7 +28,7 @@ from loradex.plugins.shapes import scene_image, single_shape_image
 from loradex.registry.cli import cli
 from loradex.registry.serve.metrics import histogram_mean, sample
 from loradex.registry.serve.settings import ServeSettings
-from loradex.registry.store import Registry
+from loradex.registry.store.registry import Registry
 
 from .registry_helpers import random_shelf
 from .serve_helpers import ThreadServer, wait_ready
@@ -39,7 +39,7 @@ pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not
 @pytest.fixture(scope="module")
 def shelf(tmp_path_factory):
     """cls, det (96 px, aliased prod), pose, x (two versions, prod on v1), broken (a blob corrupted) and a merge."""
-    from loradex.registry.derive import merge_versions
+    from loradex.registry.derive.sessions import merge_versions
 
     root = tmp_path_factory.mktemp("serve-shelf")
     home = random_shelf(root, [("cls", "classification", {"seed": 3}),

@@ -99,7 +99,7 @@ def test_machine_settings_are_not_stored_and_old_specs_holding_them_still_load(t
 
     from loradex.core.spec import RUNTIME_FIELDS
     from loradex.registry.cli import cli
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     spec = AdapterSpec(task="classification", backbone=BackboneRef(name="tiny-vit"))
     old = spec.to_dict()

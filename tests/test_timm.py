@@ -114,7 +114,7 @@ def test_train_predict_merge_compress_export_on_a_cnn(cnn_folder, tmp_path):
                                    f"synthetic:train=40,val=10,test=0,seed={seed}", "--epochs", "1", "--batch-size", "8",
                                    "--image-size", "64", "--name", name, "--no-progress", "--json"])
         assert done.exit_code == 0, done.output
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     registry = Registry.open()
     spec = registry.resolve("shapes-b").spec
@@ -159,7 +159,7 @@ def test_merged_export_runs_as_its_readme_says_on_every_timm_base_kind(kind, cnn
 
     from loradex.core.multitask import MultiTaskModel
     from loradex.registry.cli import cli
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
     from loradex.testing import random_adapter
 
     from .registry_helpers import check_merged_export

@@ -77,7 +77,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name i
     from loradex.registry.loading import Pipeline, load, pipeline  # noqa: F401
     from loradex.registry.serve.client import Client  # noqa: F401
     from loradex.registry.serve.settings import ServeSettings  # noqa: F401
-    from loradex.registry.store import Registry  # noqa: F401
+    from loradex.registry.store.registry import Registry  # noqa: F401
 
 _EXPORTS: dict[str, str] = {
     # users
@@ -88,7 +88,7 @@ _EXPORTS: dict[str, str] = {
     "ImageResult": "loradex.core.results",
     "TaskResult": "loradex.core.results",
     "BaseInfo": "loradex.core.results",
-    "Registry": "loradex.registry.store",
+    "Registry": "loradex.registry.store.registry",
     "Client": "loradex.registry.serve.client",
     "ServeSettings": "loradex.registry.serve.settings",
     # plugin authors

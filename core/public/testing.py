@@ -230,7 +230,7 @@ class TaskContract:
 
         from loradex.core.artifact import save_artifact
         from loradex.core.multitask import MultiTaskModel
-        from loradex.registry.store import Registry
+        from loradex.registry.store.registry import Registry
 
         model, spec, root = contract["model"], contract["spec"], contract["root"]
         folder = save_artifact(model.eval(), spec, root / "adapter")

@@ -21,7 +21,7 @@ def push_command(ref: str, all_versions: bool, repo_id: str | None, private: boo
 
     A version already on the Hub sends nothing; an interrupted push resumes where it stopped.
     """
-    from loradex.registry.hub import push
+    from loradex.registry.hub.client import push
 
     say = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     with open_registry() as registry:
@@ -44,7 +44,7 @@ def pull_command(ref: str, name: str | None, task: str | None, endpoint: str | N
 
     Pulling a commit that was pulled before registers nothing new.
     """
-    from loradex.registry.hub import pull
+    from loradex.registry.hub.client import pull
 
     say = (lambda line: None) if as_json else (lambda line: click.echo(line, err=True))
     with open_registry() as registry:

@@ -22,7 +22,7 @@ class _MergeCommand(click.Command):
     """``adapters merge`` whose help lists the registered merge methods, read when help is shown."""
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from loradex.registry.merge import METHODS
+        from loradex.registry.derive.merge import METHODS
 
         with formatter.section("Methods"):
             formatter.write_dl([(m.name, m.help) for m in METHODS.values()])
@@ -54,8 +54,8 @@ def merge_command(refs: tuple[str, ...], name: str, method: str, weights: str | 
     ONE multi-task adapter: a single merged LoRA plus every input's head. Each input's primary
     metric on its own validation data, before and after, is stored with the new version.
     """
-    from loradex.registry.derive import merge_versions
-    from loradex.registry.measure import table
+    from loradex.registry.derive.sessions import merge_versions
+    from loradex.registry.derive.measure import table
 
     say = (lambda line: click.echo(line, err=True)) if search else (lambda line: None)
     with open_registry() as registry:
@@ -96,8 +96,8 @@ def compress_command(ref: str, rank: int | None, energy: float | None, dtype: st
     Prints per layer the relative error and cosine similarity to the original update, the
     size before and after, and the task metric before and after.
     """
-    from loradex.registry.derive import compress_version
-    from loradex.registry.measure import table
+    from loradex.registry.derive.sessions import compress_version
+    from loradex.registry.derive.measure import table
 
     with open_registry() as registry:
         done = compress_version(registry, ref, name=name, rank=rank, energy=energy, dtype=dtype, eval_data=eval_data)

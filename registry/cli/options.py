@@ -99,7 +99,7 @@ def registry_home() -> str | None:
 
 def open_registry():
     """The registry the command line points at."""
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     return Registry.open(registry_home())
 

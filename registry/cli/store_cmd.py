@@ -1,6 +1,6 @@
 """`adapters list/show/tag/untag/rm/import/export/verify`: the registry's commands.
 
-Only presentation lives here; every operation is a :class:`loradex.registry.store.Registry`
+Only presentation lives here; every operation is a :class:`loradex.registry.store.registry.Registry`
 call. The store is imported inside each command so that ``adapters --help`` stays fast.
 Data (tables, ``--json``) goes to stdout; notes go to stderr; user mistakes raise
 :class:`~loradex.core.errors.LoradexError`, which the root group prints as one line.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from loradex.registry.store import LineageNode, Registry, VersionRecord
+    from loradex.registry.store.registry import LineageNode, Registry, VersionRecord
 
 
 def _home() -> str | None:
@@ -28,7 +28,7 @@ def _home() -> str | None:
 
 def open_registry() -> Registry:
     """The registry named by the root group's ``--home`` (else ``$LORADEX_HOME`` / the default)."""
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     return Registry.open(_home())
 
@@ -245,7 +245,7 @@ def export_cmd(ref: str, dest: Path, merged: bool) -> None:
     with open_registry() as reg:
         record = reg.resolve(ref)
         if merged:
-            from loradex.registry.export_merged import export_merged
+            from loradex.registry.derive.export_merged import export_merged
 
             out = export_merged(record, reg.materialize(record), dest)
         else:
@@ -261,7 +261,7 @@ def export_cmd(ref: str, dest: Path, merged: bool) -> None:
 def verify_cmd(ref: str | None, repair: bool, as_json: bool) -> None:
     """Re-hash every stored file and check the index; report problems and exit non-zero if any is found."""
     from loradex.core.errors import IntegrityError
-    from loradex.registry.store import Registry
+    from loradex.registry.store.registry import Registry
 
     reg = Registry.open(_home(), allow_damaged=True)
     try:

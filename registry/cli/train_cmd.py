@@ -32,7 +32,7 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
     """Train a LoRA adapter for TASK on the shared backbone and store it as NAME@vN."""
     from loradex.core import plugins
     from loradex.core.training import TrainRequest, train_adapter
-    from loradex.registry.names import validate_name
+    from loradex.registry.store.names import validate_name
 
     task_obj = plugins.get_task(task)  # unknown task: fail before reading anything
     config = read_config(config_file) if config_file else {}

@@ -26,8 +26,8 @@ from loradex.core.errors import ConfigError, LoradexError, RefusedError
 from loradex.core.predictor import Job, Predictor, task_results
 from loradex.core.results import ImageResult
 
-from ..loading import parse_refs
-from ..store import Registry, VersionRecord
+from loradex.registry.loading import parse_refs
+from loradex.registry.store.registry import Registry, VersionRecord
 from .settings import ServeSettings
 
 
@@ -48,7 +48,7 @@ def base_only(registry: Registry, record: VersionRecord, *, device: Any, say: Ca
     """A model holding the base ``record`` was trained on, and no adapter yet."""
     from loradex.core.multitask import MultiTaskModel
 
-    from ..loading import RegistrySource
+    from loradex.registry.loading import RegistrySource
 
     base = record.spec.backbone
     backbone = plugins.resolve_backbone(base.name).load(base.name, revision=base.revision)
@@ -85,7 +85,7 @@ class AdapterShelf:
 
     def load(self) -> None:
         """Open the registry, load the base ONCE and attach the pinned adapters (slow: call off the loop)."""
-        from ..loading import load, resolve
+        from loradex.registry.loading import load, resolve
 
         registry = Registry.open(self.settings.registry_home())
         refs = parse_refs(list(self.settings.refs)) if self.settings.refs else []
@@ -137,9 +137,9 @@ class AdapterShelf:
 
     def record(self, ref: str) -> VersionRecord:
         """The registry version ``ref`` names now; on another base, refused with both bases named."""
-        from ..loading import resolve
+        from loradex.registry.loading import resolve
 
-        from ..hub import is_hub_ref
+        from loradex.registry.hub.client import is_hub_ref
 
         self._check_hub_allowed(ref)
         assert self.registry is not None, "the shelf is not loaded"
@@ -156,7 +156,7 @@ class AdapterShelf:
         return record
 
     def _check_hub_allowed(self, ref: str) -> None:
-        from ..hub import is_hub_ref
+        from loradex.registry.hub.client import is_hub_ref
 
         if is_hub_ref(ref) and not self.settings.allow_hub:
             raise RefusedError(f"{ref}: Hub refs are off on this server (start it with --allow-hub to allow them)")

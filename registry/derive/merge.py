@@ -29,9 +29,7 @@ from loradex.core.lora_runtime import LoraFactors, conv_kernels, factors_from_pe
 from loradex.core.multitask import check_same_base
 from loradex.core.spec import MULTITASK, AdapterSpec, HeadSpec, LoraSettings, parse_targets
 
-from . import lora_algebra as algebra
-
-
+from loradex.registry.derive import lora_algebra as algebra
 @dataclass(frozen=True)
 class MergeArgs:
     """What a method merges with: one weight per input, the density (its default filled in) and the rank."""

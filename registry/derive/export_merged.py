@@ -18,7 +18,7 @@ from loradex.core.artifact import head_file, load_weights, native_names
 from loradex.core.errors import RegistryError
 from loradex.core.scratch import scratch_folder
 
-from .store import check_destination, staged_folder
+from loradex.registry.store.registry import check_destination, staged_folder
 
 EXPORT_FILE = "loradex_export.json"
 

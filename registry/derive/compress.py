@@ -21,8 +21,7 @@ from loradex.core.artifact import ADAPTER_WEIGHTS, head_file, head_files, write_
 from loradex.core.errors import ConfigError, RegistryError
 from loradex.core.lora_runtime import LoraFactors
 
-from . import lora_algebra as algebra
-
+from loradex.registry.derive import lora_algebra as algebra
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

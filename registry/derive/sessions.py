@@ -19,12 +19,12 @@ from loradex.core.multitask import MultiTaskModel, check_same_base
 from loradex.core.scratch import scratch_folder
 from loradex.core.spec import MULTITASK
 
-from . import compress as compressing
-from . import merge as merging
-from . import names
-from .loading import RegistrySource, parse_refs
-from .measure import Measurement, measure, plan_jobs, summarize
-from .store import Registry, VersionRecord
+from loradex.registry.derive import compress as compressing
+from loradex.registry.derive import merge as merging
+from loradex.registry.store import names
+from loradex.registry.loading import RegistrySource, parse_refs
+from loradex.registry.derive.measure import Measurement, measure, plan_jobs, summarize
+from loradex.registry.store.registry import Registry, VersionRecord
 
 SEARCH_DENSITIES = (0.5, 0.8)
 
@@ -105,7 +105,7 @@ def merge_versions(
     base: str | None = None,
     say: Callable[[str], None] = lambda line: None,
 ) -> Derived:
-    """Merge ``refs`` into a new version of ``name``, measure it, store it; see :mod:`loradex.registry.merge`.
+    """Merge ``refs`` into a new version of ``name``, measure it, store it; see :mod:`loradex.registry.derive.merge`.
 
     ``base``: the adapter the inputs were fine-tuned from; the merge then works on task vectors
     (ΔWᵢ − ΔW_base) and adds the base back.

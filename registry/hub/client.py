@@ -30,9 +30,9 @@ from loradex.core.errors import ConfigError, HubError, HubNotFoundError, Loradex
 from loradex.core.home import file_digest
 from loradex.core.scratch import scratch_folder
 
-from . import names
-from .hub_card import model_card
-from .store import Registry, VersionRecord
+from loradex.registry.store import names
+from loradex.registry.hub.card import model_card
+from loradex.registry.store.registry import Registry, VersionRecord
 
 FILES_MANIFEST = "loradex.files.json"
 _HUB_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")

@@ -33,8 +33,8 @@ from loradex.core.spec import AdapterSpec, BackboneRef, LoraSettings
 
 from loradex.core import plugins
 
-from .import_checks import check_against_base, check_lora_shapes, check_regular_files
-from .weights import check_finite, check_safetensors, refuse_pickles
+from loradex.registry.store.import_checks import check_against_base, check_lora_shapes, check_regular_files
+from loradex.registry.store.weights import check_finite, check_safetensors, refuse_pickles
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,14 @@ from loradex.core.home import loradex_home
 from loradex.core.scratch import dead_scratch
 from loradex.core.spec import AdapterSpec
 
-from . import names
-from .blobs import BlobStore, sha256_file, tmp_prefix
-from .import_checks import check_regular_files
-from .importer import read_config
-from .index import AdapterSummary, Index, NewVersion, VersionRow
-from .locks import file_lock
-from .manifests import Manifests
-from .weights import check_finite, check_safetensors
+from loradex.registry.store import names
+from loradex.registry.store.blobs import BlobStore, sha256_file, tmp_prefix
+from loradex.registry.store.import_checks import check_regular_files
+from loradex.registry.store.importer import read_config
+from loradex.registry.store.index import AdapterSummary, Index, NewVersion, VersionRow
+from loradex.registry.store.locks import file_lock
+from loradex.registry.store.manifests import Manifests
+from loradex.registry.store.weights import check_finite, check_safetensors
 
 KINDS = ("trained", "merged", "compressed", "imported", "pulled")
 OPTIONAL_FILES = (METRICS_FILE, CARD_FILE)
@@ -331,7 +331,7 @@ class Registry:
         ``name`` defaults to the folder's name made valid; ``base`` names the base model when
         the config's ``base_model_name_or_path`` is empty or wrong. Pickled weights are refused.
         """
-        from .importer import plan_import
+        from loradex.registry.store.importer import plan_import
 
         path = Path(path)
         if name is None:
