@@ -52,10 +52,9 @@ from loradex.core.errors import (
     RegistryError,
 )
 from loradex.core.home import loradex_home
-from loradex.core.scratch import dead_scratch
 from loradex.core.spec import AdapterSpec
 
-from loradex.registry.store import names
+from loradex.registry.store import fsck, names
 from loradex.registry.store.blobs import BlobStore, sha256_file, tmp_prefix
 from loradex.registry.store.import_checks import check_regular_files
 from loradex.registry.store.importer import read_config
@@ -673,211 +672,27 @@ class Registry:
         return records
 
     def lost_versions(self) -> list[str]:
-        """``name@vN`` of versions a manifest records but the index does not hold.
-
-        Manifests are listed BEFORE the index is read: a writer commits its row before it writes
-        the manifest, so a version being stored meanwhile is never taken for a lost one.
-        """
-        recorded = [(n, v) for n, v, _ in self.manifests.entries()]
-        indexed = {(r.name, r.version) for r in self._all_rows()}
-        return [names.version_ref(n, v) for n, v in recorded if (n, v) not in indexed]
+        """``name@vN`` of versions a manifest records but the index does not hold (:func:`.fsck.lost_versions`)."""
+        return fsck.lost_versions(self)
 
     def gc(self) -> tuple[int, int]:
-        """Delete blobs no version references and leftovers of interrupted writes.
-
-        A blob is kept while the index OR a version manifest names it, and nothing is deleted
-        while the index has lost versions its manifests record (``verify --repair`` first).
-        Files under ``blobs/`` that are not blobs are left alone. Returns (blobs removed,
-        bytes freed). Waits for writers in progress to finish.
-        """
-        self._writable("collect garbage")
-        removed = freed = 0
-        with file_lock(self._lock_path, exclusive=True):
-            lost = self.lost_versions()
-            if lost:
-                raise IndexDamagedError(
-                    f"the index lost {len(lost)} version{'s' if len(lost) != 1 else ''} its manifests record "
-                    f"({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}); nothing was deleted: "
-                    "run `adapters verify --repair`")
-            referenced = self.index.referenced_blobs() | self.manifests.referenced_blobs()
-            for sha in list(self.blobs.all()):
-                if sha not in referenced:
-                    try:
-                        freed += self.blobs.remove(sha)
-                        removed += 1
-                    except OSError:
-                        continue
-            self.blobs.clear_tmp()
-            live = {(r.name, r.version) for r in self._all_rows()}
-            for adapter_dir in list(self.cache.iterdir()):
-                for vdir in list(adapter_dir.iterdir()) if adapter_dir.is_dir() else []:
-                    number = names.parse_version(vdir.name)
-                    if number is None or (adapter_dir.name, number) not in live:
-                        shutil.rmtree(vdir, ignore_errors=True)
-                if adapter_dir.is_dir() and not any(adapter_dir.iterdir()):
-                    adapter_dir.rmdir()
-        return removed, freed
+        """Delete unreferenced blobs and leftovers; (blobs removed, bytes freed) (:func:`.fsck.gc`)."""
+        return fsck.gc(self)
 
     def _all_rows(self) -> list[VersionRow]:
-        return self.index.versions() if self.index is not None else []
+        return fsck.all_rows(self)
 
     def verify(self, ref: str | None = None) -> list[str]:
-        """Re-hash every blob of every version (or of ``ref``: a version, or all of a bare name).
-
-        For the whole registry it also checks the index file itself, versions the index lost
-        (their manifests remain), versions without a manifest, blobs no version references,
-        files under ``blobs/`` that are not blobs, and temporaries of interrupted writes.
-        Returns one line per problem found; an empty list means the registry is intact.
-        """
-        problems: list[str] = []
-        if self.index is None:
-            return [self.index_fault or "index: damaged", *self._manifest_problems()]
-        if ref is None:
-            fault = self._untrusted_index()
-            if fault is not None:
-                return [f"index: {fault}; run `adapters verify --repair`", *self._manifest_problems(records=None,
-                                                                                                   trusted=False)]
-            records = [_record(row) for row in self._all_rows()]
-            problems += self._manifest_problems(records)
-        else:
-            parsed = names.parse_ref(ref)
-            records = self.versions(parsed.name) if parsed.is_bare else [self.resolve(ref)]
-        seen: dict[tuple[str, int], str | None] = {}
-        for record in records:
-            for fname, entry in record.files.items():
-                key = (entry.sha256, entry.size)
-                if key not in seen:
-                    seen[key] = self.blobs.check(entry.sha256, entry.size)
-                if seen[key]:
-                    problems.append(f"{record.ref}: {fname}: {seen[key]} (blob {entry.sha256[:12]}…)")
-        if ref is None:
-            problems += _damaged_caches(self.root)
-        return problems
+        """One line per problem found, empty if intact (:func:`.fsck.verify`)."""
+        return fsck.verify(self, ref)
 
     def leftovers(self) -> list[str]:
-        """Notes on scratch folders of dead loradex processes in the system's temporary folder.
-
-        They belong to no registry (any loradex process on this machine may have left them), so
-        they are reported beside ``verify``'s problems without failing it; ``--repair`` removes them.
-        """
-        return [f"note: {path} was left by a loradex process that died; `adapters verify --repair` removes it"
-                for path in dead_scratch()]
-
-    def _untrusted_index(self) -> str | None:
-        """Why an index that opened cannot be trusted (SQLite's integrity check, a full read), or None."""
-        if self.index is None:
-            return None
-        try:
-            problems = self.index.integrity_check()
-            self._all_rows()
-        except IndexDamagedError as exc:
-            return str(exc)
-        return f"index.db fails SQLite's integrity check ({'; '.join(problems[:3])})" if problems else None
-
-    def _manifest_problems(self, records: Sequence[VersionRecord] | None = None, *, trusted: bool = True) -> list[str]:
-        problems = []
-        lost = self.lost_versions() if self.index is not None and trusted else [
-            names.version_ref(n, v) for n, v, _ in self.manifests.entries()]
-        if lost:
-            problems.append(f"index: lost {len(lost)} version{'s' if len(lost) != 1 else ''} that manifests record "
-                            f"({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''}); run `adapters verify --repair`")
-        if records is not None:
-            have = {(n, v) for n, v, _ in self.manifests.entries()}
-            missing = [r.ref for r in records if (r.name, r.version) not in have]
-            if missing:
-                problems.append(f"manifests: {len(missing)} version{'s' if len(missing) != 1 else ''} have none "
-                                f"({', '.join(missing[:5])}); `adapters verify --repair` writes them")
-        referenced = (self.index.referenced_blobs() if self.index is not None and trusted else set()) \
-            | self.manifests.referenced_blobs()
-        orphans = [sha for sha in self.blobs.all() if sha not in referenced] if self.blobs.dir.is_dir() else []
-        if orphans:
-            size = sum(self.blobs.path(sha).stat().st_size for sha in orphans)
-            problems.append(f"blobs: {len(orphans)} blob{'s' if len(orphans) != 1 else ''} ({_mb(size)}) referenced by "
-                            "no version; if versions are missing, do not remove anything and run "
-                            "`adapters verify --repair`")
-        foreign = self.blobs.foreign() if self.blobs.dir.is_dir() else []
-        if foreign:
-            problems.append(f"blobs: {len(foreign)} file{'s' if len(foreign) != 1 else ''} that are not blobs "
-                            f"({', '.join(str(p.relative_to(self.root)) for p in foreign[:3])}); they are ignored")
-        stale = self.blobs.stale_tmp()
-        if stale:
-            size = sum(p.stat().st_size for p in stale if p.is_file())
-            problems.append(f"tmp: {len(stale)} leftover{'s' if len(stale) != 1 else ''} of interrupted writes "
-                            f"({_mb(size)}); removed by the next write or by `adapters verify --repair`")
-        return problems
+        """Notes on scratch folders of dead loradex processes (:func:`.fsck.leftovers`)."""
+        return fsck.leftovers(self)
 
     def repair(self) -> list[str]:
-        """Rebuild what can be rebuilt, git-fsck style; returns one line per repair made.
-
-        A damaged index file is moved aside and a new one built from the manifests; versions the
-        index lost are restored from their manifests (with their aliases); versions without a
-        manifest get one; leftovers of interrupted writes are removed.
-        """
-        if self.read_only:
-            raise ReadOnlyRegistryError(f"the registry at {self.root} is read-only: cannot repair it")
-        done: list[str] = []
-        with file_lock(self._lock_path, exclusive=True):
-            fault = self._untrusted_index()
-            if fault is not None:  # opens, but pages are damaged: rebuilt like an unreadable one
-                self.index.close()  # type: ignore[union-attr]
-                self.index, self.index_fault = None, fault
-            if self.index is None:
-                stamp = utc_now().replace(":", "")
-                for suffix in ("", "-wal", "-shm"):
-                    damaged = self.root / f"index.db{suffix}"
-                    if damaged.exists():
-                        damaged.rename(self.root / f"index.db{suffix}.damaged-{stamp}")
-                self.index = Index(self.root / "index.db")
-                self.index_fault = None
-                done.append(f"index: the damaged index.db was moved to index.db.damaged-{stamp}; rebuilt from manifests")
-            indexed = {(r.name, r.version) for r in self._all_rows()}
-            restored = []
-            for name, version, path in self.manifests.entries():
-                if (name, version) in indexed:
-                    continue
-                try:
-                    self.index.restore_version(_from_manifest(self.manifests.read(path)), version)
-                except (ValueError, KeyError, TypeError, LoradexError) as exc:
-                    done.append(f"manifests: {path.relative_to(self.root)} could not be restored ({exc})")
-                    continue
-                restored.append(names.version_ref(name, version))
-            if restored:
-                done.append(f"index: restored {len(restored)} version{'s' if len(restored) != 1 else ''} from "
-                            f"manifests ({', '.join(restored[:5])}{', ...' if len(restored) > 5 else ''})")
-                for name in sorted({ref.split("@", 1)[0] for ref in restored}):
-                    for alias, version in self.manifests.aliases(name).items():
-                        if self.index.set_alias(name, alias, version):
-                            done.append(f"aliases: restored {name}@{alias} → v{version}")
-            before = {(n, v) for n, v, _ in self.manifests.entries()}
-            written = [r for r in self._all_rows() if (r.name, r.version) not in before]
-            for row in written:
-                self.manifests.write(_record(row).to_dict())
-            if written:
-                done.append(f"manifests: wrote {len(written)} missing manifest{'s' if len(written) != 1 else ''}")
-            count, size = self.blobs.clear_stale_tmp()
-            if count:
-                done.append(f"tmp: removed {count} leftover{'s' if count != 1 else ''} of interrupted writes ({_mb(size)})")
-            for line in _damaged_caches(self.root):
-                damaged = Path(line.split(": ", 1)[0])
-                damaged.unlink(missing_ok=True)
-                damaged.with_suffix(".json").unlink(missing_ok=True)
-                done.append(f"cache: removed {damaged.name}, a damaged image cache (the next run builds it again)")
-        for path in dead_scratch():
-            shutil.rmtree(path, ignore_errors=True)
-            done.append(f"tmp: removed {path}, left by a loradex process that died")
-        if not self.lost_versions():  # every version is indexed again: a blob nothing names is garbage
-            removed, freed = self.gc()
-            if removed:
-                done.append(f"blobs: removed {removed} blob{'s' if removed != 1 else ''} no version references "
-                            f"({_mb(freed)})")
-        return done
-
-
-def _damaged_caches(root: Path) -> list[str]:
-    """The image caches training left under ``root/cache/images`` that fail their checks."""
-    from loradex.core.data.loading import damaged_caches  # imports torch: only when verifying
-
-    return damaged_caches(root / "cache" / "images")
+        """Rebuild what can be rebuilt; one line per repair made (:func:`.fsck.repair`)."""
+        return fsck.repair(self)
 
 
 def check_destination(dest: Path) -> None:
