@@ -82,6 +82,26 @@ class ClassificationMetrics(MetricAccumulator):
         )
 
 
+def _coco_records(ground_truth: Sequence[tuple[np.ndarray, np.ndarray, tuple[float, float]]],
+                  predictions: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                  ) -> tuple[list[dict], list[dict], list[dict]]:
+    """(images, annotations, detections) in COCO's JSON form; category ids are label index + 1."""
+    images, annotations, detections = [], [], []
+    for image_id, ((boxes, gt_labels, (width, height)), (dt_boxes, scores, dt_labels)) in enumerate(
+        zip(ground_truth, predictions), start=1
+    ):
+        images.append({"id": image_id, "width": float(width), "height": float(height)})
+        for box, label in zip(np.asarray(boxes, dtype=float).reshape(-1, 4), gt_labels):
+            w, h = box[2] - box[0], box[3] - box[1]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
+                                "bbox": [float(box[0]), float(box[1]), float(w), float(h)], "area": float(w * h),
+                                "iscrowd": 0})
+        for box, score, label in zip(np.asarray(dt_boxes, dtype=float).reshape(-1, 4), scores, dt_labels):
+            detections.append({"image_id": image_id, "category_id": int(label) + 1, "score": float(score),
+                               "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
+    return images, annotations, detections
+
+
 def coco_evaluate(
     labels: Sequence[str],
     ground_truth: Sequence[tuple[np.ndarray, np.ndarray, tuple[float, float]]],
@@ -98,19 +118,7 @@ def coco_evaluate(
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, annotations, detections_ = [], [], []
-    for image_id, ((boxes, gt_labels, (width, height)), (dt_boxes, scores, dt_labels)) in enumerate(
-        zip(ground_truth, predictions), start=1
-    ):
-        images.append({"id": image_id, "width": float(width), "height": float(height)})
-        for box, label in zip(np.asarray(boxes, dtype=float).reshape(-1, 4), gt_labels):
-            w, h = box[2] - box[0], box[3] - box[1]
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                                "bbox": [float(box[0]), float(box[1]), float(w), float(h)], "area": float(w * h),
-                                "iscrowd": 0})
-        for box, score, label in zip(np.asarray(dt_boxes, dtype=float).reshape(-1, 4), scores, dt_labels):
-            detections_.append({"image_id": image_id, "category_id": int(label) + 1, "score": float(score),
-                                "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
+    images, annotations, detections_ = _coco_records(ground_truth, predictions)
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(labels)]
     empty = {"labels": list(labels), "recall": np.linspace(0, 1, 101).tolist(), "pr50": {}, "pr75": {}, "ap50": {}, "ap": {}}
     if not annotations:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loradex.core import plugins
 from loradex.core.errors import ConfigError
 from loradex.core.multitask import MultiTaskModel, check_same_base
 from loradex.core.scratch import scratch_folder
@@ -22,7 +21,7 @@ from loradex.core.spec import MULTITASK
 from loradex.registry.derive import compress as compressing
 from loradex.registry.derive import merge as merging
 from loradex.registry.store import names
-from loradex.registry.loading import RegistrySource, parse_refs
+from loradex.registry.loading import load, parse_refs
 from loradex.registry.derive.measure import Measurement, measure, plan_jobs, summarize
 from loradex.registry.store.registry import Registry, VersionRecord
 
@@ -74,12 +73,8 @@ def _parse_eval_data(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _session(registry: Registry, records: Sequence[VersionRecord]) -> MultiTaskModel:
-    first = records[0].spec.backbone
-    backbone = plugins.resolve_backbone(first.name).load(first.name, revision=first.revision)
-    model = MultiTaskModel(backbone, source=RegistrySource(registry))
-    for record in records:
-        model.add(record.ref)
-    return model
+    """The inputs on their one base, attached from the records in hand (no second lookup)."""
+    return load(list(records), registry=registry)
 
 
 def _keys(model: MultiTaskModel, records: Sequence[VersionRecord]) -> dict[str, str]:
@@ -114,13 +109,7 @@ def merge_versions(
     refs = parse_refs(list(refs)) if refs else []
     merging.check_request(len(refs), method=method, weights=weights, density=density, rank=rank)
     overrides = _parse_eval_data(eval_data)
-    records = [registry.resolve(ref) for ref in refs]
-    if len({r.ref for r in records}) != len(records):
-        raise ConfigError("an adapter is named twice; merge distinct versions")
-    base_record = registry.resolve(base) if base else None
-    check_same_base([(r.ref, r.spec) for r in (records + [base_record] if base_record else records)])
-    heads = merging.group_heads(records)  # a head name clash fails before any work
-    registry.check_can_store(name, next(iter(heads)) if len(heads) == 1 else MULTITASK)  # before the base loads
+    records, base_record = _merge_records(registry, refs, base, name=name)
     model = _session(registry, records)
     inputs = [merging.load_input(r, model.adapters[r.ref].folder, model.backbone) for r in records]
     base_input = (merging.load_input(base_record, registry.materialize(base_record), model.backbone)
@@ -140,40 +129,63 @@ def merge_versions(
             return Candidate(merged, found)
 
         if search:
-            candidates = []
-            for index, options in enumerate(search_space(inputs, weights)):
-                try:
-                    candidate = attempt(index, **options)
-                except ConfigError:
-                    continue
-                except Exception as exc:  # a method that cannot merge these inputs is left out of the table
-                    from loradex.core.errors import RegistryError
-
-                    if isinstance(exc, RegistryError):
-                        continue
-                    raise
-                candidates.append(candidate)
-                say(_search_line(candidate))
-            measured = [c for c in candidates if c.mean_retained is not None]
-            if not measured:
-                raise ConfigError("--search needs validation data for the inputs; "
-                                  + "; ".join(m.note for m in candidates[0].measurements if m.note))
-            best = max(measured, key=lambda c: (c.mean_retained, c.merged.exact, -c.merged.rank))
+            best, candidates = _best_of_search(attempt, search_space(inputs, weights), say)
         else:
             best = attempt(0, method=method, weights=weights, density=density, rank=rank)
             candidates = [best]
         merged = best.merged
-        args = {**merged.args(), "primary_metric": "retained_mean", "kind_detail": "multitask" if merged.spec.is_multitask
-                else "same-task", "measured": [m.to_dict() for m in best.measurements],
-                "eval_sources": {m.head: m.source for m in best.measurements if m.source},
-                "searched": len(candidates) if search else 0}
-        metrics = summarize(best.measurements)
         parents = [r.ref for r in records]
         if base_record is not None and base_record.ref not in parents:
             parents.append(base_record.ref)
-        record = registry.put(merged.folder, name=name, kind="merged", parents=parents, args=args, metrics=metrics)
+        record = registry.put(merged.folder, name=name, kind="merged", parents=parents,
+                              args=_merge_args(best, searched=len(candidates) if search else 0),
+                              metrics=summarize(best.measurements))
     return Derived(record=record, measurements=best.measurements, details=merged.args(),
                    candidates=candidates if search else [])
+
+
+def _merge_records(registry: Registry, refs: Sequence[str], base: str | None, *, name: str
+                   ) -> tuple[list[VersionRecord], VersionRecord | None]:
+    """The inputs' records and the ``--base`` one, each looked up once; everything that would refuse the
+    merge (a ref named twice, other bases, a head name clash, ``name`` unusable) fails here, before any work."""
+    records = [registry.resolve(ref) for ref in refs]
+    if len({r.ref for r in records}) != len(records):
+        raise ConfigError("an adapter is named twice; merge distinct versions")
+    base_record = registry.resolve(base) if base else None
+    check_same_base([(r.ref, r.spec) for r in (records + [base_record] if base_record else records)])
+    heads = merging.group_heads(records)
+    registry.check_can_store(name, next(iter(heads)) if len(heads) == 1 else MULTITASK)  # before the base loads
+    return records, base_record
+
+
+def _best_of_search(attempt: Callable[..., Candidate], space: Sequence[dict[str, Any]],
+                    say: Callable[[str], None]) -> tuple[Candidate, list[Candidate]]:
+    """(the candidate keeping most of its inputs' metrics, every candidate measured) over ``space``;
+    a method that cannot merge these inputs is left out of the table."""
+    from loradex.core.errors import RegistryError
+
+    candidates = []
+    for index, options in enumerate(space):
+        try:
+            candidate = attempt(index, **options)
+        except (ConfigError, RegistryError):
+            continue
+        candidates.append(candidate)
+        say(_search_line(candidate))
+    measured = [c for c in candidates if c.mean_retained is not None]
+    if not measured:
+        raise ConfigError("--search needs validation data for the inputs; "
+                          + "; ".join(m.note for m in candidates[0].measurements if m.note))
+    return max(measured, key=lambda c: (c.mean_retained, c.merged.exact, -c.merged.rank)), candidates
+
+
+def _merge_args(best: Candidate, *, searched: int) -> dict[str, Any]:
+    """What the merged version records of its making (its lineage args)."""
+    merged = best.merged
+    return {**merged.args(), "primary_metric": "retained_mean",
+            "kind_detail": "multitask" if merged.spec.is_multitask else "same-task",
+            "measured": [m.to_dict() for m in best.measurements],
+            "eval_sources": {m.head: m.source for m in best.measurements if m.source}, "searched": searched}
 
 
 def search_space(inputs: Sequence[merging.MergeInput], weights: Sequence[float] | None) -> list[dict[str, Any]]:

@@ -136,6 +136,14 @@ def create_app(settings: ServeSettings, *, state: ServerState | None = None) -> 
             headers["Retry-After"] = str(RETRY_AFTER_S)
         return JSONResponse({"error": str(exc).replace("\n", " ")}, status_code=status_of(exc), headers=headers)
 
+    _add_probes(app, state)
+    _add_api(app, state, settings)
+    return app
+
+
+def _add_probes(app: Any, state: ServerState) -> None:
+    """``/healthz``, ``/readyz`` and ``/metrics``: what orchestrators and Prometheus read."""
+
     @app.get("/healthz", summary="Liveness: the process answers (no token needed).")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -153,6 +161,10 @@ def create_app(settings: ServeSettings, *, state: ServerState | None = None) -> 
             state.metrics.queue_depth.set(state.batcher.depth)
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
+
+
+def _add_api(app: Any, state: ServerState, settings: ServeSettings) -> None:
+    """``/v1/adapters``, ``/v1/adapters/{ref}`` and ``/v1/predict``."""
 
     @app.get("/v1/adapters", summary="What is loaded, what the registry offers, and the base.")
     async def adapters() -> dict[str, Any]:
@@ -185,8 +197,6 @@ def create_app(settings: ServeSettings, *, state: ServerState | None = None) -> 
                                     "busy or the request too large") from None
         finally:
             state.metrics.latency.observe(time.perf_counter() - started)
-
-    return app
 
 
 def require_ready(state: ServerState) -> None:

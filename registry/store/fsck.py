@@ -176,37 +176,8 @@ def repair(registry: Registry) -> list[str]:
         raise ReadOnlyRegistryError(f"the registry at {registry.root} is read-only: cannot repair it")
     done: list[str] = []
     with file_lock(registry._lock_path, exclusive=True):
-        fault = untrusted_index(registry)
-        if fault is not None:  # opens, but pages are damaged: rebuilt like an unreadable one
-            registry.index.close()  # type: ignore[union-attr]
-            registry.index, registry.index_fault = None, fault
-        if registry.index is None:
-            stamp = stored.utc_now().replace(":", "")
-            for suffix in ("", "-wal", "-shm"):
-                damaged = registry.root / f"index.db{suffix}"
-                if damaged.exists():
-                    damaged.rename(registry.root / f"index.db{suffix}.damaged-{stamp}")
-            registry.index = Index(registry.root / "index.db")
-            registry.index_fault = None
-            done.append(f"index: the damaged index.db was moved to index.db.damaged-{stamp}; rebuilt from manifests")
-        indexed = {(r.name, r.version) for r in all_rows(registry)}
-        restored = []
-        for name, version, path in registry.manifests.entries():
-            if (name, version) in indexed:
-                continue
-            try:
-                registry.index.restore_version(stored._from_manifest(registry.manifests.read(path)), version)
-            except (ValueError, KeyError, TypeError, LoradexError) as exc:
-                done.append(f"manifests: {path.relative_to(registry.root)} could not be restored ({exc})")
-                continue
-            restored.append(names.version_ref(name, version))
-        if restored:
-            done.append(f"index: restored {len(restored)} version{'s' if len(restored) != 1 else ''} from "
-                        f"manifests ({', '.join(restored[:5])}{', ...' if len(restored) > 5 else ''})")
-            for name in sorted({ref.split("@", 1)[0] for ref in restored}):
-                for alias, version in registry.manifests.aliases(name).items():
-                    if registry.index.set_alias(name, alias, version):
-                        done.append(f"aliases: restored {name}@{alias} → v{version}")
+        done += _rebuild_index(registry)
+        done += _restore_from_manifests(registry)
         before = {(n, v) for n, v, _ in registry.manifests.entries()}
         written = [r for r in all_rows(registry) if (r.name, r.version) not in before]
         for row in written:
@@ -215,7 +186,8 @@ def repair(registry: Registry) -> list[str]:
             done.append(f"manifests: wrote {len(written)} missing manifest{'s' if len(written) != 1 else ''}")
         count, size = registry.blobs.clear_stale_tmp()
         if count:
-            done.append(f"tmp: removed {count} leftover{'s' if count != 1 else ''} of interrupted writes ({stored._mb(size)})")
+            done.append(f"tmp: removed {count} leftover{'s' if count != 1 else ''} of interrupted writes "
+                        f"({stored._mb(size)})")
         for line in _damaged_caches(registry.root):
             damaged = Path(line.split(": ", 1)[0])
             damaged.unlink(missing_ok=True)
@@ -229,6 +201,48 @@ def repair(registry: Registry) -> list[str]:
         if removed:
             done.append(f"blobs: removed {removed} blob{'s' if removed != 1 else ''} no version references "
                         f"({stored._mb(freed)})")
+    return done
+
+
+def _rebuild_index(registry: Registry) -> list[str]:
+    """An index that cannot be trusted is moved aside and an empty one made (filled from the manifests next)."""
+    fault = untrusted_index(registry)
+    if fault is not None:  # opens, but pages are damaged: rebuilt like an unreadable one
+        registry.index.close()  # type: ignore[union-attr]
+        registry.index, registry.index_fault = None, fault
+    if registry.index is not None:
+        return []
+    stamp = stored.utc_now().replace(":", "")
+    for suffix in ("", "-wal", "-shm"):
+        damaged = registry.root / f"index.db{suffix}"
+        if damaged.exists():
+            damaged.rename(registry.root / f"index.db{suffix}.damaged-{stamp}")
+    registry.index = Index(registry.root / "index.db")
+    registry.index_fault = None
+    return [f"index: the damaged index.db was moved to index.db.damaged-{stamp}; rebuilt from manifests"]
+
+
+def _restore_from_manifests(registry: Registry) -> list[str]:
+    """Versions (and their aliases) the manifests record but the index lost, put back in the index."""
+    done: list[str] = []
+    indexed = {(r.name, r.version) for r in all_rows(registry)}
+    restored = []
+    for name, version, path in registry.manifests.entries():
+        if (name, version) in indexed:
+            continue
+        try:
+            registry.index.restore_version(stored._from_manifest(registry.manifests.read(path)), version)
+        except (ValueError, KeyError, TypeError, LoradexError) as exc:
+            done.append(f"manifests: {path.relative_to(registry.root)} could not be restored ({exc})")
+            continue
+        restored.append(names.version_ref(name, version))
+    if restored:
+        done.append(f"index: restored {len(restored)} version{'s' if len(restored) != 1 else ''} from "
+                    f"manifests ({', '.join(restored[:5])}{', ...' if len(restored) > 5 else ''})")
+        for name in sorted({ref.split("@", 1)[0] for ref in restored}):
+            for alias, version in registry.manifests.aliases(name).items():
+                if registry.index.set_alias(name, alias, version):
+                    done.append(f"aliases: restored {name}@{alias} → v{version}")
     return done
 
 

@@ -10,7 +10,7 @@ each head's weights fit the head its task builds from ``loradex.json``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ def check_against_base(folder: Path, spec: Any, config: Mapping[str, Any], modul
     Returns a note when the base could not be loaded here (nothing checked against it).
     """
     from loradex.core import plugins
-    from loradex.core.artifact import head_file, load_weights
 
     name = spec.backbone.name
     try:
@@ -78,20 +77,32 @@ def check_against_base(folder: Path, spec: Any, config: Mapping[str, Any], modul
         backbone = backbone_plugin.load(name, revision=spec.backbone.revision)
     except LoradexError as exc:
         return f"base {name!r} could not be loaded ({exc}); checked without it"
+    native = _check_lora_layers(folder, backbone, modules)
+    _check_targets(folder, config, (*native, *native.values()))
+    _check_heads(folder, spec, backbone)
+    return None
+
+
+def _check_lora_layers(folder: Path, backbone: Any, modules: Mapping[str, Mapping[str, list]]) -> dict[str, str]:
+    """Every LoRA module exists in the base with the in/out sizes of its factors; native name → stored name."""
+    name = backbone.ref.name
     native = {backbone.translate_module_name(m) if m not in backbone.module_names else m: m for m in modules}
     for module_name, original in native.items():
         if module_name not in backbone.module_names:
             raise ArtifactError(f"{folder}: its LoRA changes {original!r}, which base {name!r} "
                                 f"({backbone.ref.architecture}) does not have")
-        layer = backbone.model.get_submodule(module_name)
-        weight = getattr(layer, "weight", None)
+        weight = getattr(backbone.model.get_submodule(module_name), "weight", None)
         parts = modules[original]
         if weight is not None and "lora_A" in parts and weight.ndim == 2:
             if parts["lora_A"][-1] != weight.shape[1] or parts["lora_B"][0] != weight.shape[0]:
                 raise ArtifactError(f"{folder}: LoRA of {original!r} is {parts['lora_A'][-1]} -> {parts['lora_B'][0]}, "
                                     f"but that layer of {name!r} is {weight.shape[1]} -> {weight.shape[0]}")
+    return native
+
+
+def _check_targets(folder: Path, config: Mapping[str, Any], names: Sequence[str]) -> None:
+    """``target_modules`` (a regex or a list) matches at least one of the LoRA's modules."""
     target = config.get("target_modules")
-    names = (*native, *native.values())
     if isinstance(target, str):
         try:
             matched = any(re.fullmatch(target, m) for m in names)
@@ -102,14 +113,20 @@ def check_against_base(folder: Path, spec: Any, config: Mapping[str, Any], modul
     elif isinstance(target, (list, tuple)) and target:
         if not any(m == t or m.endswith("." + t) for t in target for m in names):
             raise ArtifactError(f"{folder}: target_modules {list(target)} match none of the LoRA's modules")
+
+
+def _check_heads(folder: Path, spec: Any, backbone: Any) -> None:
+    """Each head file has exactly the tensors, of the shapes, of the head loradex.json describes."""
+    from loradex.core import plugins
+    from loradex.core.artifact import head_file, load_weights
+
     for head in spec.head_specs():
         path = folder / head_file(spec, head)
         if not head.config or not path.is_file():
             continue
-        task = plugins.get_task(head.task)
         try:
-            module = task.build_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size),
-                                     head_config=head.config)
+            module = plugins.get_task(head.task).build_head(
+                hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size), head_config=head.config)
         except LoradexError as exc:
             raise ArtifactError(f"{folder}: loradex.json head {head.name!r}: {exc}") from None
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
@@ -123,4 +140,3 @@ def check_against_base(folder: Path, spec: Any, config: Mapping[str, Any], modul
             if found[key] != shape:
                 raise ArtifactError(f"{path}: {key} has shape {list(found[key])}, but the {head.task} head that "
                                     f"loradex.json describes needs {list(shape)} (do its labels match the weights?)")
-    return None
