@@ -15,7 +15,8 @@ from .options import open_registry, print_json, read_config, settings_options, s
 @click.command(name="train")
 @click.argument("task")
 @click.option("--data", help="Dataset folder/file, or synthetic[:train=N,val=N,test=N,seed=N] (default: synthetic).")
-@click.option("--backbone", help="Built-in preset, Hub id (org/name) or local folder (default: tiny-vit).")
+@click.option("--backbone", help="Built-in preset, Hub id (org/name) or local folder (default: the base a plugin marks "
+                                 "default for the task's kind, tiny-vit for image tasks).")
 @click.option("--revision", help="Hub revision of the backbone to pin.")
 @click.option("--name", help="Adapter name in the registry (default: the task name).")
 @click.option("--init", "init", metavar="NAME[@VER]",
