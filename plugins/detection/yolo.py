@@ -1,18 +1,5 @@
-"""YOLO txt reader (the Ultralytics / Darknet layout).
-
-Each image ``.../images/NAME.jpg`` has a label file ``.../labels/NAME.txt`` (the last
-``images`` folder of the path replaced by ``labels``) with one object per line:
-``class cx cy w h``, all but the class normalised to 0..1 (a longer line is a polygon
-``class x1 y1 x2 y2 ...``, whose bounding box is used). An image without a label file has no
-objects. Class names come from ``data.yaml`` (``names:`` as a list or an ``{id: name}``
-mapping) or from ``classes.txt`` / ``obj.names`` (one per line).
-
-Splits, first match wins: ``train:``/``val:``/``test:`` image folders in ``data.yaml``
-(relative to its ``path:`` or its own folder); ``images/{train,val,test}``;
-``{train,valid,val,test}/images``; or one flat ``images/`` folder split 80/20 with the seed.
-Checked on load, each a DataError naming the label file and line: a class id that is not
-declared, a box outside the image, a malformed line, and a label file without an image.
-"""
+"""YOLO folders as detection data: the layouts, names and checks are :mod:`loradex.core.data.yolo`'s
+(shared with grounding); this module turns their boxes into detection targets and splits."""
 
 from __future__ import annotations
 
