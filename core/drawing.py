@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -89,6 +89,29 @@ class Canvas:
         self.draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(colour), outline=(0, 0, 0))
         if label:
             self._place_label(label, colour, anchors=[(cx + r, cy - r, "above"), (cx + r, cy + r, "inside")])
+
+    def mask(self, labels: Any, *, colours: Mapping[int, Sequence[int]], alpha: float = 0.5) -> None:
+        """Paint every pixel whose label has a colour in ``colours``, blended with the image by ``alpha``.
+
+        ``labels``: an (H, W) array of integer labels in the ORIGINAL image's pixels (a label map,
+        or 0/1 for one mask); labels without a colour (a background) are left as they are.
+        """
+        import numpy as np
+        from PIL import Image
+
+        labels = np.asarray(labels)
+        if labels.ndim != 2:
+            raise ValueError(f"a mask is an (H, W) array of labels, got shape {labels.shape}")
+        picture = Image.fromarray(labels.astype(np.int32), "I").resize(self.image.size, Image.NEAREST)
+        scaled = np.asarray(picture)
+        lookup = np.zeros((max([int(scaled.max()), *colours]) + 1, 3), dtype=np.float32)
+        painted = np.zeros(lookup.shape[0], dtype=bool)
+        for label, colour in colours.items():
+            lookup[label], painted[label] = colour[:3], True
+        pixels = np.asarray(self.image, dtype=np.float32)
+        where = painted[scaled][..., None]
+        blended = np.where(where, (1 - alpha) * pixels + alpha * lookup[scaled], pixels)
+        self.image.paste(Image.fromarray(blended.round().astype(np.uint8), "RGB"))
 
     @property
     def size(self) -> tuple[int, int]:

@@ -38,8 +38,8 @@ def shelf(tmp_path_factory):
         registry.tag("cls@v1", "prod")
     from loradex.registry.demo import example_images
 
-    (scene, _, figure) = example_images(root / "examples")
-    return {"home": home, "scene": scene, "figure": figure, "root": root}
+    pictures = {Path(path).name: path for path in example_images(root / "examples")}  # what the tasks offer
+    return {"home": home, "scene": pictures["shapes-scene.png"], "figure": pictures["stick-figure.png"], "root": root}
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ def test_builtins_register_through_the_hooks(fresh_plugins):
     assert backbones["tiny-vit"].plugin == "loradex.plugins.backbones"
     assert set(plugins.builtin_plugins()) == {"loradex.plugins.backbones", "loradex.plugins.classification",
                                               "loradex.plugins.detection", "loradex.plugins.pose",
-                                              "loradex.plugins.grounding"}  # from pyproject.toml's entry points
+                                              "loradex.plugins.grounding", "loradex.plugins.segmentation"}
+    # ^ from pyproject.toml's entry points
     for name in plugins.builtin_plugins():
         assert plugins.pm.get_plugin(name) is not None
 

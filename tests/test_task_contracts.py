@@ -18,6 +18,11 @@ class TestPoseContract(TaskContract):
     task = "pose"
 
 
+class TestSegmentationContract(TaskContract):
+    task = "segmentation"
+    data = "synthetic:train=6,val=4,test=0"
+
+
 class TestGroundingContract(TaskContract):
     task = "grounding"
     data = "synthetic:train=4,val=3,test=0"

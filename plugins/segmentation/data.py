@@ -1,0 +1,226 @@
+"""Segmentation data: synthetic shapes with masks, ``images/`` + ``masks/`` folders, Pascal VOC folders.
+
+- ``synthetic[:train=N,val=N,test=N,seed=N]``: shapes (circle, square, triangle) on noisy
+  backgrounds; the mask holds each pixel's class (0 = background).
+- a folder with ``images/`` and ``masks/`` (one mask PNG per image, same stem; a pixel value is
+  the class index, 255 = ignore) and ``classes.txt`` (one name per line, index 0 first), split
+  80/20 with the seed unless ``images/{train,val}`` and ``masks/{train,val}`` exist;
+- a Pascal VOC folder: ``JPEGImages/``, ``SegmentationClass/`` palette PNGs (the palette index
+  is the class, 255 = the ignored border) and ``ImageSets/Segmentation/{train,val}.txt``; class
+  names from ``classes.txt`` if present, else VOC's 21.
+
+Checked when read, each a DataError naming the file: a mask whose size differs from its image, a
+class index with no name, a mask missing for an image, an RGB mask colour that is not in the palette.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from loradex import (
+    SPLITS, DataError, ImageDataset, TaskData, TensorListDataset, image_size, is_image_file, parse_synthetic,
+    require_folder, seeded_split, synthetic_splits,
+)
+
+IGNORE = 255
+"""Mask value of pixels no loss or metric counts (VOC's object borders)."""
+SHAPES = ("background", "circle", "square", "triangle")
+SYNTHETIC = {"train": 1200, "val": 120, "test": 0, "seed": 0}
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+
+
+def voc_palette() -> list[tuple[int, int, int]]:
+    """The 256 colours of VOC's label PNGs (class i's colour is palette[i])."""
+    colours = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r, g, b = r | ((c >> 0) & 1) << shift, g | ((c >> 1) & 1) << shift, b | ((c >> 2) & 1) << shift
+            c >>= 3
+        colours.append((r, g, b))
+    return colours
+
+
+def shapes_scene(seed: int, index: int, size: int) -> tuple[Image.Image, np.ndarray]:
+    """(image, mask) of 1-3 shapes on a noisy background: a pure function of its arguments."""
+    rng = np.random.default_rng([seed, index, 7])
+    pixels = rng.normal(rng.uniform(60, 190), 25, size=(size, size, 3)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    mask = Image.new("L", (size, size), 0)
+    draw, paint = ImageDraw.Draw(image), ImageDraw.Draw(mask)
+    for _ in range(int(rng.integers(1, 4))):
+        label = int(rng.integers(1, len(SHAPES)))
+        r = rng.uniform(0.12, 0.25) * size
+        cx, cy = rng.uniform(r, size - r, size=2)
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        box = (cx - r, cy - r, cx + r, cy + r)
+        points = [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+        for canvas, fill in ((draw, colour), (paint, label)):
+            if SHAPES[label] == "circle":
+                canvas.ellipse(box, fill=fill)
+            elif SHAPES[label] == "square":
+                canvas.rectangle(box, fill=fill)
+            else:
+                canvas.polygon(points, fill=fill)
+    return image, np.asarray(mask, dtype=np.uint8)
+
+
+class MaskTargets:
+    """Mask files read on access, resized (nearest) to the training size, as (H, W) long tensors."""
+
+    def __init__(self, paths: list[Path], size: int, num_classes: int, *, palette: bool = False) -> None:
+        self.paths, self.size, self.num_classes, self.palette = paths, size, num_classes, palette
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        mask = read_mask(self.paths[index], self.num_classes, palette=self.palette)
+        resized = Image.fromarray(mask).resize((self.size, self.size), Image.NEAREST)
+        return torch.from_numpy(np.asarray(resized, dtype=np.int64))
+
+
+def read_mask(path: Path, num_classes: int, *, palette: bool = False) -> np.ndarray:
+    """A mask file as (H, W) class indices (255: ignore); a DataError names a bad file or value."""
+    try:
+        with Image.open(path) as picture:
+            if picture.mode == "RGB" and palette:  # a VOC mask saved as colours, not palette indices
+                mask = _from_colours(path, np.asarray(picture))
+            elif picture.mode in ("L", "P", "I", "I;16"):
+                mask = np.asarray(picture).astype(np.int64)
+            else:
+                raise DataError(f"{path}: a mask must be a one-channel (L or palette) PNG, not {picture.mode}")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable mask ({exc})") from None
+    bad = np.unique(mask[(mask >= num_classes) & (mask != IGNORE)])
+    if bad.size:
+        raise DataError(f"{path}: class index {int(bad[0])} has no name ({num_classes} classes; 255 is ignored)")
+    return mask.astype(np.uint8)
+
+
+def _from_colours(path: Path, pixels: np.ndarray) -> np.ndarray:
+    lookup = {colour: index for index, colour in enumerate(voc_palette())}
+    flat = pixels.reshape(-1, 3)
+    colours, inverse = np.unique(flat, axis=0, return_inverse=True)
+    indices = []
+    for colour in map(tuple, colours.tolist()):
+        if colour not in lookup:
+            raise DataError(f"{path}: colour {colour} is not a class colour of the VOC palette")
+        indices.append(lookup[colour])
+    return np.asarray(indices)[inverse.reshape(-1)].reshape(pixels.shape[:2])
+
+
+def read_classes(path: Path) -> list[str]:
+    """Class names, one per line (index 0 first); a DataError names an empty or duplicated file."""
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names or len(set(names)) != len(names):
+        raise DataError(f"{path}: needs one class name per line, each once")
+    return names
+
+
+def pair_files(images: list[Path], masks: Path, *, suffix: str = ".png") -> list[tuple[Path, Path]]:
+    """(image, mask) pairs by stem; a DataError names an image without a mask."""
+    pairs = []
+    for image in images:
+        mask = masks / f"{image.stem}{suffix}"
+        if not mask.is_file():
+            raise DataError(f"{image}: no mask {mask.name} in {masks}")
+        pairs.append((image, mask))
+    return pairs
+
+
+def load_segmentation_data(source: str | None, *, transform, image_size: int, seed: int) -> TaskData:
+    """``source``: None/``synthetic[:opts]``, an ``images/`` + ``masks/`` folder or a VOC folder."""
+    options = parse_synthetic(source, SYNTHETIC)
+    if options is not None:
+        return synthetic_data(transform=transform, size=image_size, **options)
+    root = require_folder(source)
+    if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
+        return _voc(root, transform, image_size, seed)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return _folders(root, transform, image_size, seed)
+    raise DataError(f"{root}: not segmentation data: expected images/ + masks/ (with classes.txt) or a VOC folder "
+                    "(JPEGImages/, SegmentationClass/)")
+
+
+def synthetic_data(*, transform, size: int, train: int, val: int, test: int, seed: int) -> TaskData:
+    """Shapes scenes with their masks, drawn at the training size."""
+    import torch
+
+    def make(offset: int, count: int) -> TensorListDataset:
+        scenes = [shapes_scene(seed, offset + i, size) for i in range(count)]
+        return TensorListDataset([transform(image) for image, _ in scenes],
+                                 [torch.from_numpy(mask.astype(np.int64)) for _, mask in scenes],
+                                 images=[image for image, _ in scenes])
+
+    sets = synthetic_splits(make, train=train, val=val, test=test)
+    return TaskData(*sets, head_config={"labels": list(SHAPES)},
+                    description=f"synthetic shapes with masks: {len(SHAPES)} classes, {train}/{val}/{test} images")
+
+
+def _dataset(pairs, labels, transform, size: int, *, palette: bool = False) -> ImageDataset:
+    for image, mask in pairs:  # sizes checked when read: a wrong one fails before training, naming both files
+        with Image.open(mask) as opened:
+            if opened.size != image_size(image):
+                raise DataError(f"{mask}: mask is {opened.size[0]}x{opened.size[1]}, its image {image.name} is "
+                                f"{image_size(image)[0]}x{image_size(image)[1]}")
+    return ImageDataset([i for i, _ in pairs], MaskTargets([m for _, m in pairs], size, len(labels), palette=palette),
+                        transform)
+
+
+def _folders(root: Path, transform, size: int, seed: int) -> TaskData:
+    classes = root / "classes.txt"
+    if not classes.is_file():
+        raise DataError(f"{root}: classes.txt is missing (one class name per line, background first)")
+    labels = read_classes(classes)
+    split_dirs = {s: root / "images" / s for s in SPLITS if (root / "images" / s).is_dir()}
+    if "train" in split_dirs:
+        splits = {s: pair_files(sorted(p for p in d.iterdir() if is_image_file(p)), root / "masks" / s)
+                  for s, d in split_dirs.items()}
+        if "val" not in splits:
+            splits["train"], splits["val"] = seeded_split(splits["train"], seed)
+    else:
+        pairs = pair_files(sorted(p for p in (root / "images").iterdir() if is_image_file(p)), root / "masks")
+        splits = dict(zip(("train", "val"), seeded_split(pairs, seed)))
+    return _task_data(splits, labels, transform, size, f"images/ + masks/ {root}")
+
+
+def _voc(root: Path, transform, size: int, seed: int) -> TaskData:
+    labels = read_classes(root / "classes.txt") if (root / "classes.txt").is_file() else list(VOC_CLASSES)
+    lists = root / "ImageSets" / "Segmentation"
+
+    def pairs_of(stems: list[str]) -> list[tuple[Path, Path]]:
+        images = []
+        for stem in stems:
+            found = [p for p in (root / "JPEGImages").glob(f"{stem}.*") if is_image_file(p)]
+            if not found:
+                raise DataError(f"{lists}: {stem!r} has no image in JPEGImages/")
+            images.append(found[0])
+        return pair_files(images, root / "SegmentationClass")
+
+    if (lists / "train.txt").is_file():
+        splits = {s: pairs_of((lists / f"{s}.txt").read_text().split()) for s in SPLITS if (lists / f"{s}.txt").is_file()}
+        if "val" not in splits:
+            splits["train"], splits["val"] = seeded_split(splits["train"], seed)
+    else:
+        stems = sorted(p.stem for p in (root / "SegmentationClass").glob("*.png"))
+        splits = dict(zip(("train", "val"), seeded_split(pairs_of(stems), seed)))
+    return _task_data(splits, labels, transform, size, f"VOC {root}", palette=True)
+
+
+def _task_data(splits, labels, transform, size, what: str, *, palette: bool = False) -> TaskData:
+    if not splits.get("train"):
+        raise DataError(f"{what}: the training split has no images")
+    sets = {s: _dataset(splits[s], labels, transform, size, palette=palette) if splits.get(s) else None
+            for s in SPLITS}
+    counts = "/".join(str(len(splits.get(s) or [])) for s in SPLITS)
+    return TaskData(train=sets["train"], val=sets["val"], test=sets["test"], head_config={"labels": labels},
+                    description=f"{what}: {len(labels)} classes, {counts} train/val/test images")

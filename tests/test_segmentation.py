@@ -1,0 +1,165 @@
+"""The segmentation task (plugins/segmentation): written through the public API only; data, training,
+prediction with other tasks on one base, drawing, merged export, and each bad input as one line."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from loradex.registry.cli import cli
+
+PLUGIN = Path(__file__).resolve().parent.parent / "plugins" / "segmentation"
+
+
+def run(*args, home=None):
+    prefix = ["--home", str(home)] if home else []
+    return CliRunner().invoke(cli, [*prefix, *map(str, args)])
+
+
+def test_the_plugin_imports_only_the_public_loradex_api():
+    """Issue 24: segmentation is written as a third-party author would write it."""
+    imported = set()
+    for path in PLUGIN.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    loradex_modules = {m for m in imported if m.split(".")[0] == "loradex"}
+    assert loradex_modules == {"loradex"}, loradex_modules
+
+
+def test_run_lengths_round_trip():
+    from loradex.plugins.segmentation.task import from_run_lengths, run_lengths
+
+    mask = np.random.default_rng(0).integers(0, 4, size=(7, 9))
+    assert (from_run_lengths(run_lengths(mask), (9, 7)) == mask).all()
+
+
+def write_pairs(root: Path, *, count: int = 6, classes=("background", "thing"), mask_size=None, value=1) -> Path:
+    """An images/ + masks/ folder: a bright square labelled ``value`` on each image."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for index in range(count):
+        pixels = np.full((48, 64, 3), 40, dtype=np.uint8)
+        pixels[10:30, 12 + index:36 + index] = 220
+        Image.fromarray(pixels).save(root / "images" / f"{index}.png")
+        mask = np.zeros((48, 64), dtype=np.uint8)
+        mask[10:30, 12 + index:36 + index] = value
+        picture = Image.fromarray(mask, "L")
+        (picture.resize(mask_size, Image.NEAREST) if mask_size else picture).save(root / "masks" / f"{index}.png")
+    return root
+
+
+def test_train_predict_draw_and_export_merged(tmp_path, isolated_home):
+    from loradex.core.multitask import MultiTaskModel
+    from loradex.registry.store.registry import Registry
+    from loradex.core import plugins
+
+    from .registry_helpers import check_merged_export
+
+    trained = run("train", "segmentation", "--data", "synthetic:train=32,val=16", "--epochs", "1", "--no-progress",
+                  "--project", tmp_path / "runs", "--json")
+    assert trained.exit_code == 0, trained.output
+    out = json.loads(trained.stdout)
+    assert {"miou", "pixel_accuracy", "iou_background"} <= set(out["metrics"])
+    run_dir = tmp_path / "runs" / "segmentation" / "train"
+    assert (run_dir / "per_class_iou.png").is_file() and (run_dir / "confusion_matrix.png").is_file()
+    from loradex.plugins.segmentation.data import shapes_scene
+
+    image = tmp_path / "scene.png"
+    shapes_scene(5, 1, 96)[0].save(image)
+    predicted = run("predict", "segmentation", image, "--json", "--save", tmp_path / "drawn")
+    assert predicted.exit_code == 0, predicted.output
+    (record,) = json.loads(predicted.stdout)
+    answer = record["predictions"]["segmentation@v1"]
+    assert answer["size"] == [96, 96] and sum(run[1] for run in answer["mask"]) == 96 * 96
+    assert set(answer["coverage"]) <= set(answer["labels"])
+    drawn = list((tmp_path / "drawn").glob("*.png"))
+    assert drawn
+    exported = run("export", "segmentation", tmp_path / "merged", "--merged")
+    assert exported.exit_code == 0, exported.output
+    model = MultiTaskModel(plugins.resolve_backbone("tiny-vit").load("tiny-vit"))
+    with Registry.open() as registry:
+        model.attach("segmentation@v1", registry.materialize("segmentation"))
+    check_merged_export(tmp_path / "merged", model, "segmentation@v1", image)
+
+
+def test_segmentation_and_classification_share_one_base(tmp_path):
+    from .registry_helpers import random_shelf
+
+    home = random_shelf(tmp_path, [("cls", "classification", {"seed": 1}), ("seg", "segmentation", {"seed": 2})])
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (80, 60), (200, 40, 40)).save(image)
+    predicted = run("predict", "cls,seg", image, "--json", home=home)
+    assert predicted.exit_code == 0, predicted.output
+    (record,) = json.loads(predicted.stdout)
+    assert list(record["predictions"]) == ["cls@v1", "seg@v1"]
+    merged = run("merge", "cls", "seg", "--name", "both", "--json", home=home)
+    assert merged.exit_code == 0, merged.output
+    assert json.loads(merged.stdout)["tasks"] == ["classification", "segmentation"]
+
+
+def test_a_masks_folder_and_a_voc_folder_are_read(tmp_path):
+    from loradex.core import plugins
+
+    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    task = plugins.get_task("segmentation")
+    data = task.read_data(str(write_pairs(tmp_path / "pairs", count=10)), backbone=backbone, image_size=64)
+    assert data.head_config["labels"] == ["background", "thing"] and len(data.train) + len(data.val) == 10
+    pixels, mask = data.train[0]
+    assert tuple(pixels.shape) == (3, 64, 64) and tuple(mask.shape) == (64, 64) and set(mask.unique().tolist()) == {0, 1}
+    voc = tmp_path / "voc"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    palette = [v for i in range(256) for v in ((i * 40) % 256, (i * 80) % 256, (i * 120) % 256)]
+    for index in range(4):
+        Image.new("RGB", (40, 30), (index * 30, 90, 90)).save(voc / "JPEGImages" / f"im{index}.jpg")
+        labels = np.zeros((30, 40), np.uint8)
+        labels[10:20, 10:20], labels[9, 9:21] = 15, 255  # a "person" and a piece of VOC's ignored border
+        mask = Image.fromarray(labels, "P")
+        mask.putpalette(palette)
+        mask.save(voc / "SegmentationClass" / f"im{index}.png")
+    (voc / "ImageSets/Segmentation/train.txt").write_text("im0\nim1\nim2\n")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("im3\n")
+    data = task.read_data(str(voc), backbone=backbone, image_size=64)
+    assert len(data.head_config["labels"]) == 21 and len(data.train) == 3 and len(data.val) == 1
+    assert {0, 15} <= set(data.val[0][1].unique().tolist()) <= {0, 15, 255}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"mask_size": (32, 24)}, r"masks/(\d)\.png: mask is 32x24, its image \1\.png is 64x48"),
+    ({"value": 7}, r"masks/\d\.png: class index 7 has no name \(2 classes; 255 is ignored\)"),
+    ({"classes": ()}, r"classes\.txt: needs one class name per line"),
+])
+def test_bad_segmentation_data_is_one_line_naming_the_file(tmp_path, change, message):
+    import re
+
+    root = write_pairs(tmp_path / "d", **change)
+    result = run("train", "segmentation", "--data", root, "--epochs", "1", "--no-progress", "--project", tmp_path / "r")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and re.search(message, last), last
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_rgb_voc_mask_with_an_unknown_colour_is_named(tmp_path):
+    from loradex.core.errors import DataError
+    from loradex.plugins.segmentation.data import read_mask, voc_palette
+
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    pixels[0, 0] = voc_palette()[15]
+    path = tmp_path / "ok.png"
+    Image.fromarray(pixels, "RGB").save(path)
+    assert read_mask(path, 21, palette=True)[0, 0] == 15
+    pixels[1, 1] = (1, 2, 3)
+    Image.fromarray(pixels, "RGB").save(path)
+    with pytest.raises(DataError, match=r"ok\.png: colour \(1, 2, 3\) is not a class colour of the VOC palette"):
+        read_mask(path, 21, palette=True)
