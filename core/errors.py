@@ -37,10 +37,10 @@ class PluginError(LoradexError):
 class UnknownNameError(LoradexError):
     """A task, backbone or other registered name does not exist."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: str, known: Iterable[str], *, hint: str = "") -> None:
         known = sorted(known)
         close = difflib.get_close_matches(name, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = hint or (f" Did you mean {close[0]!r}?" if close else "")
         choices = ", ".join(known) if known else "none"
         super().__init__(f"unknown {kind} {name!r}.{hint} Known: {choices}.")
         self.kind, self.name, self.known = kind, name, known

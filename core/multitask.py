@@ -31,7 +31,7 @@ from . import plugins
 from .artifact import check_complete, check_fingerprint, head_file, load_weights, native_names, read_lora
 from .backbone import EncoderOutput, LoadedBackbone
 from .devices import resolve_device
-from .errors import ArtifactError, ConfigError, FingerprintMismatchError, NotFoundError
+from .errors import ArtifactError, ConfigError, FingerprintMismatchError, NotFoundError, UnknownNameError
 from .lora_runtime import LoraBank, Segment, factors_from_peft, split_plan, unsupported_reason
 from .predictor import DEFAULT_BATCH, Predictor
 from .results import BaseInfo, ImageResult
@@ -169,12 +169,21 @@ class MultiTaskModel(nn.Module):
             lora = module_key(ref)
             entries = []
             for head_spec in spec.head_specs():
-                task = plugins.get_task(head_spec.task)
+                try:
+                    task = plugins.get_task(head_spec.task, made_by=spec.plugins.get(head_spec.task))
+                except UnknownNameError as exc:
+                    if not spec.is_multitask or len(spec.head_specs()) == 1:
+                        raise
+                    self.say(f"{ref}: head {head_spec.name!r} is left out: {exc}")  # the other heads still serve
+                    continue
                 self.backbone.check_image_size(head_spec.image_size)
                 key = spec.head_key(ref, head_spec)
                 module = self._load_head(task, head_spec, folder / head_file(spec, head_spec))
                 entries.append(HeadEntry(key=key, task=task, module=module, config=dict(head_spec.config),
                                          image_size=head_spec.image_size, lora=lora))
+            if not entries:
+                raise UnknownNameError("task", spec.tasks[0], plugins.get_tasks(),
+                                       hint=f" None of {ref}'s tasks is installed here.")
             config, state = read_lora(folder, self.backbone)
             reason, factors = unsupported_reason(config), None
             if reason is None:

@@ -118,6 +118,7 @@ def load_plugins() -> pluggy.PluginManager:
     own, found = _entry_points()
     for ep in own:  # always loaded, whatever LORADEX_LOAD_PLUGINS says
         pm.register(ep.load(), name=ep.name)
+        _state.dists[ep.name] = (ep.dist.name, ep.dist.version)
     _state.builtin = tuple(ep.name for ep in own)
     pm.check_pending()
 
@@ -193,12 +194,27 @@ def get_tasks() -> dict[str, Registration]:
     return _alive(_state.tasks)
 
 
-def get_task(name: str):
-    """The task called ``name``; raises UnknownNameError with a suggestion."""
+def get_task(name: str, *, made_by: str | None = None):
+    """The task called ``name``; raises UnknownNameError with a suggestion.
+
+    ``made_by``: the package (and version) an adapter recorded for the task (``AdapterSpec.plugins``);
+    the error then says what to install.
+    """
     tasks = get_tasks()
     if name not in tasks:
+        if made_by:
+            package = made_by.split()[0]
+            raise UnknownNameError("task", name, tasks, hint=f" It comes from the package {made_by}: install it "
+                                                             f"(adapters install {package}) to use this adapter.")
         raise UnknownNameError("task", name, tasks)
     return tasks[name].obj
+
+
+def provider(task: str) -> str | None:
+    """``"package version"`` of the plugin that registered ``task`` (recorded in every spec), or None."""
+    registration = get_tasks().get(task)
+    dist = _state.dists.get(registration.plugin) if registration else None
+    return f"{dist[0]} {dist[1]}" if dist else None
 
 
 def get_backbones() -> dict[str, Registration]:
@@ -271,8 +287,9 @@ def plugin_infos(*, include_builtin: bool = False) -> list[PluginInfo]:
         package, version = _state.dists.get(name, (None, None))
         infos.append(PluginInfo(name, hooks, builtin, package, version, _state.failures.get(name)))
     for name, error in _state.failures.items():
-        if pm.get_plugin(name) is None:
-            infos.append(PluginInfo(name, (), False, None, None, error))
+        if pm.get_plugin(name) is None:  # a plugin that failed to import still names its package
+            package, version = _state.dists.get(name, (None, None))
+            infos.append(PluginInfo(name, (), False, package, version, error))
     return sorted(infos, key=lambda info: (not info.builtin, info.name))
 
 

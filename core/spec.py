@@ -243,6 +243,9 @@ class AdapterSpec:
     train: TrainSettings = _help("Training hyper-parameters.", dataclasses.MISSING, default_factory=TrainSettings)
     image_size: int = _help("Input resolution the adapter was trained at.", 224)
     heads: tuple[HeadSpec, ...] = _help("The heads of a multi-task adapter (empty for a single task).", ())
+    plugins: dict[str, str] = _help("The package that provided each task, with its version (``{'segmentation': "
+                                    "'loradex 0.1.0'}``): what to install where the task is missing.",
+                                    dataclasses.MISSING, default_factory=dict)
     format: int = _help("Spec format version: 1 single-task, 2 with heads.", SPEC_FORMAT)
 
     def __post_init__(self) -> None:
@@ -291,6 +294,8 @@ class AdapterSpec:
         """A plain-JSON dict of the spec (a single-task spec has no ``heads`` key, as in format 1)."""
         data = dataclasses.asdict(self)
         data["lora"]["targets"] = list(self.lora.targets)
+        if not self.plugins:  # specs written before provenance was recorded read the same
+            del data["plugins"]
         if not self.heads:
             del data["heads"]
         else:

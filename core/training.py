@@ -140,6 +140,7 @@ def build_spec(
         head={**task.default_head(), **_fitted_defaults(task, backbone)["head"], **data.head_config, **request.head},
         train=train,
         image_size=train.image_size or backbone.image_size,
+        plugins={task.name: made_by} if (made_by := plugins.provider(task.name)) else {},
     )
 
 

@@ -73,6 +73,7 @@ def test_plugin_that_raises_on_import_is_reported_and_isolated(fresh_plugins, tm
             in capsys.readouterr().err)
     infos = {info.name: info for info in plugins.plugin_infos()}
     assert infos["broken_plugin"].error.startswith("RuntimeError")
+    assert (infos["broken_plugin"].package, infos["broken_plugin"].version) == ("loradex-broken", "0.1")  # issue 24.3
 
 
 def test_unknown_hook_is_refused_loudly(fresh_plugins, tmp_path):
@@ -194,3 +195,49 @@ def test_debug_switch_shows_a_failed_plugins_traceback(fresh_plugins, tmp_path, 
     plugins.load_plugins()
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ZeroDivisionError" in err and "broken_plugin.py" in err
+
+
+def test_provenance_of_an_adapter_whose_plugin_is_gone(fresh_plugins, tmp_path, capsys):
+    """Issue 24.3: an adapter records the package that made each task; with that plugin gone, list marks
+    it, predict names the package to install, a merged adapter serves its other heads, uninstall warns."""
+    from PIL import Image
+
+    from loradex.registry.cli import cli
+    from loradex.registry.cli.plugins_cmd import _warn_stored_versions
+
+    home = tmp_path / "home"
+    fresh_plugins.setenv("LORADEX_HOME", str(home))
+
+    def run(*args):
+        return CliRunner().invoke(cli, [*map(str, args)])
+
+    for task in ("brightness", "classification"):
+        trained = run("train", task, "--data", "synthetic:train=8,val=5,test=0", "--epochs", "1", "--no-progress",
+                      "--project", tmp_path / "runs", "--name", task)
+        assert trained.exit_code == 0, trained.output
+    shown = json.loads(run("show", "brightness", "--json").stdout)
+    assert shown["spec"]["plugins"]["brightness"].startswith("loradex-example-task ")
+    assert shown["spec"]["plugins"] == {"brightness": shown["spec"]["plugins"]["brightness"]}
+    assert json.loads(run("show", "classification", "--json").stdout)["spec"]["plugins"]["classification"].startswith(
+        "loradex ")
+    assert run("merge", "brightness", "classification", "--name", "both").exit_code == 0
+    _warn_stored_versions(("loradex-example-task",))
+    assert "used by 2 stored versions (both@v1, brightness@v1)" in capsys.readouterr().err
+
+    plugins.reset()  # as if the example plugin were uninstalled: third-party plugins load no more
+    fresh_plugins.setenv("LORADEX_LOAD_PLUGINS", "")
+    listed = {row["name"]: row for row in json.loads(run("list", "--json").stdout)}
+    assert listed["brightness"]["tasks_not_installed"] == ["brightness"]
+    assert listed["both"]["tasks_not_installed"] == ["brightness"] and listed["classification"]["tasks_not_installed"] == []
+    assert "not installed: brightness" in run("list").output
+    assert run("show", "brightness").exit_code == 0
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(image)
+    refused = run("predict", "brightness", image)
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert re.search(r"unknown task 'brightness'\. It comes from the package loradex-example-task \S+: install it "
+                     r"\(adapters install loradex-example-task\)", refused.stderr), refused.stderr
+    served = run("predict", "both", image, "--json")
+    assert served.exit_code == 0, served.output
+    assert list(json.loads(served.stdout)[0]["predictions"]) == ["both@v1#classification"]
+    assert "head 'brightness' is left out" in served.stderr

@@ -135,10 +135,32 @@ def _uv_project() -> Path | None:
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (pip only).")
 def uninstall_command(packages: tuple[str, ...], yes: bool) -> None:
     """Uninstall plugin packages from the environment loradex runs in."""
+    _warn_stored_versions(packages)
     args = list(packages)
     if yes and _installer()[0] == sys.executable:
         args.insert(0, "-y")
     _run_installer("uninstall", args)
+
+
+def _warn_stored_versions(packages: tuple[str, ...]) -> None:
+    """Say how many stored versions need a task these packages provide (they stay, but cannot run)."""
+    from loradex.core import plugins
+
+    from .options import open_registry
+
+    wanted = {p.lower().replace("_", "-") for p in packages}
+    tasks = {name for name, registration in plugins.get_tasks().items()
+             if (plugins.provider(name) or "").split(" ")[0].lower().replace("_", "-") in wanted}
+    if not tasks:
+        return
+    with open_registry() as registry:
+        using = [record.ref for row in registry.list() for record in registry.versions(row.name)
+                 if set(record.spec.tasks) & tasks]
+    if using:
+        shown = ", ".join(using[:5]) + (", ..." if len(using) > 5 else "")
+        click.echo(f"Warning: {', '.join(packages)} provides {', '.join(sorted(tasks))}, used by {len(using)} stored "
+                   f"version{'s' if len(using) != 1 else ''} ({shown}); they stay in the registry but cannot run "
+                   "until the package is installed again", err=True)
 
 
 def register(cli: click.Group) -> None:

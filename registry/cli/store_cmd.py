@@ -76,8 +76,9 @@ def list_cmd(task: str | None, as_json: bool) -> None:
     """List adapters: versions, aliases, task, base, size and headline metric."""
     with open_registry() as reg:
         rows = reg.list(task=task)
+        missing = _tasks_not_installed(reg, rows)
         if as_json:
-            _echo_json([row.to_dict() for row in rows])
+            _echo_json([{**row.to_dict(), "tasks_not_installed": missing.get(row.name, [])} for row in rows])
             return
         if not rows:
             _note(f"No adapters{' for task ' + task if task else ''} in {reg.root}.")
@@ -90,10 +91,26 @@ def list_cmd(task: str | None, as_json: bool) -> None:
         for row in rows:
             aliases = ", ".join(f"{a}→v{v}" for a, v in row.aliases.items()) or "-"
             table.add_row(
-                row.name, f"{row.versions} (latest v{row.latest})", aliases, row.task, row.base,
+                row.name, f"{row.versions} (latest v{row.latest})", aliases,
+                row.task + (f" [red](not installed: {', '.join(missing[row.name])})[/red]" if row.name in missing else ""),
+                row.base,
                 human_size(row.size), _metric(row.headline_metric, row.headline_value),
             )
         _console().print(table)
+
+
+def _tasks_not_installed(reg: Any, rows: list[Any]) -> dict[str, list[str]]:
+    """Adapter name → the tasks of its latest version that no installed plugin provides."""
+    from loradex.core import plugins
+
+    installed = set(plugins.get_tasks())
+    missing = {}
+    for row in rows:
+        tasks = reg.resolve(f"{row.name}@v{row.latest}").spec.tasks if row.task == "multitask" else (row.task,)
+        absent = [t for t in tasks if t not in installed]
+        if absent:
+            missing[row.name] = absent
+    return missing
 
 
 def _lineage_tree(node: LineageNode):

@@ -94,7 +94,7 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
                             "(fingerprints differ); cannot merge it into these weights")
     codes = []
     for head in spec.head_specs():
-        task = plugins.get_task(head.task)
+        task = plugins.get_task(head.task, made_by=spec.plugins.get(head.task))
         if task.generates:  # it answers with the base's own language-model head: the merged model is all
             continue
         code = task.export_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size),

@@ -121,7 +121,7 @@ def plan_jobs(inputs: Sequence[Any], head_of: Mapping[tuple[str, str], str],
             elif not readable(source):
                 note = f"recorded data {source} is gone; pass --eval-data {record.name}=PATH"
                 source = None
-            jobs.append(EvalJob(input=label, head=head_of[(record.ref, head.name)], task=plugins.get_task(head.task),
+            jobs.append(EvalJob(input=label, head=head_of[(record.ref, head.name)], task=plugins.get_task(head.task, made_by=record.spec.plugins.get(head.task)),
                                 config=dict(head.config), image_size=head.image_size, seed=record.spec.train.seed,
                                 source=source, note=note))
     return jobs

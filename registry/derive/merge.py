@@ -342,13 +342,14 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
             head_states[head_name] = states[0]
         sample = members[0][1]
         head_specs.append(HeadSpec(name=head_name, task=task, config=sample.config, image_size=sample.image_size))
+    made_by = {task: package for i in inputs for task, package in i.spec.plugins.items()}  # provenance carries over
     if len(head_specs) == 1:
         (only,) = head_specs
         spec = AdapterSpec(task=only.task, backbone=first.backbone, lora=lora, head=only.config, train=first.train,
-                           image_size=only.image_size)
+                           image_size=only.image_size, plugins=made_by)
     else:
         spec = AdapterSpec(task=MULTITASK, backbone=first.backbone, lora=lora, train=first.train,
-                           image_size=head_specs[0].image_size, heads=tuple(head_specs))
+                           image_size=head_specs[0].image_size, heads=tuple(head_specs), plugins=made_by)
     config["base_model_name_or_path"] = first.backbone.name
     config["revision"] = first.backbone.revision
     write_adapter(folder, spec, lora_config=config, lora_state=state, heads=head_states, name=name)

@@ -127,7 +127,7 @@ class AdapterShelf:
         cache_key = (canonical, json.dumps(options, sort_keys=True, default=str))
         cached = self._parsed.get(cache_key)
         if cached is None:  # versions never change: their heads and these options parse the same every time
-            heads = [types.SimpleNamespace(key=record.spec.head_key(record.ref, head), task=plugins.get_task(head.task))
+            heads = [types.SimpleNamespace(key=record.spec.head_key(record.ref, head), task=plugins.get_task(head.task, made_by=record.spec.plugins.get(head.task)))
                      for record in [self._records[ref] for ref in canonical] for head in record.spec.head_specs()]
             cached = (tuple(h.key for h in heads), Predictor.options_for(heads, options, backbone=self.model.backbone))
             if len(self._parsed) >= OPTIONS_CACHE:

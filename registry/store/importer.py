@@ -145,7 +145,7 @@ def plan_import(folder: Path, *, task: str, base: str | None = None) -> ImportPl
         if task not in spec.tasks and task != spec.task:
             raise ArtifactError(f"{folder / SPEC_FILE}: the adapter is for task {spec.task!r}, not {task!r}")
         for head_task in spec.tasks:  # every head's task must be one a plugin here provides
-            plugins.get_task(head_task)
+            plugins.get_task(head_task, made_by=spec.plugins.get(head_task))
     else:
         spec = spec_from_config(config, task=task, source=str(folder / ADAPTER_CONFIG), base=base)
     modules = check_lora_shapes(weights, config, tables[ADAPTER_WEIGHTS])
