@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from loradex import (
-    SPLITS, DataError, ImageDataset, TaskData, TensorListDataset, image_size, is_image_file, parse_synthetic,
-    require_folder, seeded_split, synthetic_splits,
+    SPLITS, DataError, ImageDataset, TaskData, TensorListDataset, image_size, is_image_file, paired_files,
+    parse_synthetic, read_class_names, require_folder, seeded_split, synthetic_splits,
 )
 
 IGNORE = 255
@@ -118,25 +118,6 @@ def _from_colours(path: Path, pixels: np.ndarray) -> np.ndarray:
     return np.asarray(indices)[inverse.reshape(-1)].reshape(pixels.shape[:2])
 
 
-def read_classes(path: Path) -> list[str]:
-    """Class names, one per line (index 0 first); a DataError names an empty or duplicated file."""
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not names or len(set(names)) != len(names):
-        raise DataError(f"{path}: needs one class name per line, each once")
-    return names
-
-
-def pair_files(images: list[Path], masks: Path, *, suffix: str = ".png") -> list[tuple[Path, Path]]:
-    """(image, mask) pairs by stem; a DataError names an image without a mask."""
-    pairs = []
-    for image in images:
-        mask = masks / f"{image.stem}{suffix}"
-        if not mask.is_file():
-            raise DataError(f"{image}: no mask {mask.name} in {masks}")
-        pairs.append((image, mask))
-    return pairs
-
-
 def load_segmentation_data(source: str | None, *, transform, image_size: int, seed: int) -> TaskData:
     """``source``: None/``synthetic[:opts]``, an ``images/`` + ``masks/`` folder or a VOC folder."""
     options = parse_synthetic(source, SYNTHETIC)
@@ -180,21 +161,21 @@ def _folders(root: Path, transform, size: int, seed: int) -> TaskData:
     classes = root / "classes.txt"
     if not classes.is_file():
         raise DataError(f"{root}: classes.txt is missing (one class name per line, background first)")
-    labels = read_classes(classes)
+    labels = read_class_names(classes)
     split_dirs = {s: root / "images" / s for s in SPLITS if (root / "images" / s).is_dir()}
     if "train" in split_dirs:
-        splits = {s: pair_files(sorted(p for p in d.iterdir() if is_image_file(p)), root / "masks" / s)
+        splits = {s: paired_files(sorted(p for p in d.iterdir() if is_image_file(p)), root / "masks" / s)
                   for s, d in split_dirs.items()}
         if "val" not in splits:
             splits["train"], splits["val"] = seeded_split(splits["train"], seed)
     else:
-        pairs = pair_files(sorted(p for p in (root / "images").iterdir() if is_image_file(p)), root / "masks")
+        pairs = paired_files(sorted(p for p in (root / "images").iterdir() if is_image_file(p)), root / "masks")
         splits = dict(zip(("train", "val"), seeded_split(pairs, seed)))
     return _task_data(splits, labels, transform, size, f"images/ + masks/ {root}")
 
 
 def _voc(root: Path, transform, size: int, seed: int) -> TaskData:
-    labels = read_classes(root / "classes.txt") if (root / "classes.txt").is_file() else list(VOC_CLASSES)
+    labels = read_class_names(root / "classes.txt") if (root / "classes.txt").is_file() else list(VOC_CLASSES)
     lists = root / "ImageSets" / "Segmentation"
 
     def pairs_of(stems: list[str]) -> list[tuple[Path, Path]]:
@@ -204,7 +185,7 @@ def _voc(root: Path, transform, size: int, seed: int) -> TaskData:
             if not found:
                 raise DataError(f"{lists}: {stem!r} has no image in JPEGImages/")
             images.append(found[0])
-        return pair_files(images, root / "SegmentationClass")
+        return paired_files(images, root / "SegmentationClass")
 
     if (lists / "train.txt").is_file():
         splits = {s: pairs_of((lists / f"{s}.txt").read_text().split()) for s in SPLITS if (lists / f"{s}.txt").is_file()}

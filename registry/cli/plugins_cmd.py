@@ -65,6 +65,15 @@ def tasks_command(as_json: bool) -> None:
     from rich.table import Table
 
     console = Console()
+    if console.width < 120:  # a table of six columns is unreadable here: one block per task, one line per backbone
+        for t in tasks:
+            opts = ", ".join(f"{o['name']}={o['default']}" for o in t["predict_options"]) or "-"
+            console.print(f"[bold]{t['name']}[/bold]  [dim]({t['plugin']})[/dim]\n  {t['description']}\n"
+                          f"  formats: {', '.join(t['formats'])} · metric: {t['primary_metric']} · -o options: {opts}")
+        console.print("\n[bold]backbones[/bold]")
+        for b in backbones:
+            console.print(f"  [bold]{b['name']}[/bold]: {b['description']}")
+        return
     table = Table("task", "plugin", "formats", "metric", "predict options (-o KEY=VALUE)", "description", title="Tasks")
     for t in tasks:
         opts = ", ".join(f"{o['name']}={o['default']}" for o in t["predict_options"]) or "-"
@@ -117,9 +126,11 @@ def install_command(packages: tuple[str, ...], upgrade: bool, editables: tuple[s
     _run_installer("install", args)
     project = _uv_project()
     if project is not None and not dry_run:
-        names = " ".join([*packages, *editables])
+        # a plugin is the project's tool, not its runtime dependency: a dev dependency, local ones editable
+        keep = [f"uv add --dev {' '.join(packages)}"] if packages else []
+        keep += [f"uv add --dev --editable {path}" for path in editables]
         click.echo(f"Note: this environment belongs to the uv project {project}: `uv sync` removes what "
-                   f"`adapters install` added. Keep it with `uv add {names}`.", err=True)
+                   f"`adapters install` added. Keep it with {' and '.join(f'`{k}`' for k in keep)}.", err=True)
 
 
 def _uv_project() -> Path | None:
