@@ -48,3 +48,13 @@ def test_python_api_examples_run_in_order(readme_shelf, capsys):
     out = capsys.readouterr().out
     assert "Did you mean 'classification'?" in out
     assert (readme_shelf / "all-three.png").is_file() and (readme_shelf / "shape0-drawn.png").is_file()
+
+
+def test_the_author_api_list_names_every_export():
+    """Issue 24.4: python-api.md's list missed a dozen public names; now a test keeps it complete."""
+    import loradex
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "python-api.md").read_text()
+    section = text[text.index("## For plugin authors"):]
+    missing = [name for name in loradex._EXPORTS if f"`{name}`" not in section]
+    assert missing == []

@@ -31,6 +31,7 @@ from loradex.core.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time each name is imported on first use
     # (tests/test_packaging.py checks these lines name exactly the exports below)
+    from loradex.registry.cli import cli  # noqa: F401
     from loradex.core.backbone import Backbone, EncoderOutput, LoadedBackbone  # noqa: F401
     from loradex.core.data import (  # noqa: F401
         ImageDataset,
@@ -93,6 +94,7 @@ _EXPORTS: dict[str, str] = {
     "Registry": "loradex.registry.store.registry",
     "Client": "loradex.registry.serve.client",
     "ServeSettings": "loradex.registry.serve.settings",
+    "cli": "loradex.registry.cli",
     # plugin authors
     "Task": "loradex.core.task",
     "TaskData": "loradex.core.task",
