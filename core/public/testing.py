@@ -252,10 +252,20 @@ class TaskContract:
 
         from loradex.core.inference import predict_pil
 
+        from loradex.core.drawing import Canvas
+        from loradex.core.task import Task
+
         model, task, spec = contract["model"], contract["task"], contract["spec"]
         (prediction,) = predict_pil(task, model, [Image.new("RGB", (96, 64), (40, 40, 40))])
         drawn = task.draw(Image.new("RGB", (96, 64), (40, 40, 40)), prediction, spec.head)
         assert isinstance(drawn, Image.Image) and drawn.width >= 96
+        # the drawing contract: a task draws by render() on the shared canvas (so a multi-task drawing
+        # holds its marks); overriding draw() alone leaves it out of every drawing of several tasks
+        assert type(task).draw is Task.draw or type(task).render is not Task.render, \
+            "override render(canvas, ...), not draw(): several tasks share one canvas"
+        canvas = Canvas(Image.new("RGB", (96, 64), (40, 40, 40)))
+        task.render(canvas, prediction, spec.head, colour=(255, 0, 255))  # on a canvas another task shares
+        assert isinstance(canvas.finish(), Image.Image)
 
     def test_prediction_options_have_defaults(self, contract):
         """``predict_options`` is a dataclass whose defaults parse; an unknown option is refused."""

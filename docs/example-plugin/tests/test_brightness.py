@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from loradex.registry.cli import cli
+from loradex import cli
 from loradex.testing import TaskContract, loradex_home  # noqa: F401 - a fixture
 
 
