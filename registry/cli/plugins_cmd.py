@@ -31,12 +31,23 @@ def plugins_command(show_all: bool, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "package", "hooks", "status")
+    console = Console()
+    if not infos:
+        console.print("No plugins installed. (--all shows the built-in ones.)")
+        return
+    rows = []
     for info in infos:
-        package = f"{info.package} {info.version}" if info.package else ("built-in" if info.builtin else "")
+        package = " ".join(filter(None, (info.package, info.version, "(built-in)" if info.builtin else "")))
         status = f"[red]failed: {info.error}[/red]" if info.error else "[green]ok[/green]"
-        table.add_row(info.name, package, ", ".join(info.hooks), status)
-    Console().print(table if infos else "No plugins installed. (--all shows the built-in ones.)")
+        rows.append((info.name, package, ", ".join(info.hooks), status))
+    if console.width < 120:  # one block per plugin: a failure's reason stays readable
+        for name, package, hooks, status in rows:
+            console.print(f"[bold]{name}[/bold]  {package}\n  hooks: {hooks or '-'}\n  {status}")
+        return
+    table = Table("name", "package", "hooks", "status")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @click.command(name="tasks")
