@@ -163,3 +163,39 @@ def test_an_rgb_voc_mask_with_an_unknown_colour_is_named(tmp_path):
     Image.fromarray(pixels, "RGB").save(path)
     with pytest.raises(DataError, match=r"ok\.png: colour \(1, 2, 3\) is not a class colour of the VOC palette"):
         read_mask(path, 21, palette=True)
+
+
+def test_coco_polygons_and_rle_become_semantic_masks(tmp_path):
+    """Issue 24.1: COCO instance annotations (a polygon, an RLE, a crowd) painted into class masks."""
+    from pycocotools import mask as mask_utils
+
+    from loradex.core import plugins
+    from loradex.core.errors import DataError
+
+    images, annotations = [], []
+    for index in range(5):
+        Image.new("RGB", (64, 48), (90, 90, 90)).save(tmp_path / f"{index}.png")
+        images.append({"id": index + 1, "file_name": f"{index}.png", "width": 64, "height": 48})
+        annotations.append({"id": 10 * index + 1, "image_id": index + 1, "category_id": 7, "iscrowd": 0,
+                            "segmentation": [[4, 4, 30, 4, 30, 30, 4, 30]], "area": 676, "bbox": [4, 4, 26, 26]})
+        square = np.zeros((48, 64), dtype=np.uint8, order="F")
+        square[20:40, 40:60] = 1
+        rle = mask_utils.encode(square)
+        rle["counts"] = rle["counts"].decode()
+        annotations.append({"id": 10 * index + 2, "image_id": index + 1, "category_id": 9, "iscrowd": 0,
+                            "segmentation": rle, "area": 400, "bbox": [40, 20, 20, 20]})
+    data = {"images": images, "annotations": annotations,
+            "categories": [{"id": 7, "name": "cat"}, {"id": 9, "name": "dog"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    task = plugins.get_task("segmentation")
+    loaded = task.read_data(str(tmp_path / "instances.json"), backbone=backbone, image_size=64)
+    assert loaded.head_config["labels"] == ["background", "cat", "dog"]
+    _, mask = loaded.train[0]
+    assert set(mask.unique().tolist()) == {0, 1, 2}
+    assert mask[int(12 * 64 / 48), 10] == 1 and mask[int(30 * 64 / 48), 50] == 2  # (row, col) at 64x64
+    data["annotations"][0]["category_id"] = 3
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"instances\.json: annotation 1 has category id 3, which 'categories' does "
+                                        r"not declare"):
+        task.read_data(str(tmp_path / "instances.json"), backbone=backbone, image_size=64)

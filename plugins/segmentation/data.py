@@ -1,4 +1,4 @@
-"""Segmentation data: synthetic shapes with masks, ``images/`` + ``masks/`` folders, Pascal VOC folders.
+"""Segmentation data: synthetic shapes with masks, ``images/`` + ``masks/`` folders, Pascal VOC folders, COCO.
 
 - ``synthetic[:train=N,val=N,test=N,seed=N]``: shapes (circle, square, triangle) on noisy
   backgrounds; the mask holds each pixel's class (0 = background).
@@ -7,7 +7,9 @@
   80/20 with the seed unless ``images/{train,val}`` and ``masks/{train,val}`` exist;
 - a Pascal VOC folder: ``JPEGImages/``, ``SegmentationClass/`` palette PNGs (the palette index
   is the class, 255 = the ignored border) and ``ImageSets/Segmentation/{train,val}.txt``; class
-  names from ``classes.txt`` if present, else VOC's 21.
+  names from ``classes.txt`` if present, else VOC's 21;
+- a COCO instances ``.json`` (polygons or RLE, images beside it or in ``images/``): each image's
+  objects painted into one mask (class = category, background 0, crowds ignored), split 80/20.
 
 Checked when read, each a DataError naming the file: a mask whose size differs from its image, a
 class index with no name, a mask missing for an image, an RGB mask colour that is not in the palette.
@@ -123,13 +125,15 @@ def load_segmentation_data(source: str | None, *, transform, image_size: int, se
     options = parse_synthetic(source, SYNTHETIC)
     if options is not None:
         return synthetic_data(transform=transform, size=image_size, **options)
+    if str(source).lower().endswith(".json"):
+        return _coco(Path(source).expanduser(), transform, image_size, seed)
     root = require_folder(source)
     if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
         return _voc(root, transform, image_size, seed)
     if (root / "images").is_dir() and (root / "masks").is_dir():
         return _folders(root, transform, image_size, seed)
-    raise DataError(f"{root}: not segmentation data: expected images/ + masks/ (with classes.txt) or a VOC folder "
-                    "(JPEGImages/, SegmentationClass/)")
+    raise DataError(f"{root}: not segmentation data: expected images/ + masks/ (with classes.txt), a VOC folder "
+                    "(JPEGImages/, SegmentationClass/) or a COCO instances .json")
 
 
 def synthetic_data(*, transform, size: int, train: int, val: int, test: int, seed: int) -> TaskData:
@@ -195,6 +199,66 @@ def _voc(root: Path, transform, size: int, seed: int) -> TaskData:
         stems = sorted(p.stem for p in (root / "SegmentationClass").glob("*.png"))
         splits = dict(zip(("train", "val"), seeded_split(pairs_of(stems), seed)))
     return _task_data(splits, labels, transform, size, f"VOC {root}", palette=True)
+
+
+class CocoMasks:
+    """Semantic masks painted from COCO instance annotations (polygons or RLE), at the training size."""
+
+    def __init__(self, masks: list[np.ndarray]) -> None:
+        self.masks = masks
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        return torch.from_numpy(self.masks[index].astype(np.int64))
+
+
+def _coco(path: Path, transform, size: int, seed: int) -> TaskData:
+    """A COCO instances file: each image's objects painted into one mask (class = category; crowds ignored)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    if not path.is_file():
+        raise DataError(f"{path}: data file does not exist")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(path))
+    except (ValueError, KeyError, TypeError, RecursionError, AssertionError) as exc:
+        raise DataError(f"{path}: not a readable COCO instances file ({type(exc).__name__}: {exc})") from None
+    ids = sorted(coco.getCatIds())
+    labels = ["background", *(coco.cats[i]["name"] for i in ids)]
+    index_of = {cid: k + 1 for k, cid in enumerate(ids)}
+    items = []
+    for image_id in sorted(coco.getImgIds()):
+        info = coco.imgs[image_id]
+        image = next((p for p in (path.parent / info["file_name"], path.parent / "images" / info["file_name"])
+                      if p.is_file()), None)
+        if image is None:
+            raise DataError(f"{path}: image {info['file_name']!r} is not beside it or in images/")
+        mask = np.zeros((int(info["height"]), int(info["width"])), dtype=np.uint8)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])):
+            if ann.get("category_id") not in index_of:
+                raise DataError(f"{path}: annotation {ann.get('id')} has category id {ann.get('category_id')!r}, "
+                                "which 'categories' does not declare")
+            try:
+                pixels = coco.annToMask(ann).astype(bool)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise DataError(f"{path}: annotation {ann.get('id')}: unreadable segmentation ({exc})") from None
+            mask[pixels] = IGNORE if ann.get("iscrowd") else index_of[ann["category_id"]]
+        items.append((image, np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))))
+    if not items:
+        raise DataError(f"{path}: holds no images")
+    splits = dict(zip(("train", "val"), seeded_split(items, seed)))
+    sets = {s: ImageDataset([i for i, _ in chosen], CocoMasks([m for _, m in chosen]), transform)
+            for s, chosen in splits.items() if chosen}
+    return TaskData(train=sets.get("train"), val=sets.get("val"), head_config={"labels": labels},
+                    description=f"COCO {path}: {len(labels)} classes, {len(splits['train'])}/{len(splits['val'])}/0 "
+                                "train/val/test images")
 
 
 def _task_data(splits, labels, transform, size, what: str, *, palette: bool = False) -> TaskData:
