@@ -93,5 +93,4 @@ def build_model(task: Task, backbone: LoadedBackbone, spec: AdapterSpec, *, adap
 
 def new_head(task: Task, backbone: LoadedBackbone, spec: AdapterSpec) -> nn.Module:
     """The task's head for this backbone's hidden size and the spec's patch grid."""
-    return task.build_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(spec.image_size),
-                           head_config=spec.head)
+    return task.head_for(backbone, head_config=spec.head, image_size=spec.image_size)

@@ -287,8 +287,7 @@ class MultiTaskModel(nn.Module):
         raise NotFoundError(f"{ref!r} is not attached.{suggest(ref, self._adapters)} Attached: {attached}")
 
     def _load_head(self, task: Task, head_spec: HeadSpec, path: Path) -> nn.Module:
-        head = task.build_head(hidden_size=self.backbone.hidden_size,
-                               grid_size=self.backbone.grid_at(head_spec.image_size), head_config=head_spec.config)
+        head = task.head_for(self.backbone, head_config=head_spec.config, image_size=head_spec.image_size)
         try:
             head.load_state_dict(load_weights(path))
         except RuntimeError as exc:

@@ -63,6 +63,26 @@ class MetricAccumulator(abc.ABC):
 
 
 @dataclass(frozen=True)
+class HeadContext:
+    """What a head is built for, passed to ``build_head(..., context=...)`` when it takes it.
+
+    A per-pixel head needs the input size and the grid's stride instead of storing the image
+    size in its spec a second time.
+    """
+
+    image_size: int
+    """Input pixels (square) the head reads features of."""
+    grid_size: tuple[int, int]
+    """(rows, cols) of ``EncoderOutput.patches`` at that size."""
+    stride: int
+    """Input pixels per grid cell (a ViT's patch size, a CNN's total stride)."""
+    hidden_size: int
+    """Width of ``patches`` and ``cls``."""
+    convolutional: bool = False
+    """Whether the base is a CNN (its grid is a feature map, not patch tokens)."""
+
+
+@dataclass(frozen=True)
 class HeadCode:
     """How to rebuild a task's head without loradex: a torch-only source file, a class and its arguments.
 
@@ -182,6 +202,19 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> nn.Module:
         """The task head: an ``nn.Module`` mapping :class:`EncoderOutput` to raw outputs."""
+
+    def head_for(self, backbone: Any, *, head_config: Mapping[str, Any], image_size: int) -> nn.Module:
+        """:meth:`build_head` for ``backbone`` at ``image_size``; a ``build_head`` that takes ``context``
+        also gets the :class:`HeadContext` (what every caller uses, so old plugins keep working)."""
+        import inspect
+
+        grid = backbone.grid_at(image_size)
+        options: dict[str, Any] = {}
+        if "context" in inspect.signature(self.build_head).parameters:
+            options["context"] = HeadContext(image_size=image_size, grid_size=grid, stride=backbone.patch_size,
+                                             hidden_size=backbone.hidden_size,
+                                             convolutional=bool(getattr(backbone, "is_convolutional", False)))
+        return self.build_head(hidden_size=backbone.hidden_size, grid_size=grid, head_config=head_config, **options)
 
     def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode | None:
         """The head as torch-only code (for ``adapters export --merged``); None if the task has none."""

@@ -199,3 +199,25 @@ def test_coco_polygons_and_rle_become_semantic_masks(tmp_path):
     with pytest.raises(DataError, match=r"instances\.json: annotation 1 has category id 3, which 'categories' does "
                                         r"not declare"):
         task.read_data(str(tmp_path / "instances.json"), backbone=backbone, image_size=64)
+
+
+def test_a_head_that_asks_for_its_context_gets_it_and_old_heads_need_nothing():
+    """Issue 24.2: build_head gets a HeadContext (input size, grid, stride, width) when it takes one."""
+    from loradex import ConfigError, HeadContext
+    from loradex.core import plugins
+    from loradex.plugins.segmentation.task import SegmentationTask
+
+    seen = {}
+
+    class Probe(SegmentationTask):
+        def build_head(self, *, hidden_size, grid_size, head_config, context=None):
+            seen["context"] = context
+            return super().build_head(hidden_size=hidden_size, grid_size=grid_size, head_config=head_config,
+                                      context=context)
+
+    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    Probe().head_for(backbone, head_config={"labels": ["a", "b"], "upsample": 2}, image_size=96)
+    assert seen["context"] == HeadContext(image_size=96, grid_size=(12, 12), stride=8, hidden_size=192)
+    with pytest.raises(ConfigError, match="upsample 4 makes maps finer than the input: this base has 8 pixels"):
+        Probe().head_for(backbone, head_config={"labels": ["a", "b"], "upsample": 4}, image_size=64)
+    plugins.get_task("classification").head_for(backbone, head_config={"labels": ["a", "b"]}, image_size=64)

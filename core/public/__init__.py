@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name i
     from loradex.core.task import (  # noqa: F401
         EvalResult,
         HeadCode,
+        HeadContext,
         ImageTransform,
         MetricAccumulator,
         NoOptions,
@@ -131,6 +132,7 @@ _EXPORTS: dict[str, str] = {
     "plot_bars": "loradex.core.plots",
     "plot_confusion_matrix": "loradex.core.plots",
     "HeadCode": "loradex.core.task",
+    "HeadContext": "loradex.core.task",
     "TrainingDivergedError": "loradex.core.errors",
     # errors
     "LoradexError": "loradex.core.errors",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from loradex import (
-    ConfigError, EvalResult, HeadCode, LoraSettings, MetricAccumulator, Task, TaskData, TrainSettings, colour_for,
+    ConfigError, EvalResult, HeadCode, HeadContext, LoraSettings, MetricAccumulator, Task, TaskData, TrainSettings, colour_for,
     option_help,
     plot_bars, plot_confusion_matrix,
 )
@@ -129,11 +129,16 @@ class SegmentationTask(Task):
         return {"hidden_size": hidden_size, "num_classes": len(labels), "channels": int(head_config.get("channels", 64)),
                 "upsample": int(head_config.get("upsample", 2))}
 
-    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
-        """A per-pixel decoder at 2^upsample times the patch grid."""
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
+                   context: HeadContext | None = None):
+        """A per-pixel decoder at 2^upsample times the patch grid (finer than the input is refused)."""
         from .head import SegmentationHead
 
-        return SegmentationHead(**self._kwargs(hidden_size, head_config))
+        kwargs = self._kwargs(hidden_size, head_config)
+        if context is not None and context.stride < 2 ** kwargs["upsample"]:
+            raise ConfigError(f"upsample {kwargs['upsample']} makes maps finer than the input: this base has "
+                              f"{context.stride} pixels per grid cell (use upsample <= {context.stride.bit_length() - 1})")
+        return SegmentationHead(**kwargs)
 
     def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode:
         """:class:`SegmentationHead` (head.py imports torch only)."""

@@ -125,8 +125,8 @@ def _check_heads(folder: Path, spec: Any, backbone: Any) -> None:
         if not head.config or not path.is_file():
             continue
         try:
-            module = plugins.get_task(head.task, made_by=spec.plugins.get(head.task)).build_head(
-                hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size), head_config=head.config)
+            module = plugins.get_task(head.task, made_by=spec.plugins.get(head.task)).head_for(
+                backbone, head_config=head.config, image_size=head.image_size)
         except LoradexError as exc:
             raise ArtifactError(f"{folder}: loradex.json head {head.name!r}: {exc}") from None
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
