@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name i
         seeded_split,
         synthetic_splits,
     )
+    from loradex.core.data.boxes import BoxAnnotation  # noqa: F401
+    from loradex.core.data.coco import read_coco_boxes  # noqa: F401
     from loradex.core.drawing import Canvas, colour_for  # noqa: F401
     from loradex.core.errors import (  # noqa: F401
         ArtifactError,
@@ -126,6 +128,8 @@ _EXPORTS: dict[str, str] = {
     "image_size": "loradex.core.data",
     "SPLITS": "loradex.core.data",
     "paired_files": "loradex.core.data",
+    "read_coco_boxes": "loradex.core.data.coco",
+    "BoxAnnotation": "loradex.core.data.boxes",
     "read_class_names": "loradex.core.data",
     "ClassificationMetrics": "loradex.core.metrics",
     "figure": "loradex.core.plots",
