@@ -119,11 +119,16 @@ def write_adapter(
     return folder
 
 
+def spec_bytes(spec: AdapterSpec) -> bytes:
+    """The bytes of ``loradex.json`` for ``spec`` (the one place they are made)."""
+    return spec.to_json().encode("utf-8")
+
+
 def describing_files(spec: AdapterSpec, *, metrics: Mapping[str, float] | None = None, card: str | None = None,
                      name: str | None = None) -> dict[str, bytes]:
     """The bytes of ``loradex.json``, ``metrics.json`` and ``README.md`` for ``spec`` (what
     :func:`write_adapter` writes, and what the registry stores for a folder that lacks them)."""
-    return {SPEC_FILE: spec.to_json().encode("utf-8"),
+    return {SPEC_FILE: spec_bytes(spec),
             METRICS_FILE: (json.dumps(dict(metrics or {}), indent=2, sort_keys=True) + "\n").encode("utf-8"),
             CARD_FILE: (card if card is not None else model_card(spec, metrics or {}, name=name)).encode("utf-8")}
 

@@ -272,12 +272,17 @@ def test_seeded_runs_give_the_same_losses_and_metrics_every_epoch_with_workers_a
             folder.mkdir(parents=True, exist_ok=True)
             single_shape_image(5, index + (0 if split == "train" else 1000), 80, index % len(SHAPES)).save(
                 folder / f"{index}.png")
-    outcomes = {}
+    outcomes, said = {}, {}
     for name, extra in (("plain", {"workers": 0}), ("workers", {"workers": 2}), ("ram", {"cache": "ram"}),
                         ("disk", {"cache": "disk", "workers": 1})):
         request = TrainRequest(task="classification", data=str(root), project=tmp_path / "runs", run_name=name,
                                train={"epochs": 3, "batch_size": 8, **extra})
-        outcomes[name] = train_adapter(request, progress=False, say=lambda line: None)
+        said[name] = []
+        outcomes[name] = train_adapter(request, progress=False, say=said[name].append)
+    # the caches really served the pixels (an unused cache would make the equality below trivially true)
+    for name, where in (("ram", ("of RAM",)), ("disk", ("of disk", "reusing"))):
+        assert any(line.startswith("cache: ") and any(w in line for w in where) for line in said[name]), said[name]
+    assert not any(line.startswith("cache:") for line in said["plain"] + said["workers"])
     losses = {name: [x for e in o.result.history for x in (e.train_loss, e.val_loss)] for name, o in outcomes.items()}
     assert len(losses["plain"]) == 6
     for name in ("workers", "ram", "disk"):

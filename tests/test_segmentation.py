@@ -221,3 +221,14 @@ def test_a_head_that_asks_for_its_context_gets_it_and_old_heads_need_nothing():
     with pytest.raises(ConfigError, match="upsample 4 makes maps finer than the input: this base has 8 pixels"):
         Probe().head_for(backbone, head_config={"labels": ["a", "b"], "upsample": 4}, image_size=64)
     plugins.get_task("classification").head_for(backbone, head_config={"labels": ["a", "b"]}, image_size=64)
+
+
+def test_canvas_mask_blends_the_labelled_pixels_only():
+    """Canvas.mask (issue 24.2): labels with a colour are blended by alpha, others are left as they are."""
+    from loradex import Canvas
+
+    canvas = Canvas(Image.new("RGB", (4, 2), (100, 100, 100)), min_side=2)
+    canvas.mask(np.array([[0, 1, 1, 2], [0, 0, 2, 2]]), colours={1: (200, 0, 0)}, alpha=0.5)
+    pixels = np.asarray(canvas.finish())
+    assert tuple(pixels[0, 1]) == (150, 50, 50) and tuple(pixels[0, 0]) == (100, 100, 100)
+    assert tuple(pixels[1, 3]) == (100, 100, 100)  # label 2 has no colour

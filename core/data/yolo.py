@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 from ..errors import DataError
+from .annotations import read_class_names
 from .boxes import BoxAnnotation
 from .images import IMAGE_EXTENSIONS, image_size, is_image_file
 from .splits import SPLIT_ALIASES, SPLITS, find_split_folders
@@ -72,10 +73,7 @@ def read_names(root: Path) -> tuple[list[str], str]:
     for name in NAME_FILES:
         path = root / name
         if path.is_file():
-            names = [line.strip() for line in _text(path).splitlines() if line.strip()]
-            if not names:
-                raise DataError(f"{path}: lists no class names")
-            return names, str(path)
+            return read_class_names(path), str(path)
     raise DataError(f"{root}: no class names: add data.yaml with 'names: [...]' or classes.txt (one name a line)")
 
 

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import NamedTuple
 from xml.etree import ElementTree
 
-from loradex.core.data import IMAGE_EXTENSIONS, SPLITS, find_in, find_split_folders, image_size, seeded_split
+from loradex.core.data import (
+    IMAGE_EXTENSIONS, SPLITS, find_in, find_split_folders, image_size, read_class_names, seeded_split,
+)
 from loradex.core.errors import DataError
 from loradex.core.task import ImageTransform, TaskData
 
@@ -48,16 +50,7 @@ def read_names(root: Path) -> tuple[list[str] | None, str]:
     for name in NAME_FILES:
         path = root / name
         if path.is_file():
-            try:
-                names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            except (OSError, UnicodeDecodeError) as exc:
-                raise DataError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
-            if not names:
-                raise DataError(f"{path}: lists no class names (one per line)")
-            duplicate = next((n for i, n in enumerate(names) if n in names[:i]), None)
-            if duplicate is not None:
-                raise DataError(f"{path}: class {duplicate!r} is listed twice")
-            return names, str(path)
+            return read_class_names(path), str(path)
     return None, "the training annotations"
 
 

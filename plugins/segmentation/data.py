@@ -17,6 +17,7 @@ class index with no name, a mask missing for an image, an RGB mask colour that i
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,8 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "tvmonitor")
 
 
-def voc_palette() -> list[tuple[int, int, int]]:
+@functools.lru_cache(maxsize=1)
+def voc_palette() -> tuple[tuple[int, int, int], ...]:
     """The 256 colours of VOC's label PNGs (class i's colour is palette[i])."""
     colours = []
     for index in range(256):
@@ -46,7 +48,7 @@ def voc_palette() -> list[tuple[int, int, int]]:
             r, g, b = r | ((c >> 0) & 1) << shift, g | ((c >> 1) & 1) << shift, b | ((c >> 2) & 1) << shift
             c >>= 3
         colours.append((r, g, b))
-    return colours
+    return tuple(colours)
 
 
 def shapes_scene(seed: int, index: int, size: int) -> tuple[Image.Image, np.ndarray]:
@@ -108,8 +110,13 @@ def read_mask(path: Path, num_classes: int, *, palette: bool = False) -> np.ndar
     return mask.astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=1)
+def _palette_index() -> dict[tuple[int, int, int], int]:
+    return {colour: index for index, colour in enumerate(voc_palette())}
+
+
 def _from_colours(path: Path, pixels: np.ndarray) -> np.ndarray:
-    lookup = {colour: index for index, colour in enumerate(voc_palette())}
+    lookup = _palette_index()  # built once, not for every mask of every epoch
     flat = pixels.reshape(-1, 3)
     colours, inverse = np.unique(flat, axis=0, return_inverse=True)
     indices = []

@@ -40,6 +40,7 @@ from loradex.core.artifact import (
     check_complete,
     check_fingerprint,
     describing_files,
+    spec_bytes,
     read_metrics,
 )
 from loradex.core.errors import (
@@ -341,7 +342,7 @@ class Registry:
         plan = plan_import(path, task=task, base=base)
         sources: dict[str, Path | bytes] = dict(plan.files)
         if SPEC_FILE not in sources:  # a plain PEFT folder: the spec worked out from its config
-            sources[SPEC_FILE] = describing_files(plan.spec)[SPEC_FILE]
+            sources[SPEC_FILE] = spec_bytes(plan.spec)
         source = {"imported_from": str(path.resolve())} if kind == "imported" else {}  # a pull records its origin
         record_args = {**source, **({"import_note": plan.note} if plan.note else {}),
                        **dict(args or {})}
