@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -29,12 +29,30 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EncoderOutput:
-    """What every head receives: a global token and the patch grid."""
+    """What every head receives: a global token, the patch grid and, where the base has them, finer maps."""
 
     cls: torch.Tensor
     """(B, D): the CLS token, or the mean patch token for encoders without one."""
     patches: torch.Tensor
-    """(B, h, w, D): patch tokens laid out on the image grid."""
+    """(B, h, w, D): patch tokens (or a CNN's last feature map) laid out on the image grid."""
+    levels: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    """Feature maps finer than ``patches``, by stride: ``{8: (B, H/8, W/8, C8), 16: ...}`` (a CNN's
+    stage outputs, :attr:`LoadedBackbone.feature_levels`); empty on bases without a pyramid."""
+
+    def select(self, rows: torch.Tensor) -> EncoderOutput:
+        """The features of the batch rows at ``rows`` (a 1-D index tensor)."""
+        return EncoderOutput(cls=self.cls.index_select(0, rows), patches=self.patches.index_select(0, rows),
+                             levels={s: m.index_select(0, rows) for s, m in self.levels.items()})
+
+    @classmethod
+    def concat(cls, parts: Sequence[EncoderOutput]) -> EncoderOutput:
+        """The features of several batches, one after the other."""
+        import torch
+
+        if len(parts) == 1:
+            return parts[0]
+        return cls(cls=torch.cat([p.cls for p in parts]), patches=torch.cat([p.patches for p in parts]),
+                   levels={s: torch.cat([p.levels[s] for p in parts]) for s in parts[0].levels})
 
 
 @runtime_checkable
@@ -132,6 +150,9 @@ class LoadedBackbone:
     drawn from a seed; tasks pick other defaults for learned features (``Task.pretrained_defaults``)."""
     default_targets: tuple[str, ...] = ()
     """The LoRA targets measured best for this base; empty: the task's own default targets."""
+    feature_levels: dict[int, int] = field(default_factory=dict)
+    """Stride → channels of the maps finer than the grid that :meth:`encode` gives in
+    :attr:`EncoderOutput.levels` (a CNN's stride-8 and stride-16 stages); empty: the grid only."""
     _transforms: dict[int, Callable] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod

@@ -336,9 +336,7 @@ class MultiTaskModel(nn.Module):
                 else:  # PEFT's adapter_names path refuses DoRA: one adapter at a time, as PEFT does it
                     for seg in chunk:
                         parts.append(self._peft_encode(rows[seg.start:seg.stop], seg.adapter))
-        if len(parts) == 1:
-            return parts[0]
-        return EncoderOutput(cls=torch.cat([p.cls for p in parts]), patches=torch.cat([p.patches for p in parts]))
+        return EncoderOutput.concat(parts)
 
     def _peft_encode(self, rows: torch.Tensor, lora: str | None) -> EncoderOutput:
         if lora is None:

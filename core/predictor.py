@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .backbone import EncoderOutput
+
 from .devices import available_cpus
 from .errors import ConfigError, DataError, NotFoundError, suggest
 from .inputs import ImageInput, check_readable, image_inputs
@@ -161,8 +161,7 @@ class Predictor:
                 position = {job: segment.start + k for k, job in enumerate(rows_of[head.lora])}
                 for options, members in self._option_groups(jobs, head):
                     rows = torch.tensor([position[i] for i in members], device=features.cls.device)
-                    picked = EncoderOutput(cls=features.cls.index_select(0, rows),
-                                           patches=features.patches.index_select(0, rows))
+                    picked = features.select(rows)
                     with torch.inference_mode():
                         outputs = head.module(picked)
                     self._keep(out, jobs, head, members, options, outputs)

@@ -80,6 +80,15 @@ class HeadContext:
     """Width of ``patches`` and ``cls``."""
     convolutional: bool = False
     """Whether the base is a CNN (its grid is a feature map, not patch tokens)."""
+    levels: Mapping[int, int] = field(default_factory=dict)
+    """Stride → width of the finer maps the base gives in ``EncoderOutput.levels`` (empty: none)."""
+
+    @classmethod
+    def of(cls, backbone: Any, image_size: int) -> HeadContext:
+        """The context of ``backbone`` at ``image_size`` pixels."""
+        return cls(image_size=image_size, grid_size=backbone.grid_at(image_size), stride=backbone.patch_size,
+                   hidden_size=backbone.hidden_size, convolutional=bool(getattr(backbone, "is_convolutional", False)),
+                   levels=dict(getattr(backbone, "feature_levels", {}) or {}))
 
 
 @dataclass(frozen=True)
@@ -206,19 +215,24 @@ class Task(abc.ABC):
     def head_for(self, backbone: Any, *, head_config: Mapping[str, Any], image_size: int) -> nn.Module:
         """:meth:`build_head` for ``backbone`` at ``image_size``; a ``build_head`` that takes ``context``
         also gets the :class:`HeadContext` (what every caller uses, so old plugins keep working)."""
-        import inspect
+        return self.build_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(image_size),
+                               head_config=head_config, **_context_for(self.build_head, backbone, image_size))
 
-        grid = backbone.grid_at(image_size)
-        options: dict[str, Any] = {}
-        if "context" in inspect.signature(self.build_head).parameters:
-            options["context"] = HeadContext(image_size=image_size, grid_size=grid, stride=backbone.patch_size,
-                                             hidden_size=backbone.hidden_size,
-                                             convolutional=bool(getattr(backbone, "is_convolutional", False)))
-        return self.build_head(hidden_size=backbone.hidden_size, grid_size=grid, head_config=head_config, **options)
+    def head_defaults(self, context: HeadContext) -> dict[str, Any]:
+        """Head settings that depend on the base (which feature levels to read), recorded in each new
+        spec over :meth:`default_head`; options the user gives win. Default: none."""
+        return {}
 
     def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode | None:
-        """The head as torch-only code (for ``adapters export --merged``); None if the task has none."""
+        """The head as torch-only code (for ``adapters export --merged``); None if the task has none.
+
+        Like :meth:`build_head`, it gets the :class:`HeadContext` when it takes a ``context`` parameter."""
         return None
+
+    def export_for(self, backbone: Any, *, head_config: Mapping[str, Any], image_size: int) -> HeadCode | None:
+        """:meth:`export_head` for ``backbone`` at ``image_size`` (with the context where it takes one)."""
+        return self.export_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(image_size),
+                                head_config=head_config, **_context_for(self.export_head, backbone, image_size))
 
     def merge_heads(self, states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
                     head_config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -382,3 +396,12 @@ def _convert(value: Any, hint: Any, *, owner: str, key: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{owner}: option {key!r} must be a finite number, got {value!r}")
     return value
+
+
+def _context_for(method: Callable[..., Any], backbone: Any, image_size: int) -> dict[str, Any]:
+    """``{"context": HeadContext}`` when ``method`` takes one (old plugins' methods do not)."""
+    import inspect
+
+    if "context" in inspect.signature(method).parameters:
+        return {"context": HeadContext.of(backbone, image_size)}
+    return {}

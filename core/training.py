@@ -22,7 +22,7 @@ from .inference import draw_samples
 from .runs import check_run_location, new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
 from .errors import ConfigError
 from .spec import RUNTIME_FIELDS, AdapterSpec, LoraSettings, RuntimeSettings, TrainSettings, settings_from_mapping
-from .task import Task, TaskData
+from .task import HeadContext, Task, TaskData
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,13 +133,15 @@ def build_spec(
     lora: LoraSettings, train: TrainSettings,
 ) -> AdapterSpec:
     """The spec of the adapter to train, with LoRA targets resolved on ``backbone``."""
+    image_size = train.image_size or backbone.image_size
     return AdapterSpec(
         task=task.name,
         backbone=backbone.ref,
         lora=dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets)),
-        head={**task.default_head(), **_fitted_defaults(task, backbone)["head"], **data.head_config, **request.head},
+        head={**task.default_head(), **task.head_defaults(HeadContext.of(backbone, image_size)),
+              **_fitted_defaults(task, backbone)["head"], **data.head_config, **request.head},
         train=train,
-        image_size=train.image_size or backbone.image_size,
+        image_size=image_size,
         plugins={task.name: made_by} if (made_by := plugins.provider(task.name)) else {},
     )
 

@@ -218,7 +218,7 @@ def test_a_head_that_asks_for_its_context_gets_it_and_old_heads_need_nothing():
     backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
     Probe().head_for(backbone, head_config={"labels": ["a", "b"], "upsample": 2}, image_size=96)
     assert seen["context"] == HeadContext(image_size=96, grid_size=(12, 12), stride=8, hidden_size=192)
-    with pytest.raises(ConfigError, match="upsample 4 makes maps finer than the input: this base has 8 pixels"):
+    with pytest.raises(ConfigError, match="upsample 4 makes maps finer than the input: the finest map has 8 pixels"):
         Probe().head_for(backbone, head_config={"labels": ["a", "b"], "upsample": 4}, image_size=64)
     plugins.get_task("classification").head_for(backbone, head_config={"labels": ["a", "b"]}, image_size=64)
 

@@ -57,6 +57,35 @@ def test_cnn_folder_loads_with_pointwise_targets_and_a_feature_grid(cnn_folder):
         backbone.check_image_size(48)
 
 
+def test_a_cnn_offers_its_stride_8_and_16_stages_as_levels_and_a_vit_none(cnn_folder, vit_folder):
+    """Issue 24/25.1: a CNN's finer stage outputs reach the heads (the deepest stage at each stride),
+    measured on the model so a dilated base counts; the last map and pooled vector are unchanged."""
+    backbone = plugins.resolve_backbone(str(cnn_folder)).load(str(cnn_folder))
+    assert sorted(backbone.feature_levels) == [8, 16]
+    pixels = torch.randn(2, 3, 64, 64)
+    features = backbone.encode(backbone.model, pixels)
+    for stride, width in backbone.feature_levels.items():
+        assert features.levels[stride].shape == (2, 64 // stride, 64 // stride, width)
+    plain = backbone.model(pixel_values=pixels)  # without hidden states: the same last map and pooled vector
+    torch.testing.assert_close(features.patches, plain.last_hidden_state.permute(0, 2, 3, 1))
+    torch.testing.assert_close(features.cls, plain.pooler_output)
+    rows = features.select(torch.tensor([1]))
+    assert rows.levels[8].shape[0] == 1 and torch.equal(rows.levels[8][0], features.levels[8][1])
+    both = type(features).concat([rows, rows])
+    assert both.levels[16].shape[0] == 2 and both.patches.shape[0] == 2
+    vit = plugins.resolve_backbone(str(vit_folder)).load(str(vit_folder))
+    assert vit.feature_levels == {} and vit.encode(vit.model, torch.randn(1, 3, 32, 32)).levels == {}
+
+
+def test_a_segmentation_head_asks_for_levels_the_base_lacks_in_one_line(vit_folder):
+    from loradex import ConfigError
+
+    vit = plugins.resolve_backbone(str(vit_folder)).load(str(vit_folder))
+    with pytest.raises(ConfigError, match="head levels: this base has no stride-8 map \\(it offers: none\\)"):
+        plugins.get_task("segmentation").head_for(vit, head_config={"labels": ["a", "b"], "levels": [8]},
+                                                  image_size=32)
+
+
 def test_vit_folder_maps_fused_qkv(vit_folder):
     backbone = plugins.resolve_backbone(str(vit_folder)).load(str(vit_folder))
     assert backbone.default_targets == ("attn.qkv", "attn.o", "mlp.in", "mlp.out")
@@ -152,8 +181,9 @@ def test_train_predict_merge_compress_export_on_a_cnn(cnn_folder, tmp_path):
 def test_merged_export_runs_as_its_readme_says_on_every_timm_base_kind(kind, cnn_folder, vit_folder, tmp_path,
                                                                       monkeypatch):
     """Issue 22.17: the README loader of an efficientnet-lite0 export failed (a CNN's feature map read
-    as tokens) and the folder had no preprocessor config. A classifier (pooled vector) and a detector
-    (feature grid) merged, exported, run by the README alone, equal to loradex on a real image."""
+    as tokens) and the folder had no preprocessor config. A classifier (pooled vector), a detector
+    (feature grid) and a segmenter (on a CNN: the grid and the stride-8/16 levels, issue 24) merged,
+    exported, run by the README alone, equal to loradex on a real image."""
     from click.testing import CliRunner
     from PIL import Image
 
@@ -172,12 +202,12 @@ def test_merged_export_runs_as_its_readme_says_on_every_timm_base_kind(kind, cnn
     size = backbone.image_size if kind != "cnn" else 64
     targets = ",".join(backbone.default_targets)
     with Registry.open() as registry:
-        for task, seed in (("classification", 1), ("detection", 2)):
+        for task, seed in (("classification", 1), ("detection", 2), ("segmentation", 3)):
             folder = random_adapter(tmp_path / task, task, backbone=backbone, targets=targets, image_size=size,
                                     seed=seed, scale=0.05)
             registry.put(folder, name=task[:3])
     runner = CliRunner()
-    merged = runner.invoke(cli, ["merge", "cla", "det", "--name", "both"])
+    merged = runner.invoke(cli, ["merge", "cla", "det", "seg", "--name", "both"])
     assert merged.exit_code == 0, merged.output
     out = tmp_path / "export"
     exported = runner.invoke(cli, ["export", "both", str(out), "--merged"])
@@ -189,6 +219,8 @@ def test_merged_export_runs_as_its_readme_says_on_every_timm_base_kind(kind, cnn
     model = MultiTaskModel(backbone)
     with Registry.open() as registry:
         model.attach("both@v1", registry.materialize("both"))
+        levels = registry.resolve("seg").spec.head.get("levels")
+    assert levels == ([8, 16] if kind != "vit" else None)  # a CNN's pyramid is read, a ViT has none
     check_merged_export(out, model, "both@v1", image, atol=1e-3)
 
 

@@ -53,14 +53,16 @@ def random_adapter(
     from loradex.core.artifact import save_artifact
     from loradex.core.model import build_model
     from loradex.core.spec import AdapterSpec, LoraSettings, parse_targets
+    from loradex.core.task import HeadContext
 
     task_obj = plugins.get_task(task)
     size = image_size or backbone.image_size
     semantic = parse_targets(targets)
     lora = LoraSettings(rank=rank, alpha=alpha if alpha is not None else 2 * rank, targets=semantic,
                         target_modules=backbone.target_modules(semantic))
-    spec = AdapterSpec(task=task, backbone=backbone.ref, lora=lora,
-                       head=dict(head) if head is not None else builtin_head_config(task), image_size=size)
+    if head is None:
+        head = {**builtin_head_config(task), **task_obj.head_defaults(HeadContext.of(backbone, size))}
+    spec = AdapterSpec(task=task, backbone=backbone.ref, lora=lora, head=dict(head), image_size=size)
     private = dataclasses.replace(backbone, model=copy.deepcopy(backbone.model))
     state = torch.random.get_rng_state()
     try:

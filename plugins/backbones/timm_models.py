@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from dataclasses import dataclass, field
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +81,12 @@ def default_targets(patterns: dict[str, str]) -> tuple[str, ...]:
     return tuple(t for t in ("conv.pw",) if t in patterns) or tuple(patterns)[:1]
 
 
+@dataclass
 class TimmLoadedBackbone(LoadedBackbone):
     """A :class:`LoadedBackbone` over a ``TimmWrapperModel``: own resize/normalise, pooled vector from timm."""
+
+    level_indices: dict[int, int] = field(default_factory=dict)
+    """Stride → index in the wrapper's ``hidden_states`` of each map in ``feature_levels``."""
 
     @property
     def is_convolutional(self) -> bool:
@@ -113,8 +118,10 @@ class TimmLoadedBackbone(LoadedBackbone):
         return FastTransform(size=(size, size), resample=int(PILImage.BICUBIC), mean=mean, std=std)
 
     def export_encoding(self) -> dict[str, Any]:
-        """timm's own pooled vector (``pooler_output``); the wrapper takes no ``interpolate_pos_encoding``."""
-        return {"pooled": "pooler_output", "interpolate_kwarg": False}
+        """timm's own pooled vector (``pooler_output``); the wrapper takes no ``interpolate_pos_encoding``;
+        ``levels``: stride → index in ``hidden_states`` of the finer maps."""
+        return {"pooled": "pooler_output", "interpolate_kwarg": False,
+                "levels": {str(s): i for s, i in self.level_indices.items()}}
 
     def save_image_processor(self, folder: Path) -> None:
         """A plain ``ViTImageProcessor`` config doing what :meth:`fast_transform` does (squash, bicubic,
@@ -128,8 +135,13 @@ class TimmLoadedBackbone(LoadedBackbone):
                           image_mean=list(fast.mean), image_std=list(fast.std)).save_pretrained(folder)
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, **kwargs: Any) -> EncoderOutput:
-        """Run the wrapped timm model (possibly under PEFT) and lay its last features out as a grid."""
+        """Run the wrapped timm model (possibly under PEFT) and lay its last features out as a grid;
+        a CNN's stride-8/16 stage outputs come as ``levels`` (timm's ``forward_intermediates``, same cost)."""
+        if self.level_indices:
+            kwargs.setdefault("output_hidden_states", True)
         out = model(pixel_values=pixel_values, **kwargs)
+        levels = {stride: out.hidden_states[index].permute(0, 2, 3, 1)
+                  for stride, index in self.level_indices.items()} if self.level_indices else {}
         features, pooled = out.last_hidden_state, out.pooler_output
         if features.ndim == 4:  # a CNN: (B, C, h, w)
             patches = features.permute(0, 2, 3, 1)
@@ -139,7 +151,7 @@ class TimmLoadedBackbone(LoadedBackbone):
             patches = tokens.reshape(features.shape[0], rows, cols, features.shape[-1])
         if pooled is None or pooled.ndim != 2:
             pooled = patches.flatten(1, 2).mean(dim=1)
-        return EncoderOutput(cls=pooled, patches=patches)
+        return EncoderOutput(cls=pooled, patches=patches, levels=levels)
 
 
 def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None,
@@ -168,6 +180,7 @@ def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None
                                 f"grid and {prefix} prefix tokens")
     else:  # measured, not read from feature_info: a dilated model (output_stride=16) keeps its nominal reductions
         stride = image_size // int(features.shape[-1])
+    indices, widths = ({}, {}) if is_vit else _pyramid(model, image_size, stride)
     patterns = timm_target_patterns(model)
     if not patterns:
         raise BackboneError(f"backbone {name!r} ({model.config.architecture}): no Linear or conv layer LoRA can target")
@@ -183,8 +196,32 @@ def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None
         target_patterns=patterns,
         pretrained=pretrained,
         default_targets=default_targets(patterns),
+        feature_levels=widths,
+        level_indices=indices,
     )
     return backbone
+
+
+PYRAMID_STRIDES = (8, 16)
+"""The finer maps a CNN offers heads: stride 4 costs more than it gives at loradex's image sizes."""
+
+
+def _pyramid(model: Any, image_size: int, stride: int) -> tuple[dict[int, int], dict[int, int]]:
+    """Stride → hidden-state index, and stride → channels, of the deepest stage at each of
+    :data:`PYRAMID_STRIDES` finer than ``stride`` (measured on a blank image, so dilation counts)."""
+    import torch
+
+    if not hasattr(model.timm_model, "forward_intermediates"):
+        return {}, {}
+    with torch.no_grad():
+        states = model(pixel_values=torch.zeros(1, 3, image_size, image_size), output_hidden_states=True).hidden_states
+    indices: dict[int, int] = {}
+    widths: dict[int, int] = {}
+    for index, state in enumerate(states or ()):
+        level = image_size // int(state.shape[-1])
+        if state.ndim == 4 and level in PYRAMID_STRIDES and level < stride:
+            indices[level], widths[level] = index, int(state.shape[1])
+    return indices, widths
 
 
 @contextlib.contextmanager

@@ -122,30 +122,46 @@ class SegmentationTask(Task):
         """Synthetic shapes, an ``images/`` + ``masks/`` folder, or a VOC folder (see data.py)."""
         return load_segmentation_data(source, transform=transform, image_size=image_size, seed=seed)
 
-    def _kwargs(self, hidden_size: int, head_config: Mapping[str, Any]) -> dict[str, Any]:
+    def head_defaults(self, context: HeadContext) -> dict[str, Any]:
+        """Read every finer map the base offers (a CNN's stride-8 and stride-16 stages), coarse to fine.
+
+        Recorded in the spec: an adapter from before levels existed has none and keeps its single-map head.
+        """
+        return {"levels": sorted(context.levels)} if context.levels else {}
+
+    def _kwargs(self, hidden_size: int, head_config: Mapping[str, Any], context: HeadContext | None) -> dict[str, Any]:
         labels = head_config.get("labels")
         if not labels:
             raise ConfigError("a segmentation head needs its class names (head_config['labels'])")
+        strides = [int(s) for s in head_config.get("levels") or ()]
+        offered = dict(context.levels) if context is not None else {}
+        missing = [s for s in strides if s not in offered]
+        if missing:
+            have = ", ".join(str(s) for s in sorted(offered)) or "none"
+            raise ConfigError(f"head levels: this base has no stride-{missing[0]} map (it offers: {have})")
         return {"hidden_size": hidden_size, "num_classes": len(labels), "channels": int(head_config.get("channels", 64)),
-                "upsample": int(head_config.get("upsample", 2))}
+                "upsample": int(head_config.get("upsample", 2)), "levels": [[s, offered[s]] for s in strides]}
 
     def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
                    context: HeadContext | None = None):
-        """A per-pixel decoder at 2^upsample times the patch grid (finer than the input is refused)."""
+        """A per-pixel decoder at 2^upsample times the finest map it reads (finer than the input is refused)."""
         from .head import SegmentationHead
 
-        kwargs = self._kwargs(hidden_size, head_config)
-        if context is not None and context.stride < 2 ** kwargs["upsample"]:
-            raise ConfigError(f"upsample {kwargs['upsample']} makes maps finer than the input: this base has "
-                              f"{context.stride} pixels per grid cell (use upsample <= {context.stride.bit_length() - 1})")
+        kwargs = self._kwargs(hidden_size, head_config, context)
+        if context is not None:
+            finest = min([context.stride, *(s for s, _ in kwargs["levels"])])
+            if finest < 2 ** kwargs["upsample"]:
+                raise ConfigError(f"upsample {kwargs['upsample']} makes maps finer than the input: the finest map "
+                                  f"has {finest} pixels per cell (use upsample <= {finest.bit_length() - 1})")
         return SegmentationHead(**kwargs)
 
-    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode:
+    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
+                    context: HeadContext | None = None) -> HeadCode:
         """:class:`SegmentationHead` (head.py imports torch only)."""
         from . import head
 
         return HeadCode(source=Path(head.__file__), class_name="SegmentationHead",
-                        kwargs=self._kwargs(hidden_size, head_config))
+                        kwargs=self._kwargs(hidden_size, head_config, context))
 
     def loss(self, outputs: Any, targets: Any):
         """Pixel cross-entropy at the masks' size; ignored pixels (255) do not count."""

@@ -48,7 +48,8 @@ for h in export["heads"]:
 
 
 class Features:
-    """What every head reads: a pooled vector `cls` (B, D) and the feature grid `patches` (B, rows, cols, D)."""
+    """What every head reads: a pooled vector `cls` (B, D), the feature grid `patches` (B, rows, cols, D)
+    and, on a CNN, its finer maps `levels` by stride."""
 
     def __init__(self, out, size):
         hidden, encoding = out.last_hidden_state, export["encoding"]
@@ -62,6 +63,8 @@ class Features:
             self.cls = pooled
         else:
             self.cls = hidden[:, 0] if encoding["pooled"] == "first_token" else self.patches.flatten(1, 2).mean(1)
+        # a CNN's finer stage maps by stride (B, rows, cols, C), for heads that read several scales
+        self.levels = {{int(s): out.hidden_states[i].permute(0, 2, 3, 1) for s, i in encoding.get("levels", {{}}).items()}}
 
 
 def pixels(name, images):
@@ -75,7 +78,10 @@ def run(name, pixel_values):
     size = pixel_values.shape[-1]
     resized = export["encoding"]["interpolate_kwarg"] and size != export["base_image_size"]
     with torch.no_grad():
-        out = base(pixel_values=pixel_values, **({{"interpolate_pos_encoding": True}} if resized else {{}}))
+        options = {{"interpolate_pos_encoding": True}} if resized else {{}}
+        if export["encoding"].get("levels"):
+            options["output_hidden_states"] = True
+        out = base(pixel_values=pixel_values, **options)
         return heads[name](Features(out, size))
 '''
 
@@ -97,8 +103,7 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
         task = plugins.get_task(head.task, made_by=spec.plugins.get(head.task))
         if task.generates:  # it answers with the base's own language-model head: the merged model is all
             continue
-        code = task.export_head(hidden_size=backbone.hidden_size, grid_size=backbone.grid_at(head.image_size),
-                                head_config=head.config)
+        code = task.export_for(backbone, head_config=head.config, image_size=head.image_size)
         if code is None:
             raise RegistryError(f"task {head.task!r} cannot export its head as standalone code; "
                                 "export the adapter without --merged and load it with loradex")
