@@ -2,7 +2,7 @@
 
     apt-get install dataset-fashion-mnist              # Fashion-MNIST (Debian, MIT)
     uv pip install --no-deps deepforest==2.1.0          # aerial trees with Pascal VOC XML (MIT)
-    uv run python bench/real_data.py [--work DIR] [--parts fashion,digits,trees,multitask,merge]
+    uv run python bench/real_data.py [--work DIR] [--parts fashion,digits,scenes,boxes,trees,multitask,merge]
 
 Data (bench/real_datasets.py): Fashion-MNIST (a fixed 10k train / 2k val subset, the full 10k
 test set), scikit-learn's digits (70/30), deepforest's trees (tiled, LabelImg-style VOC XML, split 80/20).
@@ -14,7 +14,13 @@ For each classification set and base, one after the other on the same images at 
 - ``full``:    every weight of the base trained, plus the head (Trainer);
 - ``peft``:    the same LoRA as loradex's (targets, rank, alpha, lr, epochs) written as a plain
   PEFT + Trainer script: the side-by-side baseline.
-Printed: wall time of the whole job (data loading included) and test accuracy. Trees: loradex
+Printed: wall time of the whole job (data loading included) and test accuracy.
+Fashion scenes (segmentation, efficientnet-lite0 at 128 px): loradex's LoRA with the pyramid head
+(stride 8/16/32) and with the last map only, a probe (frozen base) and full fine-tuning with the
+same head and epochs (Trainer); val mIoU and pixel accuracy. The same scenes as detection (``boxes``,
+a few thousand exact boxes): pretrained vs random-init efficientnet-lite0 (the same network, weights
+drawn with seed 0), LoRA vs full fine-tuning, the random tiny-vit, the head with and without the
+pyramid, and torchvision's FCOS + FPN on the frozen pretrained base as the anchor; val mAP@.5 and mAP. Trees: loradex
 detection on both bases, mAP@.5 on the val tiles. Then the three efficientnet-lite0 adapters on
 one base predicted together (each task's score, and the time against three separate models), and
 the multi-task merge table (retained % of each task's score, on its own validation data).
@@ -37,10 +43,16 @@ import real_datasets  # noqa: E402
 
 BASES = ("efficientnet-lite0", "tiny-vit")
 SIZES = {"fashion": {"efficientnet-lite0": 64, "tiny-vit": 32}, "digits": {"efficientnet-lite0": 64, "tiny-vit": 32},
+         "scenes": {"efficientnet-lite0": 128},
          "trees": {"efficientnet-lite0": 384, "efficientnet-lite0-os16": 384, "tiny-vit": 384}}
-TREE_BASES = ("efficientnet-lite0", "efficientnet-lite0-os16", "tiny-vit")
-"""os8 is left out: 80 s an epoch on 2 cores (mAP@.5 0.084 after 10 of 30 epochs when it was stopped)."""
-"""Trees are 20-40 px: the stride-32 grid (12x12 at 384 px) is too coarse; os16 is the same weights, dilated."""
+TREE_RUNS = {"efficientnet-lite0": ("efficientnet-lite0", None),
+             "efficientnet-lite0 grid": ("efficientnet-lite0", {"levels": [], "upsample": 2}),
+             "efficientnet-lite0-os16 grid": ("efficientnet-lite0-os16", {"levels": [], "upsample": 2}),
+             "tiny-vit": ("tiny-vit", None)}
+"""Row → (base, head override). Trees are 20-40 px: the stride-32 grid (12x12 at 384 px) is too coarse.
+The default head on a CNN reads the stride-8/16 stages too (the pyramid); ``grid`` rows are the head
+before the pyramid (the last map only, upsampled twice); os16 is the same weights, dilated. os8 is left
+out: 80 s an epoch on 2 cores (mAP@.5 0.084 after 10 of 30 epochs when it was stopped)."""
 TREES = {"epochs": 30, "batch_size": 8, "patience": 8}
 """38 training tiles: detection's defaults (6 epochs over a thousand scenes) would see them 6 times."""
 
@@ -134,13 +146,14 @@ def trainer_run(mode: str, base: str, root: Path, size: int, spec: dict, work: P
 
 
 def loradex_run(task: str, base: str, root: Path, size: int, registry, name: str, work: Path,
-                overrides: dict | None = None) -> dict:
+                overrides: dict | None = None, head: dict | None = None) -> dict:
     """``adapters train`` in-process with the defaults for ``base``; the adapter is stored as ``name``."""
     from loradex.core.training import TrainRequest, train_adapter
 
     start = time.perf_counter()
     outcome = train_adapter(TrainRequest(task=task, data=str(root), backbone=base, project=work / "runs",
-                                         run_name=name, train={"image_size": size, **(overrides or {})}),
+                                         run_name=name, train={"image_size": size, **(overrides or {})},
+                                         head=dict(head or {})),
                             progress=False, say=lambda line: None)
     seconds = time.perf_counter() - start
     registry.put(outcome.artifact_dir, name=name, args={"data": str(root), "primary_metric": outcome.primary_metric})
@@ -148,7 +161,8 @@ def loradex_run(task: str, base: str, root: Path, size: int, registry, name: str
     lora, head = outcome.result.model.trainable_parameters()
     result = {"seconds": seconds, "spec": outcome.spec.to_dict(), "metrics": metrics,
               "trainable": sum(p.numel() for p in [*lora, *head])}
-    key = "test_accuracy" if "test_accuracy" in metrics else "accuracy" if task == "classification" else "map50"
+    key = ("test_accuracy" if "test_accuracy" in metrics else "accuracy" if task == "classification"
+           else "map50" if task == "detection" else outcome.primary_metric)
     result["score"] = metrics.get(key, metrics.get(outcome.primary_metric))
     return result
 
@@ -176,16 +190,227 @@ def classification_part(dataset: str, root: Path, registry, work: Path, report: 
         save(work, report)
 
 
-def trees_part(root: Path, registry, work: Path, report: dict) -> None:
-    """Detection from VOC XML on both bases: mAP@.5 on the val tiles."""
-    print(f"\ntrees: {root}", flush=True)
-    for base in TREE_BASES:
-        name = f"trees-{base}"
+def dense_trainer_run(task_name: str, mode: str, base: str, root: Path, spec: dict, work: Path) -> dict:
+    """``probe`` (frozen base) or ``full`` (every base weight trained) with the same head as loradex's
+    adapter (built by the task from ``spec``: same levels), the task's own loss, batching and metrics,
+    trained by a plain transformers Trainer for the same epochs. Scored on the val split."""
+    import torch
+    from torch import nn
+    from transformers import Trainer, TrainingArguments
+
+    from loradex.core import plugins
+
+    start = time.perf_counter()
+    task = plugins.get_task(task_name)
+    backbone = plugins.resolve_backbone(base).load(base)
+    size = spec["image_size"]
+    data = task.read_data(str(root), backbone=backbone, image_size=size, seed=0)
+    encoder = backbone.model
+    encoder.requires_grad_(mode == "full")
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = task.head_for(backbone, head_config=spec["head"], image_size=size)
+
+        def train(self, mode_: bool = True):
+            super().train(mode_)
+            if mode_ and mode != "full":  # a frozen base keeps its batch-norm statistics, as loradex does
+                self.encoder.eval()
+            return self
+
+        def forward(self, pixel_values, targets=None):
+            outputs = self.head(backbone.encode(self.encoder, pixel_values))
+            return {"outputs": outputs, **({"loss": task.loss(outputs, targets)} if targets is not None else {})}
+
+    model = Model()
+    train = spec["train"]
+    lr = {"probe": train["head_lr"] or train["lr"], "full": 5e-4}[mode]
+    steps = -(-len(data.train) // train["batch_size"]) * train["epochs"]
+    args = TrainingArguments(output_dir=str(work / f"trainer-{task_name}-{mode}"),
+                             per_device_train_batch_size=train["batch_size"], num_train_epochs=train["epochs"],
+                             learning_rate=lr, weight_decay=train["weight_decay"],
+                             warmup_steps=int(train["warmup_ratio"] * steps), lr_scheduler_type=train["scheduler"],
+                             save_strategy="no", report_to=[], logging_strategy="no", disable_tqdm=True,
+                             dataloader_num_workers=0, use_cpu=True, seed=0, remove_unused_columns=False)
+    Trainer(model=model, args=args, train_dataset=data.train, data_collator=task.collate).train()
+    model.eval()
+    metrics = task.metrics(spec["head"])
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(data.val, batch_size=32, collate_fn=task.collate):
+            metrics.update(model(pixel_values=batch["pixel_values"])["outputs"], batch["targets"])
+    result = metrics.compute().metrics
+    return {"metrics": result, "score": result[task.primary_metric], "seconds": time.perf_counter() - start,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def segmentation_part(root: Path, registry, work: Path, report: dict) -> None:
+    """Fashion scenes on efficientnet-lite0: loradex's LoRA with the pyramid head and with the last map
+    only, against a probe (frozen base, same head) and full fine-tuning (same head), same epochs."""
+    base, size = "efficientnet-lite0", SIZES["scenes"]["efficientnet-lite0"]
+    print(f"\nfashion scenes (segmentation, val mIoU): {root}", flush=True)
+    print(f"{'base':<20}{'method':<16}{'trainable':>11}{'seconds':>10}{'mIoU':>8}{'pixel acc':>11}", flush=True)
+    runs = {"loradex": {}, "loradex-grid": {"levels": []}}
+    for method, head in runs.items():
+        name = f"scenes-{base}" + ("" if method == "loradex" else "-grid")
         if name not in report:
-            report[name] = loradex_run("detection", base, root, SIZES["trees"][base], registry, name, work, TREES)
+            report[name] = loradex_run("segmentation", base, root, size, registry, name, work, head=head)
+            save(work, report)
         row = report[name]
-        print(f"{base:<20}{'loradex':<10}{row['seconds']:10.1f} s  mAP@.5 {row['metrics'].get('map50', 0):.4f}",
-              flush=True)
+        print(f"{base:<20}{method:<16}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:8.4f}"
+              f"{row['metrics']['pixel_accuracy']:11.4f}", flush=True)
+    spec = report[f"scenes-{base}"]["spec"]
+    for mode in ("probe", "full"):
+        key = f"scenes-{base}-{mode}"
+        if key not in report:
+            report[key] = dense_trainer_run("segmentation", mode, base, root, spec, work)
+            save(work, report)
+        row = report[key]
+        print(f"{base:<20}{mode:<16}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:8.4f}"
+              f"{row['metrics']['pixel_accuracy']:11.4f}", flush=True)
+
+
+def random_lite0(work: Path) -> str:
+    """A folder holding efficientnet-lite0's architecture, processor and config with freshly drawn
+    weights (seed 0): the same network as the preset without what ImageNet taught it."""
+    import torch
+    from transformers import TimmWrapperModel
+
+    from loradex.core import plugins
+
+    folder = work / "efficientnet-lite0-random"
+    if not (folder / "model.safetensors").is_file():
+        preset = plugins.resolve_backbone("efficientnet-lite0").load("efficientnet-lite0")
+        torch.manual_seed(0)
+        TimmWrapperModel(preset.model.config).save_pretrained(folder, safe_serialization=True)
+        preset.processor.save_pretrained(folder)
+    return str(folder)
+
+
+def fcos_run(base: str, root: Path, size: int, epochs: int, work: Path) -> dict:
+    """The anchor: torchvision's FCOS (its own centre sampling, GIoU loss, focal loss and NMS) with a
+    feature pyramid network on the frozen base's stride-8/16/32 maps; FPN and head trained with AdamW
+    for ``epochs``, the same images and size; scored by the same COCO evaluation on the val split."""
+    from collections import OrderedDict
+
+    import torch
+    from torch import nn
+    from torchvision.models.detection import FCOS
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
+    from loradex.core import plugins
+    from loradex.core.metrics import coco_evaluate
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    task = plugins.get_task("detection")
+    backbone = plugins.resolve_backbone(base).load(base)
+    data = task.read_data(str(root), backbone=backbone, image_size=size, seed=0)
+    labels = data.head_config["labels"]
+    widths = {**backbone.feature_levels, backbone.patch_size: backbone.hidden_size}
+
+    class Pyramid(nn.Module):
+        out_channels = 64
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fpn = FeaturePyramidNetwork([widths[s] for s in sorted(widths)], self.out_channels)
+
+        def forward(self, pixels):
+            with torch.no_grad():
+                features = backbone.encode(backbone.model, pixels)
+            maps = {**features.levels, backbone.patch_size: features.patches}
+            return self.fpn(OrderedDict((str(s), maps[s].permute(0, 3, 1, 2)) for s in sorted(maps)))
+
+    strides = sorted(widths)
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in strides), aspect_ratios=((1.0,),) * len(strides))  # FCOS: size = stride
+    model = FCOS(Pyramid(), num_classes=len(labels) + 1, min_size=size, max_size=size, image_mean=[0.0] * 3,
+                 image_std=[1.0] * 3, anchor_generator=anchors, score_thresh=0.05, detections_per_img=100)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=1e-4)
+    batches = torch.utils.data.DataLoader(data.train, batch_size=16, shuffle=True, collate_fn=task.collate,
+                                          generator=torch.Generator().manual_seed(0))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=epochs * len(batches))
+
+    def targets_of(batch):
+        return [{"boxes": t["boxes"] * size, "labels": t["labels"] + 1} for t in batch["targets"]]
+
+    for _ in range(epochs):
+        model.train()
+        backbone.model.eval()
+        for batch in batches:
+            losses = model(list(batch["pixel_values"]), targets_of(batch))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            schedule.step()
+    model.eval()
+    truth, predicted = [], []
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(data.val, batch_size=32, collate_fn=task.collate):
+            for found, target in zip(model(list(batch["pixel_values"])), batch["targets"]):
+                width, height = (float(v) for v in target["size"])
+                scale = torch.tensor([width, height, width, height])
+                truth.append(((target["boxes"] * scale).numpy(), target["labels"].numpy(), (width, height)))
+                predicted.append(((found["boxes"] / size * scale).numpy(), found["scores"].numpy(),
+                                  (found["labels"] - 1).numpy()))
+    result = coco_evaluate(labels, truth, predicted).metrics
+    return {"metrics": result, "score": result["map50"], "seconds": time.perf_counter() - start,
+            "trainable": sum(p.numel() for p in trainable)}
+
+
+def scenes_detection_part(root: Path, registry, work: Path, report: dict) -> None:
+    """Fashion scenes as detection (a few thousand exact boxes): pretrained vs random efficientnet-lite0,
+    LoRA vs full fine-tuning, the random tiny-vit, and torchvision's FCOS as the anchor; val mAP."""
+    size = SIZES["scenes"]["efficientnet-lite0"]
+    random = random_lite0(work)
+    print(f"\nfashion scenes (detection, val): {root}", flush=True)
+    print(f"{'base':<24}{'method':<20}{'trainable':>11}{'seconds':>10}{'mAP@.5':>9}{'mAP':>8}", flush=True)
+    rows = {("efficientnet-lite0", "loradex"): ("efficientnet-lite0", None),
+            ("efficientnet-lite0", "loradex grid"): ("efficientnet-lite0", {"levels": [], "upsample": 2}),
+            ("lite0 random init", "loradex"): (random, None),
+            ("tiny-vit (random)", "loradex"): ("tiny-vit", None)}
+    for (label, method), (base, head) in rows.items():
+        name = "boxes-" + "-".join((label + " " + method).replace("(", "").replace(")", "").split())
+        if name not in report:
+            report[name] = loradex_run("detection", base, root, size, registry, name, work, head=head)
+            save(work, report)
+        row = report[name]
+        print(f"{label:<24}{method:<20}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:9.4f}"
+              f"{row['metrics'].get('map', 0):8.4f}", flush=True)
+    spec = report["boxes-efficientnet-lite0-loradex"]["spec"]
+    for label, base, mode in (("efficientnet-lite0", "efficientnet-lite0", "full"),
+                              ("lite0 random init", random, "full")):
+        key = "boxes-" + "-".join(label.split()) + f"-{mode}"
+        if key not in report:
+            report[key] = dense_trainer_run("detection", mode, base, root, spec, work)
+            save(work, report)
+        row = report[key]
+        print(f"{label:<24}{mode:<20}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:9.4f}"
+              f"{row['metrics'].get('map', 0):8.4f}", flush=True)
+    if "boxes-fcos" not in report:
+        report["boxes-fcos"] = fcos_run("efficientnet-lite0", root, size, spec["train"]["epochs"], work)
+        save(work, report)
+    row = report["boxes-fcos"]
+    print(f"{'efficientnet-lite0':<24}{'torchvision FCOS':<20}{row['trainable']:>11,}{row['seconds']:10.1f}"
+          f"{row['score']:9.4f}{row['metrics'].get('map', 0):8.4f}", flush=True)
+
+
+def trees_part(root: Path, registry, work: Path, report: dict) -> None:
+    """Detection from VOC XML on both bases, with and without the pyramid: mAP@.5 on the val tiles."""
+    print(f"\ntrees: {root}", flush=True)
+    print(f"{'base / head':<32}{'seconds':>10}{'mAP@.5':>9}{'mAP':>8}", flush=True)
+    for row_name, (base, head) in TREE_RUNS.items():
+        name = "trees-" + row_name.replace(" ", "-")
+        if name not in report:
+            report[name] = loradex_run("detection", base, root, SIZES["trees"][base], registry, name, work, TREES,
+                                       head=head)
+            save(work, report)
+        row = report[name]
+        print(f"{row_name:<32}{row['seconds']:10.1f}{row['metrics'].get('map50', 0):9.4f}"
+              f"{row['metrics'].get('map', 0):8.4f}", flush=True)
     save(work, report)
 
 
@@ -255,7 +480,7 @@ def save(work: Path, report: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench-results/real_data"))
-    parser.add_argument("--parts", default="fashion,digits,trees,multitask,merge")
+    parser.add_argument("--parts", default="fashion,digits,scenes,boxes,trees,multitask,merge")
     args = parser.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -265,13 +490,18 @@ def main() -> None:
     registry = Registry.open(work / "home")
     saved = work / "real_data.json"
     report = json.loads(saved.read_text()) if saved.is_file() else {}
-    roots = {"fashion": real_datasets.write_fashion(work / "data" / "fashion"),
-             "digits": real_datasets.write_digits(work / "data" / "digits"),
-             "trees": real_datasets.write_trees(work / "data" / "trees")}
     parts = args.parts.split(",")
+    writers = {"fashion": real_datasets.write_fashion, "digits": real_datasets.write_digits,
+               "trees": real_datasets.write_trees}
+    needed = set(writers) if "multitask" in parts or "merge" in parts else set(parts) & set(writers)
+    roots = {name: writers[name](work / "data" / name) for name in writers if name in needed}
     for dataset in ("fashion", "digits"):
         if dataset in parts:
             classification_part(dataset, roots[dataset], registry, work, report)
+    if "scenes" in parts:
+        segmentation_part(real_datasets.write_fashion_scenes(work / "data" / "scenes"), registry, work, report)
+    if "boxes" in parts:
+        scenes_detection_part(real_datasets.write_fashion_scenes(work / "data" / "scenes"), registry, work, report)
     if "trees" in parts:
         trees_part(roots["trees"], registry, work, report)
     if "multitask" in parts:

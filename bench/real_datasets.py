@@ -5,6 +5,9 @@
   the full 10,000-image test set.
 - scikit-learn's digits (1,797 8x8 scans): an ImageFolder, a stratified 70/30 train/val split
   (seed 0), the val images doubling as the test set.
+- Fashion scenes (``write_fashion_scenes``): Fashion-MNIST items pasted on 128 px canvases at
+  32-64 px; a mask and exact boxes from their own pixels: one folder that both segmentation
+  (images/ + masks/ + classes.txt) and detection (YOLO: labels/ + data.yaml) read.
 - deepforest's aerial trees (PyPI ``deepforest`` 2.1.0, installed with ``--no-deps``): a Pascal
   VOC folder in LabelImg's layout (one folder, each image beside its XML; loradex splits it 80/20
   with the seed). The two large crops are tiled into 400 px tiles (a box kept on the tile that
@@ -155,5 +158,86 @@ def write_trees(root: Path) -> Path:
         for name, piece, kept in pieces:
             piece.save(root / f"{name}.png")
             (root / f"{name}.xml").write_text(_voc_xml(f"{name}.png", *piece.size, kept), encoding="utf-8")
+    (root / ".complete").touch()
+    return root
+
+
+SCENE = {"size": 128, "train": 1000, "val": 300, "items": (1, 3), "scale": (32, 64), "threshold": 40}
+"""Fashion scenes: 128 px canvases holding 1-3 items each, scaled from 28 px to 32-64 px."""
+VISIBLE = 0.3
+"""An item left with less than this share of its pixels visible (covered by later items) gets no box."""
+
+
+def fashion_scene(rng, items, labels, *, size: int, scale: tuple[int, int], threshold: int):
+    """One canvas (RGB, textured noise) with ``items`` pasted at random places and scales, tinted.
+
+    Returns (image, mask, boxes): the mask holds class + 1 where an item's own pixels are brighter
+    than ``threshold`` (0: background); a box ``(class, x0, y0, x1, y1)`` in pixels spans each
+    item's pixels, for items that stay at least :data:`VISIBLE` visible.
+    """
+    import numpy as np
+    from PIL import Image
+
+    base = rng.integers(0, 70, 3)
+    canvas = np.clip(base + rng.normal(0, 18, (size, size, 3)), 0, 255)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    owner = np.full((size, size), -1, dtype=np.int64)
+    placed = []
+    for number, (pixels, label) in enumerate(zip(items, labels)):
+        side = int(rng.integers(scale[0], scale[1] + 1))
+        item = np.asarray(Image.fromarray(pixels).resize((side, side), Image.BILINEAR), dtype=np.float64)
+        y, x = (int(v) for v in rng.integers(0, size - side + 1, 2))
+        tint = rng.uniform(0.55, 1.0, 3)
+        body = item > threshold
+        region = canvas[y:y + side, x:x + side]
+        region[body] = (item[..., None] * tint)[body]
+        mask[y:y + side, x:x + side][body] = int(label) + 1
+        owner[y:y + side, x:x + side][body] = number
+        rows, cols = np.nonzero(body)
+        if rows.size:
+            placed.append((number, int(label), x + int(cols.min()), y + int(rows.min()), x + int(cols.max()) + 1,
+                           y + int(rows.max()) + 1, int(rows.size)))
+    boxes = [(label, x0, y0, x1, y1) for number, label, x0, y0, x1, y1, area in placed
+             if (owner == number).sum() >= VISIBLE * area]
+    return Image.fromarray(canvas.astype(np.uint8)), mask, boxes
+
+
+def write_fashion_scenes(root: Path, *, seed: int = 0) -> Path:
+    """Fashion-MNIST items on canvases, for segmentation AND detection in one folder:
+    ``images/{train,val}``, ``masks/{train,val}`` (class index per pixel) with ``classes.txt``
+    (background + the 10 classes), and ``labels/{train,val}`` (YOLO boxes) with ``data.yaml``
+    (the 10 classes).
+
+    Train items come from Fashion-MNIST's training set, val items from its test set (no item in both).
+    """
+    import numpy as np
+    from PIL import Image
+
+    if _done(root):
+        return root
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
+        raise SystemExit(f"{FASHION_DIR}: Fashion-MNIST is missing; apt-get install dataset-fashion-mnist")
+    sources = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+               "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    rng = np.random.default_rng(seed)
+    size = SCENE["size"]
+    for split, (images_file, labels_file) in sources.items():
+        images, labels = read_idx(FASHION_DIR / images_file), read_idx(FASHION_DIR / labels_file)
+        order = iter(rng.permutation(len(images)))
+        for folder in ("images", "masks", "labels"):
+            (root / folder / split).mkdir(parents=True, exist_ok=True)
+        for index in range(SCENE[split]):
+            count = int(rng.integers(SCENE["items"][0], SCENE["items"][1] + 1))
+            picked = [next(order) for _ in range(count)]
+            image, mask, boxes = fashion_scene(rng, images[picked], labels[picked], size=size,
+                                               scale=SCENE["scale"], threshold=SCENE["threshold"])
+            stem = f"{split}_{index:05d}"
+            image.save(root / "images" / split / f"{stem}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{stem}.png")
+            lines = [f"{label} {(x0 + x1) / 2 / size:.6f} {(y0 + y1) / 2 / size:.6f} {(x1 - x0) / size:.6f} "
+                     f"{(y1 - y0) / size:.6f}" for label, x0, y0, x1, y1 in boxes]
+            (root / "labels" / split / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+    (root / "classes.txt").write_text("\n".join(("background", *FASHION_CLASSES)) + "\n", encoding="utf-8")
+    (root / "data.yaml").write_text("names: [" + ", ".join(FASHION_CLASSES) + "]\n", encoding="utf-8")
     (root / ".complete").touch()
     return root

@@ -91,6 +91,21 @@ class HeadContext:
                    levels=dict(getattr(backbone, "feature_levels", {}) or {}))
 
 
+def head_levels(head_config: Mapping[str, Any], context: HeadContext | None) -> list[list[int]]:
+    """``[[stride, width], ...]`` of the finer maps ``head_config["levels"]`` names (strides), for a head's
+    arguments; [] when it names none (adapters from before levels existed). A ConfigError names a
+    stride the base does not offer."""
+    strides = [int(s) for s in head_config.get("levels") or ()]
+    if not strides:
+        return []
+    offered = dict(context.levels) if context is not None else {}
+    missing = [s for s in strides if s not in offered]
+    if missing:
+        have = ", ".join(str(s) for s in sorted(offered)) or "none"
+        raise ConfigError(f"head levels: this base has no stride-{missing[0]} map (it offers: {have})")
+    return [[s, int(offered[s])] for s in strides]
+
+
 @dataclass(frozen=True)
 class HeadCode:
     """How to rebuild a task's head without loradex: a torch-only source file, a class and its arguments.

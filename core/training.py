@@ -138,8 +138,9 @@ def build_spec(
         task=task.name,
         backbone=backbone.ref,
         lora=dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets)),
-        head={**task.default_head(), **task.head_defaults(HeadContext.of(backbone, image_size)),
-              **_fitted_defaults(task, backbone)["head"], **data.head_config, **request.head},
+        # the data's head config (labels, and the head a reader records) before the base's needs
+        head={**task.default_head(), **data.head_config, **task.head_defaults(HeadContext.of(backbone, image_size)),
+              **_fitted_defaults(task, backbone)["head"], **request.head},
         train=train,
         image_size=image_size,
         plugins={task.name: made_by} if (made_by := plugins.provider(task.name)) else {},

@@ -134,6 +134,51 @@ def test_a_masks_folder_and_a_voc_folder_are_read(tmp_path):
     assert {0, 15} <= set(data.val[0][1].unique().tolist()) <= {0, 15, 255}
 
 
+def test_each_mask_file_is_decoded_once_however_many_epochs_read_it(tmp_path, monkeypatch):
+    """Issue 24: masks were read and resized again every epoch (only images went through --cache)."""
+    from loradex.core import plugins
+    from loradex.plugins.segmentation import data as seg_data
+
+    backbone = plugins.resolve_backbone("tiny-vit").load("tiny-vit")
+    reads = []
+    real = seg_data.read_mask
+    monkeypatch.setattr(seg_data, "read_mask", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    data = plugins.get_task("segmentation").read_data(str(write_pairs(tmp_path / "pairs", count=6)),
+                                                      backbone=backbone, image_size=64)
+    first = [data.train[i][1] for i in range(len(data.train))]
+    again = [data.train[i][1] for i in range(len(data.train))]  # a second epoch
+    assert len(data.train) == 5 and len(reads) == len(set(reads)) <= 6  # loading and two epochs: once each
+    assert all(torch_equal(a, b) and a.dtype == b.dtype for a, b in zip(first, again))
+
+
+def test_an_adapter_without_levels_in_its_spec_keeps_its_single_map_head_on_a_cnn():
+    """Adapters trained before levels existed record none: on a CNN they build the head they were
+    trained with (no lateral layers), while a new spec records the levels the base offers."""
+    from loradex import HeadContext
+    from loradex.core import plugins
+
+    task = plugins.get_task("segmentation")
+    context = HeadContext(image_size=64, grid_size=(2, 2), stride=32, hidden_size=256, convolutional=True,
+                          levels={8: 24, 16: 40})
+    assert task.head_defaults(context) == {"levels": [8, 16]}
+    assert task.head_defaults(HeadContext(image_size=64, grid_size=(8, 8), stride=8, hidden_size=192)) == {}
+    old = task.build_head(hidden_size=256, grid_size=(2, 2), head_config={"labels": ["a", "b"], "channels": 32},
+                          context=context)
+    new = task.build_head(hidden_size=256, grid_size=(2, 2),
+                          head_config={"labels": ["a", "b"], "channels": 32, "levels": [8, 16]}, context=context)
+    assert not any("lateral" in k for k in old.state_dict())
+    assert {k.split(".")[0] for k in new.state_dict()} >= {"lateral", "smooth"}
+    code = task.export_head(hidden_size=256, grid_size=(2, 2),
+                            head_config={"labels": ["a", "b"], "channels": 32, "levels": [16, 8]}, context=context)
+    assert code.kwargs["levels"] == [[16, 40], [8, 24]]
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"mask_size": (32, 24)}, r"masks/(\d)\.png: mask is 32x24, its image \1\.png is 64x48"),
     ({"value": 7}, r"masks/\d\.png: class index 7 has no name \(2 classes; 255 is ignored\)"),

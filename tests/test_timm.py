@@ -77,6 +77,27 @@ def test_a_cnn_offers_its_stride_8_and_16_stages_as_levels_and_a_vit_none(cnn_fo
     assert vit.feature_levels == {} and vit.encode(vit.model, torch.randn(1, 3, 32, 32)).levels == {}
 
 
+def test_detection_reads_the_pyramid_on_a_cnn_and_old_specs_keep_the_single_map_head(cnn_folder):
+    """Issue 25.2: on a CNN, a new detection spec fuses the stride-16/8 maps and predicts at stride 8
+    (a 64 px image: 8x8 cells, not the 2x2 grid upsampled); a spec without levels builds the old head."""
+    from loradex import HeadContext
+
+    backbone = plugins.resolve_backbone(str(cnn_folder)).load(str(cnn_folder))
+    task = plugins.get_task("detection")
+    defaults = task.head_defaults(HeadContext.of(backbone, 64))
+    assert defaults == {"levels": [8, 16], "upsample": 1}
+    features = backbone.encode(backbone.model, torch.randn(2, 3, 64, 64))
+    new = task.head_for(backbone, head_config={"labels": ["a", "b"], **defaults}, image_size=64)
+    assert new(features)["heatmap"].shape == (2, 2, 8, 8) and new(features)["boxes"].shape == (2, 4, 8, 8)
+    old = task.head_for(backbone, head_config={"labels": ["a", "b"]}, image_size=64)
+    assert old(features)["heatmap"].shape == (2, 2, 4, 4)  # the 2x2 grid upsampled twice, as before
+    assert not any(k.startswith(("lateral", "smooth")) for k in old.state_dict())
+    pose = plugins.get_task("pose")
+    config = {**pose.synthetic_head_config(), **pose.head_defaults(HeadContext.of(backbone, 64))}
+    assert config["levels"] == [8, 16]
+    assert pose.head_for(backbone, head_config=config, image_size=64)(features)["heatmaps"].shape[-2:] == (16, 16)
+
+
 def test_a_segmentation_head_asks_for_levels_the_base_lacks_in_one_line(vit_folder):
     from loradex import ConfigError
 

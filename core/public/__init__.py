@@ -78,6 +78,7 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time each name i
         NoOptions,
         Task,
         TaskData,
+        head_levels,
         option_help,
     )
     from loradex.registry.loading import Pipeline, load, pipeline  # noqa: F401
@@ -137,6 +138,7 @@ _EXPORTS: dict[str, str] = {
     "plot_confusion_matrix": "loradex.core.plots",
     "HeadCode": "loradex.core.task",
     "HeadContext": "loradex.core.task",
+    "head_levels": "loradex.core.task",
     "TrainingDivergedError": "loradex.core.errors",
     # errors
     "LoradexError": "loradex.core.errors",

@@ -4,11 +4,17 @@ Every cell of the (optionally upsampled) patch grid predicts a heat map value pe
 (is there an object centre of that class here?) and four distances from the cell centre to
 the box sides, as fractions of the image size. No anchors, no NMS: peaks of the heat map
 are the detections.
+
+On a CNN base the head also reads the finer stage maps it was built for (``levels``, e.g. the
+stride-16 and stride-8 maps), fused coarse to fine as a feature pyramid does (TTFNet's design:
+one output map at a fine stride rather than a head per level), so small objects get cells of
+their own size instead of a stride-32 grid.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +42,19 @@ class DetectionHead(nn.Module):
     boxes are (left, top, right, bottom) distances from each cell centre, in image fractions.
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, *, width: int = 64, depth: int = 2, upsample: int = 2) -> None:
+    def __init__(self, hidden_size: int, num_labels: int, *, width: int = 64, depth: int = 2, upsample: int = 2,
+                 levels: Sequence[Sequence[int]] = ()) -> None:
         super().__init__()
         if upsample not in (1, 2, 4):
             raise ValueError(f"upsample must be 1, 2 or 4, got {upsample!r}")
         self.upsample = upsample
         self.norm = nn.LayerNorm(hidden_size)
         self.proj = nn.Sequential(nn.Conv2d(hidden_size, width, 1), nn.GELU())
+        # [stride, channels] of the finer maps read, fused coarse to fine (largest stride first)
+        order = sorted(((int(s), int(c)) for s, c in levels), reverse=True)
+        self.strides = [s for s, _ in order]
+        self.lateral = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1), nn.GroupNorm(8, width)) for _, c in order)
+        self.smooth = nn.ModuleList(_conv_block(width) for _ in order)
         self.body = nn.Sequential(*[_conv_block(width) for _ in range(depth)])
         self.refine = _conv_block(width) if upsample > 1 else nn.Identity()
         self.heatmap = nn.Conv2d(width, num_labels, 1)
@@ -51,8 +63,11 @@ class DetectionHead(nn.Module):
 
     def forward(self, features: EncoderOutput) -> dict[str, torch.Tensor]:
         """Heat map logits and box distances on the output grid."""
-        x = self.norm(features.patches).permute(0, 3, 1, 2)
-        x = self.body(self.proj(x))
+        x = self.proj(self.norm(features.patches).permute(0, 3, 1, 2))
+        for stride, lateral, smooth in zip(self.strides, self.lateral, self.smooth):
+            finer = lateral(features.levels[stride].permute(0, 3, 1, 2))
+            x = smooth(F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=False) + finer)
+        x = self.body(x)
         if self.upsample > 1:
             x = self.refine(F.interpolate(x, scale_factor=self.upsample, mode="bilinear", align_corners=False))
         return {"heatmap": self.heatmap(x), "boxes": F.softplus(self.boxes(x)) * BOX_SCALE}

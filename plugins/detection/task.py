@@ -9,7 +9,9 @@ from typing import Any
 
 from loradex.core.errors import ConfigError, SpecError
 from loradex.core.spec import TrainSettings
-from loradex.core.task import EvalResult, HeadCode, ImageTransform, Task, TaskData, option_help
+from loradex.core.task import (
+    EvalResult, HeadCode, HeadContext, ImageTransform, Task, TaskData, head_levels, option_help,
+)
 
 DEFAULT_MIN_SCORE = 0.3
 """Detections below this score are left out of ``postprocess`` (metrics use every detection)."""
@@ -75,23 +77,32 @@ class DetectionTask(Task):
 
         return load_detection_data(source, transform=transform, image_size=image_size, seed=seed)
 
-    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode:
-        """:class:`DetectionHead` (head.py, torch only); ``head_config`` may set ``width``, ``depth``, ``upsample``."""
+    def head_defaults(self, context: HeadContext) -> dict[str, Any]:
+        """On a base with finer maps (a CNN): read the stride-16 and stride-8 maps, output at stride 8."""
+        return {"levels": sorted(context.levels), "upsample": 1} if context.levels else {}
+
+    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
+                    context: HeadContext | None = None) -> HeadCode:
+        """:class:`DetectionHead` (head.py, torch only); ``head_config`` may set ``width``, ``depth``,
+        ``upsample`` and ``levels`` (strides of the base's finer maps to fuse)."""
         from . import head
 
         labels = head_config.get("labels")
         if not isinstance(labels, list) or not labels:
             raise SpecError("detection head needs 'labels': a non-empty list of class names")
-        options = {k: int(head_config[k]) for k in ("width", "depth", "upsample") if k in head_config}
+        options: dict[str, Any] = {k: int(head_config[k]) for k in ("width", "depth", "upsample") if k in head_config}
+        if levels := head_levels(head_config, context):
+            options["levels"] = levels
         return HeadCode(source=Path(head.__file__), class_name="DetectionHead",
                         kwargs={"hidden_size": hidden_size, "num_labels": len(labels), **options})
 
-    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
-        """The dense head; ``head_config`` may set ``width``, ``depth`` and ``upsample``."""
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
+                   context: HeadContext | None = None):
+        """The dense head; ``head_config`` may set ``width``, ``depth``, ``upsample`` and ``levels``."""
         from .head import DetectionHead
 
         return DetectionHead(**self.export_head(hidden_size=hidden_size, grid_size=grid_size,
-                                                head_config=head_config).kwargs)
+                                                head_config=head_config, context=context).kwargs)
 
     def loss(self, outputs: Any, targets: Any):
         """Focal loss on the class heat maps plus a Gaussian-weighted GIoU loss on the boxes."""

@@ -2,13 +2,18 @@
 
 The patch grid (B, h, w, D) is normalised, projected to a few channels, upsampled by 2x
 transposed convolutions (two by default) and refined by a 3x3 convolution into one heatmap
-per keypoint at (4h, 4w). Coordinates come out of the heatmaps by a soft-argmax (the expectation of the
+per keypoint at (4h, 4w). On a CNN base the finer stage maps it was built for (``levels``) are
+fused first, coarse to fine (upsample, add the level's 1x1 projection, smooth), so the heatmaps
+start from the stride-8 map. Coordinates come out of the heatmaps by a soft-argmax (the expectation of the
 spatial softmax), which is differentiable and gives sub-cell precision.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from typing import TYPE_CHECKING
@@ -43,10 +48,17 @@ class KeypointHead(nn.Module):
     stages (2: heatmaps at 4x the patch grid).
     """
 
-    def __init__(self, hidden_size: int, num_keypoints: int, *, channels: int = 64, upsample: int = 2) -> None:
+    def __init__(self, hidden_size: int, num_keypoints: int, *, channels: int = 64, upsample: int = 2,
+                 levels: Sequence[Sequence[int]] = ()) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size)
         self.project = nn.Conv2d(hidden_size, channels, kernel_size=1)
+        order = sorted(((int(s), int(c)) for s, c in levels), reverse=True)  # [stride, channels], coarse first
+        self.strides = [s for s, _ in order]
+        self.lateral = nn.ModuleList(nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels))
+                                     for _, c in order)
+        self.smooth = nn.ModuleList(nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                                  nn.BatchNorm2d(channels), nn.GELU()) for _ in order)
         stages: list[nn.Module] = []
         for _ in range(upsample):
             stages += [nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1, bias=False),
@@ -58,7 +70,10 @@ class KeypointHead(nn.Module):
 
     def forward(self, features: EncoderOutput) -> dict[str, torch.Tensor]:
         """``{"heatmaps": (B, K, H, W) logits, "coords": (B, K, 2) in 0..1, "scores": (B, K)}``."""
-        grid = self.norm(features.patches).permute(0, 3, 1, 2)
-        heatmaps = self.out(self.refine(self.upsample(self.project(grid))))
+        x = self.project(self.norm(features.patches).permute(0, 3, 1, 2))
+        for stride, lateral, smooth in zip(self.strides, self.lateral, self.smooth):
+            finer = lateral(features.levels[stride].permute(0, 3, 1, 2))
+            x = smooth(F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=False) + finer)
+        heatmaps = self.out(self.refine(self.upsample(x)))
         coords, scores = soft_argmax(heatmaps)
         return {"heatmaps": heatmaps, "coords": coords, "scores": scores}

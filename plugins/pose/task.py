@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loradex.core.spec import TrainSettings
-from loradex.core.task import EvalResult, HeadCode, ImageTransform, Task, TaskData
+from loradex.core.task import EvalResult, HeadCode, HeadContext, ImageTransform, Task, TaskData, head_levels
 
 HEATMAP_WEIGHT = 1.0
 """Weight of the heatmap cross-entropy next to the L1 coordinate loss."""
@@ -62,23 +62,31 @@ class PoseTask(Task):
             data.train = FlipDataset(data.train, pairs)
         return data
 
-    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]) -> HeadCode:
+    def head_defaults(self, context: HeadContext) -> dict[str, Any]:
+        """On a base with finer maps (a CNN): fuse the stride-16 and stride-8 maps, heatmaps at stride 4."""
+        return {"levels": sorted(context.levels), "upsample": 1} if context.levels else {}
+
+    def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
+                    context: HeadContext | None = None) -> HeadCode:
         """:class:`KeypointHead` (head.py, torch only), one heatmap per keypoint."""
         from . import head
         from .schema import check_schema
 
         names, _, _ = check_schema(head_config)
+        levels = head_levels(head_config, context)
         return HeadCode(source=Path(head.__file__), class_name="KeypointHead",
                         kwargs={"hidden_size": hidden_size, "num_keypoints": len(names),
                                 "channels": int(head_config.get("channels", 64)),
-                                "upsample": int(head_config.get("upsample", 2))})
+                                "upsample": int(head_config.get("upsample", 2)), **({"levels": levels} if levels else {})})
 
-    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any]):
-        """A heatmap decoder with one map per keypoint at 4x the patch grid (``upsample`` 2x stages, default 2)."""
+    def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
+                   context: HeadContext | None = None):
+        """A heatmap decoder with one map per keypoint at 4x the patch grid (``upsample`` 2x stages, default 2),
+        reading the finer maps ``levels`` names first."""
         from .head import KeypointHead
 
         return KeypointHead(**self.export_head(hidden_size=hidden_size, grid_size=grid_size,
-                                               head_config=head_config).kwargs)
+                                               head_config=head_config, context=context).kwargs)
 
     def loss(self, outputs: Any, targets: Any):
         """L1 on the soft-argmax coordinates plus heatmap cross-entropy to a Gaussian."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from loradex import (
-    ConfigError, EvalResult, HeadCode, HeadContext, LoraSettings, MetricAccumulator, Task, TaskData, TrainSettings, colour_for,
+    ConfigError, EvalResult, HeadCode, HeadContext, LoraSettings, head_levels, MetricAccumulator, Task, TaskData, TrainSettings, colour_for,
     option_help,
     plot_bars, plot_confusion_matrix,
 )
@@ -104,6 +104,15 @@ class SegmentationTask(Task):
         """Measured on the synthetic shapes with tiny-vit: 24 epochs, mIoU 0.67 in under 3 minutes on 2 cores."""
         return TrainSettings(epochs=24, batch_size=16, lr=5e-3, head_lr=5e-3, warmup_ratio=0.05, patience=4)
 
+    def pretrained_defaults(self, backbone: Any) -> dict[str, dict[str, Any]]:
+        """Learned features: rank 8, LoRA lr 1e-3 (the head keeps 5e-3), 10 epochs.
+
+        Measured with efficientnet-lite0 on bench/real_data.py's Fashion scenes (128 px, 1,000 images):
+        val mIoU 0.473 at LoRA lr 1e-3 against 0.388 at the random-init default 5e-3, which disturbs
+        the learned features more than it adapts them (a frozen-base probe reached 0.432).
+        """
+        return {"lora": {"rank": 8, "alpha": 16}, "train": {"epochs": 10, "patience": 3, "lr": 1e-3}}
+
     def synthetic_head_config(self) -> dict[str, Any]:
         """The classes of the synthetic shapes."""
         from .data import SHAPES
@@ -133,14 +142,8 @@ class SegmentationTask(Task):
         labels = head_config.get("labels")
         if not labels:
             raise ConfigError("a segmentation head needs its class names (head_config['labels'])")
-        strides = [int(s) for s in head_config.get("levels") or ()]
-        offered = dict(context.levels) if context is not None else {}
-        missing = [s for s in strides if s not in offered]
-        if missing:
-            have = ", ".join(str(s) for s in sorted(offered)) or "none"
-            raise ConfigError(f"head levels: this base has no stride-{missing[0]} map (it offers: {have})")
         return {"hidden_size": hidden_size, "num_classes": len(labels), "channels": int(head_config.get("channels", 64)),
-                "upsample": int(head_config.get("upsample", 2)), "levels": [[s, offered[s]] for s in strides]}
+                "upsample": int(head_config.get("upsample", 2)), "levels": head_levels(head_config, context)}
 
     def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
                    context: HeadContext | None = None):
