@@ -254,19 +254,14 @@ def segmentation_part(root: Path, registry, work: Path, report: dict) -> None:
     runs = {"loradex": {}, "loradex-grid": {"levels": []}}
     for method, head in runs.items():
         name = f"scenes-{base}" + ("" if method == "loradex" else "-grid")
-        if name not in report:
-            report[name] = loradex_run("segmentation", base, root, size, registry, name, work, head=head)
-            save(work, report)
-        row = report[name]
+        row = measured(report, work, name,
+                       lambda: loradex_run("segmentation", base, root, size, registry, name, work, head=head))
         print(f"{base:<20}{method:<16}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:8.4f}"
               f"{row['metrics']['pixel_accuracy']:11.4f}", flush=True)
     spec = report[f"scenes-{base}"]["spec"]
     for mode in ("probe", "full"):
-        key = f"scenes-{base}-{mode}"
-        if key not in report:
-            report[key] = dense_trainer_run("segmentation", mode, base, root, spec, work)
-            save(work, report)
-        row = report[key]
+        row = measured(report, work, f"scenes-{base}-{mode}",
+                       lambda: dense_trainer_run("segmentation", mode, base, root, spec, work))
         print(f"{base:<20}{mode:<16}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:8.4f}"
               f"{row['metrics']['pixel_accuracy']:11.4f}", flush=True)
 
@@ -374,26 +369,19 @@ def scenes_detection_part(root: Path, registry, work: Path, report: dict) -> Non
             ("tiny-vit (random)", "loradex"): ("tiny-vit", None)}
     for (label, method), (base, head) in rows.items():
         name = "boxes-" + "-".join((label + " " + method).replace("(", "").replace(")", "").split())
-        if name not in report:
-            report[name] = loradex_run("detection", base, root, size, registry, name, work, head=head)
-            save(work, report)
-        row = report[name]
+        row = measured(report, work, name,
+                       lambda: loradex_run("detection", base, root, size, registry, name, work, head=head))
         print(f"{label:<24}{method:<20}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:9.4f}"
               f"{row['metrics'].get('map', 0):8.4f}", flush=True)
     spec = report["boxes-efficientnet-lite0-loradex"]["spec"]
     for label, base, mode in (("efficientnet-lite0", "efficientnet-lite0", "full"),
                               ("lite0 random init", random, "full")):
-        key = "boxes-" + "-".join(label.split()) + f"-{mode}"
-        if key not in report:
-            report[key] = dense_trainer_run("detection", mode, base, root, spec, work)
-            save(work, report)
-        row = report[key]
+        row = measured(report, work, "boxes-" + "-".join(label.split()) + f"-{mode}",
+                       lambda: dense_trainer_run("detection", mode, base, root, spec, work))
         print(f"{label:<24}{mode:<20}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:9.4f}"
               f"{row['metrics'].get('map', 0):8.4f}", flush=True)
-    if "boxes-fcos" not in report:
-        report["boxes-fcos"] = fcos_run("efficientnet-lite0", root, size, spec["train"]["epochs"], work)
-        save(work, report)
-    row = report["boxes-fcos"]
+    row = measured(report, work, "boxes-fcos",
+                   lambda: fcos_run("efficientnet-lite0", root, size, spec["train"]["epochs"], work))
     print(f"{'efficientnet-lite0':<24}{'torchvision FCOS':<20}{row['trainable']:>11,}{row['seconds']:10.1f}"
           f"{row['score']:9.4f}{row['metrics'].get('map', 0):8.4f}", flush=True)
 
@@ -404,11 +392,8 @@ def trees_part(root: Path, registry, work: Path, report: dict) -> None:
     print(f"{'base / head':<32}{'seconds':>10}{'mAP@.5':>9}{'mAP':>8}", flush=True)
     for row_name, (base, head) in TREE_RUNS.items():
         name = "trees-" + row_name.replace(" ", "-")
-        if name not in report:
-            report[name] = loradex_run("detection", base, root, SIZES["trees"][base], registry, name, work, TREES,
-                                       head=head)
-            save(work, report)
-        row = report[name]
+        row = measured(report, work, name, lambda: loradex_run("detection", base, root, SIZES["trees"][base], registry,
+                                                               name, work, TREES, head=head))
         print(f"{row_name:<32}{row['seconds']:10.1f}{row['metrics'].get('map50', 0):9.4f}"
               f"{row['metrics'].get('map', 0):8.4f}", flush=True)
     save(work, report)
@@ -470,6 +455,14 @@ def merge_part(registry, report: dict, work: Path) -> None:
         print(f"{method:<12}{weights:<9g}{'' if density is None else density:<9}{cells}{mean:8.1f}", flush=True)
     report["merge"] = rows
     save(work, report)
+
+
+def measured(report: dict, work: Path, key: str, run) -> dict:
+    """``report[key]``, measured by ``run()`` and saved first if this work folder lacks it."""
+    if key not in report:
+        report[key] = run()
+        save(work, report)
+    return report[key]
 
 
 def save(work: Path, report: dict) -> None:
