@@ -98,6 +98,26 @@ def test_detection_reads_the_pyramid_on_a_cnn_and_old_specs_keep_the_single_map_
     assert pose.head_for(backbone, head_config=config, image_size=64)(features)["heatmaps"].shape[-2:] == (16, 16)
 
 
+def test_a_new_spec_on_a_cnn_records_the_pyramid_over_the_data_head_and_the_user_can_turn_it_off(cnn_folder):
+    """build_spec: the base's head defaults come after the data's head config (detection's data
+    records upsample 2; on a CNN the pyramid head predicts at stride 8, upsample 1), and a head option
+    the user gives (``levels: []``, as bench/real_data.py's grid rows do) wins and builds the old head."""
+    from loradex.core.task import TaskData
+    from loradex.core.training import TrainRequest, build_spec, resolve_settings
+
+    backbone = plugins.resolve_backbone(str(cnn_folder)).load(str(cnn_folder))
+    task = plugins.get_task("detection")
+    data = TaskData(train=None, val=None, head_config=task.synthetic_head_config())
+    assert data.head_config["upsample"] == 2
+    for head, expected in (({}, {"levels": [8, 16], "upsample": 1}), ({"levels": [], "upsample": 2},
+                                                                      {"levels": [], "upsample": 2})):
+        request = TrainRequest(task="detection", backbone=str(cnn_folder), train={"image_size": 64}, head=head)
+        spec = build_spec(task, backbone, data, request, *resolve_settings(task, request, backbone))
+        assert {k: spec.head[k] for k in expected} == expected
+        built = task.head_for(backbone, head_config=spec.head, image_size=64)
+        assert any(k.startswith("lateral") for k in built.state_dict()) == bool(expected["levels"])
+
+
 def test_a_segmentation_head_asks_for_levels_the_base_lacks_in_one_line(vit_folder):
     from loradex import ConfigError
 

@@ -169,8 +169,10 @@ def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None
     cfg = dict(getattr(timm_model, "pretrained_cfg", None) or {})
     image_size = int(cfg.get("input_size", (3, 224, 224))[-1])
     is_vit = hasattr(timm_model, "patch_embed")
+    stages = not is_vit and hasattr(timm_model, "forward_intermediates")  # a CNN's stage maps, in the same pass
     with torch.no_grad():
-        features = model(pixel_values=torch.zeros(1, 3, image_size, image_size)).last_hidden_state
+        probe = model(pixel_values=torch.zeros(1, 3, image_size, image_size), output_hidden_states=stages or None)
+    features = probe.last_hidden_state
     prefix = int(getattr(timm_model, "num_prefix_tokens", 0))
     if is_vit:
         patch = timm_model.patch_embed.patch_size
@@ -180,7 +182,7 @@ def timm_backbone(model: Any, processor: Any, *, name: str, revision: str | None
                                 f"grid and {prefix} prefix tokens")
     else:  # measured, not read from feature_info: a dilated model (output_stride=16) keeps its nominal reductions
         stride = image_size // int(features.shape[-1])
-    indices, widths = ({}, {}) if is_vit else _pyramid(model, image_size, stride)
+    indices, widths = _pyramid(probe.hidden_states if stages else (), image_size, stride)
     patterns = timm_target_patterns(model)
     if not patterns:
         raise BackboneError(f"backbone {name!r} ({model.config.architecture}): no Linear or conv layer LoRA can target")
@@ -206,15 +208,10 @@ PYRAMID_STRIDES = (8, 16)
 """The finer maps a CNN offers heads: stride 4 costs more than it gives at loradex's image sizes."""
 
 
-def _pyramid(model: Any, image_size: int, stride: int) -> tuple[dict[int, int], dict[int, int]]:
+def _pyramid(states: Any, image_size: int, stride: int) -> tuple[dict[int, int], dict[int, int]]:
     """Stride → hidden-state index, and stride → channels, of the deepest stage at each of
-    :data:`PYRAMID_STRIDES` finer than ``stride`` (measured on a blank image, so dilation counts)."""
-    import torch
-
-    if not hasattr(model.timm_model, "forward_intermediates"):
-        return {}, {}
-    with torch.no_grad():
-        states = model(pixel_values=torch.zeros(1, 3, image_size, image_size), output_hidden_states=True).hidden_states
+    :data:`PYRAMID_STRIDES` finer than ``stride``, from the stage maps of a blank ``image_size``
+    image (measured, so dilation counts)."""
     indices: dict[int, int] = {}
     widths: dict[int, int] = {}
     for index, state in enumerate(states or ()):

@@ -142,8 +142,9 @@ class SegmentationTask(Task):
         labels = head_config.get("labels")
         if not labels:
             raise ConfigError("a segmentation head needs its class names (head_config['labels'])")
+        levels = head_levels(head_config, context)
         return {"hidden_size": hidden_size, "num_classes": len(labels), "channels": int(head_config.get("channels", 64)),
-                "upsample": int(head_config.get("upsample", 2)), "levels": head_levels(head_config, context)}
+                "upsample": int(head_config.get("upsample", 2)), **({"levels": levels} if levels else {})}
 
     def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
                    context: HeadContext | None = None):
@@ -152,7 +153,7 @@ class SegmentationTask(Task):
 
         kwargs = self._kwargs(hidden_size, head_config, context)
         if context is not None:
-            finest = min([context.stride, *(s for s, _ in kwargs["levels"])])
+            finest = min([context.stride, *(s for s, _ in kwargs.get("levels", ()))])
             if finest < 2 ** kwargs["upsample"]:
                 raise ConfigError(f"upsample {kwargs['upsample']} makes maps finer than the input: the finest map "
                                   f"has {finest} pixels per cell (use upsample <= {finest.bit_length() - 1})")
