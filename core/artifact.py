@@ -135,7 +135,8 @@ def describing_files(spec: AdapterSpec, *, metrics: Mapping[str, float] | None =
 
 def peft_files(model: Any, adapter_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(adapter_config, LoRA weights) of the PEFT adapter ``adapter_name`` in ``model``, as
-    ``save_pretrained`` would write them (no embedding layers: none is ever trained)."""
+    ``save_pretrained`` would write them: the LoRA factors, and the trained rows of the token
+    embeddings (``trainable_token_indices``) as deltas, never the whole embedding matrix."""
     from peft import get_peft_model_state_dict
 
     config = model.peft_config[adapter_name].to_dict()
@@ -210,7 +211,8 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
 
 
 def _module_of(key: str) -> str:
-    return key.removeprefix("base_model.model.").split(".lora_", 1)[0]
+    """The module a PEFT key belongs to: a LoRA factor's layer, or a trained-token delta's embedding."""
+    return key.removeprefix("base_model.model.").split(".lora_", 1)[0].split(".token_adapter.", 1)[0]
 
 
 def lora_keys_match(folder: Path, backbone: Any) -> bool:

@@ -247,6 +247,42 @@ class LoadedBackbone:
         alternatives = "|".join(re.escape(r) for r in rels)
         return rf"^{re.escape(self.block_prefix)}\.\d+\.({alternatives})$"
 
+    def token_indices(self, tokens: Iterable[str]) -> tuple[int, ...]:
+        """The ids of the tokens ``tokens`` names: exact tokens, ``fnmatch`` globs like ``<loc_*>``, or
+        ids as ``id:N`` / ``id:A-B`` (what an imported PEFT adapter records).
+
+        For ``LoraSettings.tokens``: the embedding rows PEFT trains beside the LoRA. Only a base
+        that reads text (one whose processor has a tokenizer) has any.
+        """
+        import fnmatch
+
+        from .token_deltas import ID_PATTERN
+
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+            raise BackboneError(f"backbone {self.ref.name!r} ({self.ref.architecture}) reads no text, so it has no "
+                                "token embeddings to train; --tokens is for bases like Florence-2")
+        vocab = tokenizer.get_vocab()
+        found: set[int] = set()
+        size = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
+        for pattern in tokens:
+            if match := ID_PATTERN.fullmatch(pattern):
+                first, last = int(match[1]), int(match[2] or match[1])
+                if not first <= last < size:
+                    raise BackboneError(f"--tokens: {pattern!r} is outside the {size} token ids of backbone "
+                                        f"{self.ref.name!r}")
+                found.update(range(first, last + 1))
+                continue
+            ids = [vocab[pattern]] if pattern in vocab else [
+                i for token, i in vocab.items() if fnmatch.fnmatchcase(token, pattern)]
+            if not ids:
+                from .errors import suggest
+
+                raise BackboneError(f"--tokens: {pattern!r} names no token of backbone {self.ref.name!r}."
+                                    f"{suggest(pattern, vocab)} Give tokens or globs such as '<loc_*>'")
+            found.update(ids)
+        return tuple(sorted(found))
+
     def translate_module_name(self, name: str) -> str:
         """Rename a module path saved for another naming scheme to this model's names.
 

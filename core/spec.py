@@ -82,6 +82,24 @@ def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t for t in SEMANTIC_TARGETS if t in out)
 
 
+def parse_tokens(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Turn ``"<loc_*>,<OD>"`` / ``["<loc_*>"]`` into token patterns (duplicates and blanks dropped)."""
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise SpecError(f"lora tokens must be a comma list or a list of tokens, got {value!r}")
+    out: list[str] = []
+    for raw in items:
+        if not isinstance(raw, str):
+            raise SpecError(f"lora tokens must be text, got {raw!r}")
+        item = raw.strip()
+        if item and item not in out:
+            out.append(item)
+    return tuple(out)
+
+
 @dataclass(frozen=True, kw_only=True)
 class BackboneRef:
     """Which base an adapter belongs to."""
@@ -103,6 +121,13 @@ class LoraSettings:
     target_modules: str | None = _help(
         "Regex of the real module names, resolved by the backbone; None until resolved.", None
     )
+    tokens: tuple[str, ...] = _help(
+        "Token embeddings trained beside the LoRA (PEFT's trainable_token_indices), for bases that read text: "
+        "tokens or globs such as '<loc_*>' or '<OD>'. Empty: none.", ()
+    )
+    token_indices: tuple[int, ...] = _help(
+        "The token ids that ``tokens`` names, resolved by the base's tokenizer; empty until resolved.", ()
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
@@ -114,6 +139,14 @@ class LoraSettings:
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "dropout", float(self.dropout))
         object.__setattr__(self, "targets", parse_targets(self.targets))
+        object.__setattr__(self, "tokens", parse_tokens(self.tokens))
+        indices = self.token_indices
+        if not isinstance(indices, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+            raise SpecError(f"lora token_indices must be a list of token ids, got {indices!r}")
+        if indices and not self.tokens:
+            raise SpecError("lora token_indices are set but tokens is empty; name the tokens they resolve")
+        object.__setattr__(self, "token_indices", tuple(sorted(set(indices))))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,6 +327,11 @@ class AdapterSpec:
         """A plain-JSON dict of the spec (a single-task spec has no ``heads`` key, as in format 1)."""
         data = dataclasses.asdict(self)
         data["lora"]["targets"] = list(self.lora.targets)
+        if self.lora.tokens:
+            data["lora"]["tokens"] = list(self.lora.tokens)
+            data["lora"]["token_indices"] = list(self.lora.token_indices)
+        else:  # specs written before trainable tokens read the same
+            del data["lora"]["tokens"], data["lora"]["token_indices"]
         if not self.plugins:  # specs written before provenance was recorded read the same
             del data["plugins"]
         if not self.heads:
@@ -351,7 +389,10 @@ class AdapterSpec:
 
         if not self.lora.target_modules:
             raise SpecError("LoRA targets are not resolved to module names; load the backbone first")
+        if self.lora.tokens and not self.lora.token_indices:
+            raise SpecError("LoRA tokens are not resolved to token ids; load the backbone first")
         alpha = self.lora.alpha
+        tokens = {"trainable_token_indices": list(self.lora.token_indices)} if self.lora.token_indices else {}
         return LoraConfig(
             r=self.lora.rank,
             lora_alpha=int(alpha) if float(alpha).is_integer() else alpha,
@@ -361,6 +402,7 @@ class AdapterSpec:
             base_model_name_or_path=self.backbone.name,
             revision=self.backbone.revision,
             inference_mode=inference_mode,
+            **tokens,
         )
 
 

@@ -70,12 +70,14 @@ def resolve_settings(task: Task, request: TrainRequest, backbone: LoadedBackbone
     """
     fitted = _fitted_defaults(task, backbone)
     if request.init is not None:
-        start = init_spec(request.init)
-        changed = sorted(k for k, v in request.lora.items() if getattr(start.lora, k, v) != v and k != "dropout")
+        kept = dataclasses.replace(init_spec(request.init).lora, target_modules=None, token_indices=())
+        asked = settings_from_mapping(LoraSettings, {**dataclasses.asdict(kept), **request.lora}, source="lora settings")
+        changed = sorted(k for k in request.lora if k != "dropout" and getattr(asked, k) != getattr(kept, k))
         if changed:
+            tokens = f", tokens {','.join(kept.tokens)}" if kept.tokens else ""
             raise ConfigError(f"--{changed[0]} cannot change when training starts from {request.init} "
-                              f"(its LoRA has rank {start.lora.rank}, targets {','.join(start.lora.targets)})")
-        base = dataclasses.asdict(dataclasses.replace(start.lora, target_modules=None))
+                              f"(its LoRA has rank {kept.rank}, targets {','.join(kept.targets)}{tokens})")
+        base = dataclasses.asdict(kept)
     else:
         base = {**dataclasses.asdict(task.default_lora()), **fitted["lora"]}
     lora = settings_from_mapping(LoraSettings, {**base, **request.lora}, source="lora settings")
@@ -137,7 +139,8 @@ def build_spec(
     return AdapterSpec(
         task=task.name,
         backbone=backbone.ref,
-        lora=dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets)),
+        lora=dataclasses.replace(lora, target_modules=backbone.target_modules(lora.targets),
+                                 token_indices=backbone.token_indices(lora.tokens) if lora.tokens else ()),
         # the data's head config (labels, and the head a reader records) before the base's needs
         head={**task.default_head(), **data.head_config, **task.head_defaults(HeadContext.of(backbone, image_size)),
               **_fitted_defaults(task, backbone)["head"], **request.head},

@@ -40,12 +40,14 @@ def random_adapter(
     seed: int = 0,
     scale: float = 0.15,
     use_dora: bool = False,
+    tokens: str | tuple[str, ...] = (),
 ) -> Path:
     """Write an adapter for ``task`` on ``backbone`` (a LoadedBackbone, left unchanged) into ``folder``.
 
     Every LoRA factor is drawn from N(0, ``scale``²) with ``seed``; the head is initialised by
     the task with the same seed. ``use_dora`` makes a DoRA adapter (which loradex's fast path
-    hands to PEFT).
+    hands to PEFT). ``tokens`` (e.g. ``"<loc_*>"``, on a base that reads text) also trains those
+    token embeddings, their rows drawn like the factors.
     """
     import torch
 
@@ -59,7 +61,9 @@ def random_adapter(
     size = image_size or backbone.image_size
     semantic = parse_targets(targets)
     lora = LoraSettings(rank=rank, alpha=alpha if alpha is not None else 2 * rank, targets=semantic,
-                        target_modules=backbone.target_modules(semantic))
+                        target_modules=backbone.target_modules(semantic), tokens=tokens)
+    if lora.tokens:
+        lora = dataclasses.replace(lora, token_indices=backbone.token_indices(lora.tokens))
     if head is None:
         head = {**builtin_head_config(task), **task_obj.head_defaults(HeadContext.of(backbone, size))}
     spec = AdapterSpec(task=task, backbone=backbone.ref, lora=lora, head=dict(head), image_size=size)
@@ -74,7 +78,7 @@ def random_adapter(
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, param in model.encoder.named_parameters():
-                if "lora_A" in name or "lora_B" in name:
+                if "lora_A" in name or "lora_B" in name or "trainable_tokens_delta" in name:
                     param.copy_(torch.randn(param.shape, generator=generator) * scale)
     finally:
         torch.random.set_rng_state(state)

@@ -16,7 +16,7 @@ import click
 from loradex.core.errors import ConfigError, suggest
 from loradex.core.spec import LoraSettings, RuntimeSettings, TrainSettings, field_help
 
-LORA_FIELDS = ("rank", "alpha", "dropout", "targets")
+LORA_FIELDS = ("rank", "alpha", "dropout", "targets", "tokens")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainSettings))
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeSettings))
 RUN_KEYS = ("data", "backbone", "revision", "name", "project", "run_name", "head", "init")
@@ -29,7 +29,7 @@ def _click_type(cls: type, name: str) -> Any:
     hint = typing.get_type_hints(cls)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
-    if name == "targets":
+    if name in ("targets", "tokens"):
         return str
     return {int: int, float: float, str: str, bool: bool}.get(base, str)
 
@@ -42,6 +42,8 @@ def settings_options(func: Callable) -> Callable:
             help_text = field_help(cls, name)
             if name == "targets":
                 help_text += " Comma list: q,k,v,o, attn.q, mlp.in, mlp.out, attn, mlp, all; conv.pw, conv on CNNs."
+            if name == "tokens":
+                help_text += " Comma list, e.g. '<loc_*>,<OD>'."
             flag = name.replace("_", "-")
             if _click_type(cls, name) is bool:
                 func = click.option(f"--{flag}/--no-{flag}", name, default=None, help=help_text)(func)

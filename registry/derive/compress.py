@@ -11,7 +11,7 @@ ran by hand.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from loradex.core.artifact import ADAPTER_WEIGHTS, head_file, head_files, write_adapter
 from loradex.core.errors import ConfigError, RegistryError
 from loradex.core.lora_runtime import LoraFactors
+from loradex.core.token_deltas import TokenDelta
 
 from loradex.registry.derive import lora_algebra as algebra
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -77,10 +78,12 @@ def compress_layers(layers: Mapping[str, LoraFactors], *, rank: int | None, ener
 
 def build(source: Path, config: Mapping[str, Any], layers: Mapping[str, LoraFactors], spec: Any, folder: Path, *,
           rank: int | None, energy: float | None, dtype: str | None, name: str | None = None,
-          kernels: Mapping[str, tuple[int, ...]] | None = None) -> Compressed:
+          kernels: Mapping[str, tuple[int, ...]] | None = None, tokens: Mapping[str, TokenDelta] | None = None,
+          ) -> Compressed:
     """Write the compressed adapter of the folder ``source`` (its LoRA ``layers``) into ``folder``.
 
     ``kernels``: the conv layers' kernel shapes (``MergeInput.kernels``), to write their factors back as convs.
+    ``tokens``: its trained token rows, kept as they are (no rank to cut), stored in ``dtype`` if given.
     """
     check_request(rank=rank, energy=energy, dtype=dtype, adapter_rank=max(f.rank for f in layers.values()))
     if rank is None and energy is None:
@@ -92,12 +95,12 @@ def build(source: Path, config: Mapping[str, Any], layers: Mapping[str, LoraFact
     if dtype is not None:
         new_layers = algebra.cast(new_layers, DTYPES[dtype])
         errors = _with_storage_error(layers, new_layers, errors)
+    if dtype is not None and tokens:
+        tokens = {m: replace(t, delta=t.delta.to(DTYPES[dtype])) for m, t in tokens.items()}
     new_config, state = algebra.to_peft(new_layers, base_config=config, per_layer_rank=energy is not None,
-                                           kernels=kernels)
+                                           kernels=kernels, tokens=tokens)
     new_rank = int(new_config["r"])
-    lora = spec.lora.__class__(rank=new_rank, alpha=new_rank, dropout=spec.lora.dropout, targets=spec.lora.targets,
-                               target_modules=spec.lora.target_modules)
-    new_spec = spec.replace(lora=lora)
+    new_spec = spec.replace(lora=replace(spec.lora, rank=new_rank, alpha=new_rank))
     write_adapter(folder, new_spec, lora_config=new_config, lora_state=state, name=name,
                   heads={head.name: source / head_file(spec, head) for head in spec.head_specs()})  # heads unchanged
     size = lambda f: sum((f / n).stat().st_size for n in (ADAPTER_WEIGHTS, *head_files(spec)))  # noqa: E731
@@ -108,8 +111,6 @@ def build(source: Path, config: Mapping[str, Any], layers: Mapping[str, LoraFact
 def _with_storage_error(original: Mapping[str, LoraFactors], stored: Mapping[str, LoraFactors],
                         errors: list[algebra.LayerError]) -> list[algebra.LayerError]:
     """Errors measured on what is actually stored (after rounding to half precision)."""
-    from dataclasses import replace
-
     out = []
     for error in errors:
         reference = original[error.module].delta()

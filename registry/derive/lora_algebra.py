@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from loradex.core.lora_runtime import LoraFactors
+from loradex.core.token_deltas import CONFIG_KEY as TOKENS_CONFIG_KEY
+from loradex.core.token_deltas import TokenDelta, tokens_to_peft
 
 Layers = dict[str, LoraFactors]
 
@@ -222,7 +224,8 @@ def cast(layers: Mapping[str, LoraFactors], dtype: torch.dtype) -> Layers:
 
 
 def to_peft(layers: Mapping[str, LoraFactors], *, base_config: Mapping[str, object], per_layer_rank: bool = False,
-            kernels: Mapping[str, tuple[int, ...]] | None = None) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+            kernels: Mapping[str, tuple[int, ...]] | None = None, tokens: Mapping[str, TokenDelta] | None = None,
+            ) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
     """``(adapter_config, state dict)`` in PEFT's format for ``layers``.
 
     Scales are folded into B (alpha = r, so PEFT's scale is 1). One rank serves every layer,
@@ -230,6 +233,7 @@ def to_peft(layers: Mapping[str, LoraFactors], *, base_config: Mapping[str, obje
     and ``alpha_pattern`` (used where per-layer ranks are the point, as in ``compress --energy``).
     ``kernels``: conv layers' ``(in, kh, kw)`` (``conv_kernels`` of an input), whose flattened
     factors are written back as PEFT's conv pair: A ``(r, in, kh, kw)``, B ``(out, r, 1, 1)``.
+    ``tokens``: trained token rows written beside the factors (none: the config lists no token ids).
     """
     kernels = kernels or {}
     folded = {m: (f.a, f.b * f.scale if f.scale != 1.0 else f.b) for m, f in layers.items()}
@@ -248,12 +252,16 @@ def to_peft(layers: Mapping[str, LoraFactors], *, base_config: Mapping[str, obje
         state[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
         state[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
     config = {key: value for key, value in base_config.items()
-              if key not in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_rslora")}
+              if key not in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "target_modules", "use_rslora",
+                             TOKENS_CONFIG_KEY)}
     config.update(
         r=rank, lora_alpha=rank, use_rslora=False,
         target_modules="^(" + "|".join(re.escape(m) for m in folded) + ")$",
         rank_pattern=rank_pattern, alpha_pattern=dict(rank_pattern),
     )
+    token_config, token_state = tokens_to_peft(tokens or {})
+    config.update(token_config)
+    state.update(token_state)
     return config, state
 
 

@@ -24,10 +24,11 @@ import torch
 
 from loradex.core.artifact import head_file, load_weights, read_lora, write_adapter
 from loradex.core import plugins
-from loradex.core.errors import ConfigError, RegistryError, suggest
+from loradex.core.errors import ArtifactError, ConfigError, RegistryError, suggest
 from loradex.core.lora_runtime import LoraFactors, conv_kernels, factors_from_peft, unsupported_reason
 from loradex.core.multitask import check_same_base
 from loradex.core.spec import MULTITASK, AdapterSpec, HeadSpec, LoraSettings, parse_targets
+from loradex.core.token_deltas import TokenDelta, split_tokens, sum_tokens
 
 from loradex.registry.derive import lora_algebra as algebra
 @dataclass(frozen=True)
@@ -136,6 +137,8 @@ class MergeInput:
     layers: dict[str, LoraFactors]
     kernels: dict[str, tuple[int, ...]] = field(default_factory=dict)
     """Conv layers' kernel shapes (their factors are flattened in ``layers``)."""
+    tokens: dict[str, TokenDelta] = field(default_factory=dict)
+    """Trained token embedding rows (``trainable_token_indices``), by embedding module."""
 
     @property
     def ref(self) -> str:
@@ -175,6 +178,10 @@ class MergedAdapter:
 def load_input(record: Any, folder: Path, backbone: Any) -> MergeInput:
     """An input's LoRA factors with module names native to ``backbone``; refuses what cannot be merged."""
     config, state = read_lora(folder, backbone)
+    try:
+        config, state, tokens = split_tokens(config, state, where=record.ref)
+    except ArtifactError as exc:
+        raise RegistryError(f"cannot merge {exc}") from None
     reason = unsupported_reason(config)
     if reason is not None:
         raise RegistryError(f"cannot merge {record.ref}: {reason}; only plain LoRA updates can be summed exactly")
@@ -182,7 +189,8 @@ def load_input(record: Any, folder: Path, backbone: Any) -> MergeInput:
         layers = factors_from_peft(config, state)
     except Exception as exc:  # noqa: BLE001 - ArtifactError and shape errors alike
         raise RegistryError(f"cannot merge {record.ref}: {exc}") from None
-    return MergeInput(record=record, folder=folder, config=config, layers=layers, kernels=conv_kernels(state))
+    return MergeInput(record=record, folder=folder, config=config, layers=layers, kernels=conv_kernels(state),
+                      tokens=tokens)
 
 
 def check_request(count: int, *, method: str, weights: Sequence[float] | None, density: float | None,
@@ -283,6 +291,16 @@ def task_vectors(inputs: Sequence[MergeInput], base: MergeInput) -> list[dict[st
     return [{} if i.ref == base.ref else algebra.merge_cat([i.layers, base.layers], [1.0, -1.0]) for i in inputs]
 
 
+def merge_tokens(inputs: Sequence[MergeInput], weights: Sequence[float], base: MergeInput | None = None,
+                 ) -> dict[str, TokenDelta]:
+    """The inputs' trained token rows, summed exactly whatever the method: Σ wᵢ·δᵢ, or with a
+    ``base`` adapter δ_base + Σ wᵢ·(δᵢ − δ_base), as the LoRA updates are (see :func:`update_error`)."""
+    parts, scales = [i.tokens for i in inputs], list(weights)
+    if base is not None:
+        parts, scales = [*parts, base.tokens], [*scales, 1.0 - sum(weights)]
+    return sum_tokens(parts, scales)
+
+
 def update_error(merged: Mapping[str, LoraFactors], inputs: Sequence[MergeInput], weights: Sequence[float],
                  base: MergeInput | None = None) -> float:
     """Relative Frobenius error of the merged updates against the exact weighted sum, over all layers.
@@ -315,11 +333,15 @@ def build(inputs: Sequence[MergeInput], folder: Path, *, method: str = DEFAULT_M
     merged, stored_rank = merge_layers(chosen, inputs, weights, density=density, rank=rank, base=base)
     error = 0.0 if chosen.exact else update_error(merged, inputs, weights, base)
     kernels = {m: k for i in inputs for m, k in i.kernels.items()}
-    config, state = algebra.to_peft(merged, base_config=inputs[0].config, kernels=kernels)
+    tokens = merge_tokens(inputs, weights, base)
+    config, state = algebra.to_peft(merged, base_config=inputs[0].config, kernels=kernels, tokens=tokens)
     first = inputs[0].spec
     targets = parse_targets([t for i in inputs for t in i.spec.lora.targets])
+    sources = [i.spec for i in ([*inputs, base] if base is not None else inputs)]
     lora = LoraSettings(rank=stored_rank, alpha=stored_rank, dropout=0.0, targets=targets,
-                        target_modules=str(config["target_modules"]))
+                        target_modules=str(config["target_modules"]),
+                        tokens=tuple(t for s in sources for t in s.lora.tokens) if tokens else (),
+                        token_indices=tuple(i for t in tokens.values() for i in t.indices))
     head_of: dict[tuple[str, str], str] = {}
     head_states: dict[str, dict[str, torch.Tensor]] = {}
     head_specs: list[HeadSpec] = []

@@ -240,7 +240,7 @@ def compress_version(
     compressing.check_layers(item.layers, record.ref)
     with scratch_folder("compress") as scratch:
         built = compressing.build(item.folder, item.config, item.layers, record.spec, Path(scratch) / "out",
-                                  kernels=item.kernels,
+                                  kernels=item.kernels, tokens=item.tokens,
                                   rank=rank, energy=energy, dtype=dtype, name=target)
         probe = "compressed@v1"
         model.attach(probe, built.folder)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from loradex.core.errors import ArtifactError, LoradexError
+from loradex.core.token_deltas import CONFIG_KEY as TOKENS_CONFIG_KEY
+from loradex.core.token_deltas import TOKEN_KEY, listed_indices
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?P<part>lora_A|lora_B|lora_embedding_A|"
                        r"lora_embedding_B|lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$")
@@ -39,11 +41,25 @@ def check_lora_shapes(path: Path, config: Mapping[str, Any], tensors: Mapping[st
 
     modules: dict[str, dict[str, list[int]]] = {}
     for key, info in tensors.items():
+        token = TOKEN_KEY.match(key)
+        if token:  # trained token rows: as many as adapter_config.json lists ids for that embedding
+            listed = config.get(TOKENS_CONFIG_KEY)
+            if not listed:
+                raise ArtifactError(f"{path}: tensor {key!r} holds trained token rows, but adapter_config.json "
+                                    f"lists no {TOKENS_CONFIG_KEY}")
+            ids = listed_indices(listed, token["module"], str(path))
+            shape = list(info["shape"])
+            if len(shape) != 2 or shape[0] != len(ids):
+                raise ArtifactError(f"{path}: tensor {key!r} has shape {shape}, but {TOKENS_CONFIG_KEY} lists "
+                                    f"{len(ids)} tokens")
+            modules.setdefault(token["module"], {})["token_delta"] = shape
+            continue
         match = _LORA_KEY.match(key)
         if not match:
-            raise ArtifactError(f"{path}: tensor {key!r} is not a LoRA weight (lora_A / lora_B of a module)")
+            raise ArtifactError(f"{path}: tensor {key!r} is not a LoRA weight (lora_A / lora_B of a module, "
+                                "or the trained token rows of an embedding)")
         modules.setdefault(match["module"], {})[match["part"]] = list(info["shape"])
-    if not modules:
+    if not any("lora_A" in parts or "lora_embedding_A" in parts for parts in modules.values()):
         raise ArtifactError(f"{path}: holds no LoRA weights")
     rank = config.get("r", 8)
     for module, parts in modules.items():
@@ -93,6 +109,10 @@ def _check_lora_layers(folder: Path, backbone: Any, modules: Mapping[str, Mappin
                                 f"({backbone.ref.architecture}) does not have")
         weight = getattr(backbone.model.get_submodule(module_name), "weight", None)
         parts = modules[original]
+        if weight is not None and "token_delta" in parts and (weight.ndim != 2 or
+                                                              parts["token_delta"][1] != weight.shape[1]):
+            raise ArtifactError(f"{folder}: its token rows of {original!r} are {parts['token_delta'][1]} wide, "
+                                f"but that embedding of {name!r} has shape {list(weight.shape)}")
         if weight is not None and "lora_A" in parts and weight.ndim == 2:
             if parts["lora_A"][-1] != weight.shape[1] or parts["lora_B"][0] != weight.shape[0]:
                 raise ArtifactError(f"{folder}: LoRA of {original!r} is {parts['lora_A'][-1]} -> {parts['lora_B'][0]}, "

@@ -33,6 +33,8 @@ from loradex.core.spec import AdapterSpec, BackboneRef, LoraSettings
 
 from loradex.core import plugins
 
+from loradex.core.token_deltas import CONFIG_KEY as TOKENS_CONFIG_KEY
+from loradex.core.token_deltas import id_ranges
 from loradex.registry.store.import_checks import check_against_base, check_lora_shapes, check_regular_files
 from loradex.registry.store.weights import check_finite, check_safetensors, refuse_pickles
 
@@ -100,6 +102,8 @@ def spec_from_config(config: Mapping[str, Any], *, task: str, source: str, base:
             f"{source}: base_model_name_or_path is empty; say which base it belongs to (--base NAME)"
         )
     targets, regex = semantic_targets(config.get("target_modules"))
+    listed = config.get(TOKENS_CONFIG_KEY) or []
+    ids = [i for v in listed.values() for i in v] if isinstance(listed, dict) else list(listed)
     try:
         lora = LoraSettings(
             rank=config.get("r", 8),
@@ -107,6 +111,8 @@ def spec_from_config(config: Mapping[str, Any], *, task: str, source: str, base:
             dropout=config.get("lora_dropout", 0.0) or 0.0,
             targets=targets,
             target_modules=regex,
+            tokens=id_ranges(ids) if all(isinstance(i, int) for i in ids) else ids,
+            token_indices=ids,
         )
         return AdapterSpec(
             task=task,
