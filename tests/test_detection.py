@@ -36,7 +36,7 @@ def test_synthetic_scenes_are_deterministic(task):
     b = task.load_data("synthetic:train=6,val=3,test=2", transform=identity, image_size=64)
     assert a.head_config["labels"] == list(SCENE_SHAPES) == ["circle", "square", "triangle"]
     assert (len(a.train), len(a.val), len(a.test)) == (6, 3, 2)
-    for (x, t), (y, u) in zip(a.train, b.train):
+    for (x, t), (y, u) in zip(a.train.dataset, b.train.dataset):  # the scenes before the training flips
         assert torch.equal(x, y) and torch.equal(t["boxes"], u["boxes"]) and torch.equal(t["labels"], u["labels"])
     counts = [len(t["labels"]) for _, t in a.train]
     assert all(1 <= c <= 4 for c in counts)
@@ -44,7 +44,27 @@ def test_synthetic_scenes_are_deterministic(task):
     assert boxes.min() >= 0 and boxes.max() <= 1 and (boxes[:, 2:] > boxes[:, :2]).all()
     assert a.train[0][1]["size"].tolist() == [64.0, 64.0]
     c = task.load_data("synthetic:train=6,val=3,test=0,seed=1", transform=identity, image_size=64)
-    assert not torch.equal(a.train[0][0], c.train[0][0]) and c.test is None
+    assert not torch.equal(a.val[0][0], c.val[0][0]) and c.test is None
+
+
+def test_training_images_are_flipped_with_their_boxes(task):
+    from loradex.plugins.detection.targets import FlipDataset
+
+    data = task.load_data("synthetic:train=4,val=2", transform=identity, image_size=64)
+    assert isinstance(data.train, FlipDataset) and not isinstance(data.val, FlipDataset)
+    pixels, target = data.train.dataset[0]
+    flipped, moved = FlipDataset(data.train.dataset, p=1.0)[0]
+    assert torch.equal(flipped, pixels.flip(-1)) and torch.equal(moved["labels"], target["labels"])
+    x0, y0, x1, y1 = target["boxes"].unbind(1)
+    assert torch.allclose(moved["boxes"], torch.stack([1 - x1, y0, 1 - x0, y1], dim=1))
+    # the box still frames the shape: the mirrored pixels inside it are the original pixels inside the original box
+    size = pixels.shape[-1]
+    box = (target["boxes"][0] * size).round().int().tolist()
+    mirrored = (moved["boxes"][0] * size).round().int().tolist()
+    assert torch.equal(pixels[:, box[1]:box[3], box[0]:box[2]].flip(-1),
+                       flipped[:, mirrored[1]:mirrored[3], mirrored[0]:mirrored[2]])
+    assert FlipDataset(data.train.dataset, p=0.0)[0][1] is not None and torch.equal(
+        FlipDataset(data.train.dataset, p=0.0)[0][0], pixels)
 
 
 def test_scene_boxes_frame_the_drawn_shapes():

@@ -133,6 +133,11 @@ def test_a_florence2_folder_saved_by_transformers_loads_trains_and_predicts(tmp_
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+    from loradex.core import plugins
+
+    # a saved Florence-2 has learned weights (pretrained defaults apply); the preset's are drawn from a seed
+    assert plugins.resolve_backbone(str(folder)).load(str(folder)).pretrained
+    assert not FLORENCE_PRESETS[0].load().pretrained
     trained = run("train", "grounding", "--backbone", folder, "--data", "synthetic:train=6,val=3", *TINY,
                   "--project", tmp_path / "runs")
     assert trained.exit_code == 0, trained.output

@@ -63,8 +63,10 @@ def target_patterns(model: Any) -> dict[str, str]:
     return {t: "|".join(re.escape(n) for n in names) for t, names in found.items()}
 
 
-def florence_backbone(model: Any, processor: Any, *, name: str, revision: str | None) -> LoadedBackbone:
-    """Freeze a Florence-2 model, fingerprint it and describe it as an encoder-decoder base."""
+def florence_backbone(model: Any, processor: Any, *, name: str, revision: str | None,
+                      pretrained: bool = True) -> LoadedBackbone:
+    """Freeze a Florence-2 model, fingerprint it and describe it as an encoder-decoder base
+    (``pretrained``: learned weights, as a Hub id or folder has; the preset's are drawn from a seed)."""
     from loradex.core.spec import BackboneRef
 
     config = model.config
@@ -83,6 +85,7 @@ def florence_backbone(model: Any, processor: Any, *, name: str, revision: str | 
         ref=BackboneRef(name=name, revision=revision, fingerprint=fingerprint(model), architecture="florence2"),
         model=model, processor=processor, hidden_size=config.text_config.d_model, patch_size=stride,
         image_size=image_size, num_prefix_tokens=0, kind="encoder-decoder", target_patterns=target_patterns(model),
+        pretrained=pretrained,
     )
 
 
@@ -150,7 +153,7 @@ class FlorencePreset:
         if revision is not None:
             raise BackboneError(f"backbone {self.name!r} is a built-in preset and has no revisions")
         model, processor = self.build()
-        return florence_backbone(model, processor, name=self.name, revision=None)
+        return florence_backbone(model, processor, name=self.name, revision=None, pretrained=False)
 
 
 def _image_processor(size: int, tokens: int):

@@ -56,3 +56,28 @@ def split_data(splits: dict[str, list[tuple[Path, dict]]], labels: list[str], wh
         train=dataset("train"), val=dataset("val"), test=dataset("test"), head_config=head_config(labels),
         description=f"{what}: {len(labels)} classes, {describe_counts(splits)} train/val/test images, {boxes} boxes",
     )
+
+
+class FlipDataset:
+    """Training-time horizontal flip with probability ``p`` (Ultralytics' ``fliplr=0.5``): mirrors the
+    pixels and the boxes. Small sets (38 aerial tiles) see twice the pictures."""
+
+    def __init__(self, dataset: object, p: float = 0.5) -> None:
+        self.dataset, self.p = dataset, p
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        """The wrapped split's ``paths``, ``targets``, ... (what readers and drawings look at)."""
+        if name == "dataset":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pixels, target = self.dataset[index]  # type: ignore[index]
+        if float(torch.rand(())) >= self.p:
+            return pixels, target
+        boxes = target["boxes"]
+        flipped = torch.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], dim=1)
+        return pixels.flip(-1), {**target, "boxes": flipped}

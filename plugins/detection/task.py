@@ -55,13 +55,13 @@ class DetectionTask(Task):
         return {"shapes-scene.png": scene_image(0, 11, 224)[0], "shapes-scene-2.png": scene_image(0, 12, 224)[0]}
 
     def default_train(self, backbone: str) -> TrainSettings:
-        """96px input (a 12x12 patch grid on tiny-vit, upsampled to 24x24 by the head), 6 epochs.
+        """96px input (a 12x12 patch grid on tiny-vit, upsampled to 24x24 by the head), 7 epochs.
 
         Measured on synthetic scenes with tiny-vit: 96px reached a higher mAP@.5 than 64px and
-        nearly that of 128px in half the time of 128px; the default run takes a few minutes on
-        two CPU cores.
+        nearly that of 128px in half the time of 128px; 7 epochs reach mAP@.5 0.983 where 6
+        reached 0.969 (107 s against 93 s on two CPU cores).
         """
-        return TrainSettings(epochs=6, batch_size=16, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05, image_size=96)
+        return TrainSettings(epochs=7, batch_size=16, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05, image_size=96)
 
     def pretrained_defaults(self, backbone: Any) -> dict[str, dict[str, Any]]:
         """On learned features: r=8, alpha 16 (as classification: adapters of one base then merge rank for rank).
@@ -72,10 +72,17 @@ class DetectionTask(Task):
         return {"lora": {"rank": 8, "alpha": 16}}
 
     def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
-        """COCO JSON file/folder, YOLO folder, Pascal VOC folder, or None/``synthetic[:train=N,val=N,test=N,seed=N]``."""
-        from .data import load_detection_data
+        """COCO JSON file/folder, YOLO folder, Pascal VOC folder, or None/``synthetic[:train=N,val=N,test=N,seed=N]``.
 
-        return load_detection_data(source, transform=transform, image_size=image_size, seed=seed)
+        The training split is flipped horizontally at random (boxes mirrored with the pixels).
+        """
+        from .data import load_detection_data
+        from .targets import FlipDataset
+
+        data = load_detection_data(source, transform=transform, image_size=image_size, seed=seed)
+        if data.train is not None:
+            data.train = FlipDataset(data.train)
+        return data
 
     def head_defaults(self, context: HeadContext) -> dict[str, Any]:
         """On a base with finer maps (a CNN): read the stride-16 and stride-8 maps, output at stride 8."""
