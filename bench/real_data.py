@@ -28,7 +28,6 @@ the multi-task merge table (retained % of each task's score, on its own validati
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -40,6 +39,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import real_datasets  # noqa: E402
+from work_folder import open_work  # noqa: E402
 
 BASES = ("efficientnet-lite0", "tiny-vit")
 SIZES = {"fashion": {"efficientnet-lite0": 64, "tiny-vit": 32}, "digits": {"efficientnet-lite0": 64, "tiny-vit": 32},
@@ -471,19 +471,9 @@ def save(work: Path, report: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("bench-results/real_data"))
-    parser.add_argument("--parts", default="fashion,digits,scenes,boxes,trees,multitask,merge")
-    args = parser.parse_args()
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("LORADEX_HOME", str(work / "home"))
-    from loradex.registry.store.registry import Registry
-
-    registry = Registry.open(work / "home")
-    saved = work / "real_data.json"
-    report = json.loads(saved.read_text()) if saved.is_file() else {}
-    parts = args.parts.split(",")
+    parts, folder = open_work(__doc__.splitlines()[0], default="bench-results/real_data",
+                              parts="fashion,digits,scenes,boxes,trees,multitask,merge", report="real_data.json")
+    work, registry, report = folder.path, folder.registry, folder.report
     writers = {"fashion": real_datasets.write_fashion, "digits": real_datasets.write_digits,
                "trees": real_datasets.write_trees}
     needed = set(writers) if "multitask" in parts or "merge" in parts else set(parts) & set(writers)
