@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import ArtifactError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI's help must not load it
+    import torch
 
 CONFIG_KEY = "trainable_token_indices"
 """The ``adapter_config.json`` key that lists the trained token ids."""
@@ -89,6 +90,8 @@ def sum_tokens(parts: Sequence[Mapping[str, TokenDelta]], weights: Sequence[floa
 
     A token delta is added to the embedding, so this is exact for every merge method.
     """
+    import torch
+
     out: dict[str, TokenDelta] = {}
     for module in sorted({m for part in parts for m in part}):
         rows: dict[int, torch.Tensor] = {}
