@@ -315,8 +315,7 @@ def model_card(spec: AdapterSpec, metrics: Mapping[str, float], *, name: str | N
                         + "\n".join(f"| {k} | {v:.4f} |" for k, v in numbers.items()))
     if hub and hub.lineage:
         sections.append("## Lineage\n\n" + "\n".join(hub.lineage))
-    sections.append(f"## Settings\n\n- LoRA: rank {spec.lora.rank}, alpha {spec.lora.alpha:g}, dropout "
-                    f"{spec.lora.dropout:g}, targets {', '.join(spec.lora.targets)}\n"
+    sections.append(f"## Settings\n\n- LoRA: {spec.lora.describe()}\n"
                     f"- training: {json.dumps(spec.to_dict()['train'], sort_keys=True)}\n"
                     f"- input size: {', '.join(f'{h.name} {h.image_size}px' for h in spec.head_specs())}")
     body = "\n\n".join(sections) + "\n"

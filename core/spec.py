@@ -148,6 +148,13 @@ class LoraSettings:
             raise SpecError("lora token_indices are set but tokens is empty; name the tokens they resolve")
         object.__setattr__(self, "token_indices", tuple(sorted(set(indices))))
 
+    def describe(self) -> str:
+        """One line for ``adapters show`` and model cards: ``rank 16, alpha 32, dropout 0, targets …``."""
+        text = f"rank {self.rank}, alpha {self.alpha:g}, dropout {self.dropout:g}, targets {', '.join(self.targets)}"
+        if self.tokens:
+            text += f", token rows {', '.join(self.tokens)} ({len(self.token_indices):,} ids)"
+        return text
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings:

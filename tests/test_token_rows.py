@@ -99,6 +99,8 @@ def test_train_with_tokens_saves_the_rows_and_serves_them(tmp_path, florence):
     assert config["trainable_token_indices"] == spec["lora"]["token_indices"]
     rows = load_file(folder / "adapter_model.safetensors")[DELTA]
     assert rows.shape == (1001, 128) and rows.abs().max() > 0  # trained: PEFT starts them at zero
+    described = "token rows <loc_*>, <OD> (1,001 ids)"
+    assert described in run("show", "grounding").stdout and described in (folder / "README.md").read_text()
     # served by loradex (the bank hands such adapters to PEFT) exactly as plain PEFT runs them
     import loradex
 

@@ -162,8 +162,7 @@ def _print_record(record: VersionRecord, lineage: LineageNode, versions: list[Ve
     console.print(f"base: {spec.backbone.name}"
                   + (f"@{spec.backbone.revision}" if spec.backbone.revision else "")
                   + f"  fingerprint: {spec.backbone.fingerprint or 'unknown'}")
-    console.print(f"LoRA: rank {spec.lora.rank}, alpha {spec.lora.alpha:g}, dropout {spec.lora.dropout:g}, "
-                  f"targets {', '.join(spec.lora.targets)}")
+    console.print(f"LoRA: {spec.lora.describe()}", markup=False)
     if spec.is_multitask:
         for head in spec.heads:
             console.print(f"head {head.name}: {head.task} at {head.image_size}px " + json.dumps(head.config, sort_keys=True))
