@@ -203,3 +203,7 @@ def test_import_checks_token_rows_against_the_config(tmp_path, florence, isolate
     refused = run("import", folder, "--task", "grounding", "--name", "bad", "--base", "tiny-florence2")
     assert refused.exit_code != 0
     assert "has shape [2, 128], but trainable_token_indices lists 3 tokens" in refused.stderr.strip().splitlines()[-1]
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "trainable_token_indices": ["<loc_1>"]}))
+    refused = run("import", folder, "--task", "grounding", "--name", "bad", "--base", "tiny-florence2")
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "trainable_token_indices must list token ids (non-negative integers), got ['<loc_1>']" in refused.stderr

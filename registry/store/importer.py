@@ -103,7 +103,12 @@ def spec_from_config(config: Mapping[str, Any], *, task: str, source: str, base:
         )
     targets, regex = semantic_targets(config.get("target_modules"))
     listed = config.get(TOKENS_CONFIG_KEY) or []
-    ids = [i for v in listed.values() for i in v] if isinstance(listed, dict) else list(listed)
+    groups = list(listed.values()) if isinstance(listed, dict) else [listed]
+    ids = [i for group in groups if isinstance(group, list) for i in group]
+    if not all(isinstance(g, list) for g in groups) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ArtifactError(f"{source}: {TOKENS_CONFIG_KEY} must list token ids (non-negative integers), "
+                            f"got {listed!r:.80}")
     try:
         lora = LoraSettings(
             rank=config.get("r", 8),
@@ -111,7 +116,7 @@ def spec_from_config(config: Mapping[str, Any], *, task: str, source: str, base:
             dropout=config.get("lora_dropout", 0.0) or 0.0,
             targets=targets,
             target_modules=regex,
-            tokens=id_ranges(ids) if all(isinstance(i, int) for i in ids) else ids,
+            tokens=id_ranges(ids),
             token_indices=ids,
         )
         return AdapterSpec(
