@@ -54,17 +54,8 @@ def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
     Short forms ``q k v o`` mean ``attn.*``; ``attn``, ``mlp`` and ``all`` expand to groups.
     """
-    if isinstance(value, str):
-        items = value.split(",")
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise SpecError(f"LoRA targets must be a comma list or a list of names, got {value!r}")
     out: list[str] = []
-    for raw in items:
-        item = str(raw).strip()
-        if not item:
-            continue
+    for item in _comma_items(value, "LoRA targets", "names"):
         if item in TARGET_GROUPS:
             expanded = TARGET_GROUPS[item]
         elif item in ("q", "k", "v", "o"):
@@ -84,20 +75,20 @@ def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 def parse_tokens(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """Turn ``"<loc_*>,<OD>"`` / ``["<loc_*>"]`` into token patterns (duplicates and blanks dropped)."""
+    if isinstance(value, (list, tuple)) and not all(isinstance(raw, str) for raw in value):
+        raise SpecError(f"lora tokens must be text, got {value!r}")
+    return tuple(dict.fromkeys(_comma_items(value, "lora tokens", "tokens")))
+
+
+def _comma_items(value: str | list[str] | tuple[str, ...], what: str, of: str) -> list[str]:
+    """The stripped, non-blank items of a comma list or a list (``what`` names the setting in errors)."""
     if isinstance(value, str):
         items = value.split(",")
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise SpecError(f"lora tokens must be a comma list or a list of tokens, got {value!r}")
-    out: list[str] = []
-    for raw in items:
-        if not isinstance(raw, str):
-            raise SpecError(f"lora tokens must be text, got {raw!r}")
-        item = raw.strip()
-        if item and item not in out:
-            out.append(item)
-    return tuple(out)
+        raise SpecError(f"{what} must be a comma list or a list of {of}, got {value!r}")
+    return [item for item in (str(raw).strip() for raw in items) if item]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -159,6 +159,11 @@ def test_merge_sums_token_rows_over_the_union_and_export_merges_them(tmp_path, f
     assert torch.allclose(got[loc2], 0.5 * rows["g1"][loc2] + 0.5 * rows["g2"][loc2], atol=1e-6)
     assert torch.allclose(got[loc1], 0.5 * rows["g1"][loc1], atol=1e-6)
     assert torch.allclose(got[od], 0.5 * rows["g2"][od], atol=1e-6)
+    # the docs say the rows are summed exactly whatever the method: a factor-wise method too
+    assert run("merge", "g1", "g2", "--method", "linear", "--name", "g12lin").exit_code == 0
+    assert run("export", "g12lin", tmp_path / "lin").exit_code == 0
+    linear = load_file(tmp_path / "lin" / "adapter_model.safetensors")[DELTA]
+    assert torch.allclose(linear, load_file(folder / "adapter_model.safetensors")[DELTA], atol=1e-6)
     spec = json.loads((folder / "loradex.json").read_text())
     assert spec["lora"]["tokens"] == ["<loc_1>", "<loc_2>", "<OD>"] and spec["lora"]["token_indices"] == sorted(
         [loc1, loc2, od])
