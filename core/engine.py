@@ -215,7 +215,8 @@ class Trainer:
         settings = self.settings
         self.loading = {"collate": self.task.collate, "workers": self.runtime.workers,
                         "device": self.accelerator.device}
-        train_loader = make_loader(self.data.train, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
+        augmented = self.task.augment(self.data.train, settings, head_config=self.data.head_config)
+        train_loader = make_loader(augmented, batch_size=settings.batch_size, shuffle=True, seed=settings.seed,
                                    sampler=self.task.train_sampler(self.data.train, settings), **self.loading)
         val_loader = make_loader(self.data.val, batch_size=settings.batch_size * 2, seed=settings.seed, **self.loading)
         total_steps = math.ceil(len(train_loader) / settings.grad_accum) * settings.epochs

@@ -147,6 +147,11 @@ class LoraSettings:
         return text
 
 
+AUGMENTATIONS = {"fliplr": 0.5, "flipud": 0.0, "rot90": 0.0}
+"""Training-time augmentation probabilities and their defaults: left out of a spec's JSON while they are
+the defaults, so specs written before they existed (and every classification spec) read the same."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainSettings:
     """Training hyper-parameters; the engine reads only these."""
@@ -167,6 +172,12 @@ class TrainSettings:
     max_train_samples: int | None = _help("Use at most this many training images.", None)
     mix: str = _help("Order of data of several kinds (grounding: OD, region captions, phrases): interleave "
                      "(shuffled together) or sequential (one kind after another).", "interleave")
+    fliplr: float = _help("Probability of a left-right flip of a training image (detection: boxes moved with it; "
+                          "pose: left and right keypoints swapped; Ultralytics' fliplr).", 0.5)
+    flipud: float = _help("Probability of an up-down flip of a training image (detection; 0.5 for aerial and "
+                          "microscope images, where up is arbitrary).", 0.0)
+    rot90: float = _help("Probability of a quarter turn, either way, of a square training image (detection; with "
+                         "both flips at 0.5, every one of the 8 orientations alike).", 0.0)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -188,6 +199,10 @@ class TrainSettings:
                             + suggest(str(self.scheduler), SCHEDULERS))
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             raise SpecError(f"monitor must be a metric name, got {self.monitor!r}")
+        for name in AUGMENTATIONS:
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise SpecError(f"{name} must be a probability in [0, 1], got {value!r}")
         if self.mix not in MIXES:
             raise SpecError(f"mix must be one of {', '.join(MIXES)}, got {self.mix!r}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -330,6 +345,9 @@ class AdapterSpec:
             data["lora"]["token_indices"] = list(self.lora.token_indices)
         else:  # specs written before trainable tokens read the same
             del data["lora"]["tokens"], data["lora"]["token_indices"]
+        for name, default in AUGMENTATIONS.items():
+            if data["train"][name] == default:
+                del data["train"][name]
         if not self.plugins:  # specs written before provenance was recorded read the same
             del data["plugins"]
         if not self.heads:

@@ -200,6 +200,12 @@ class Task(abc.ABC):
         """The order of the training items, as a torch ``Sampler`` (None: the engine shuffles them)."""
         return None
 
+    def augment(self, dataset: Any, settings: TrainSettings, *, head_config: Mapping[str, Any]) -> Any:
+        """The training split as the engine reads it: wrapped in the augmentations ``settings`` ask for
+        (``fliplr``, ``flipud``, ``rot90``) where the task knows how to move its targets with the pixels;
+        ``head_config`` is the data's (pose reads its left/right keypoint pairs there). Default: unchanged."""
+        return dataset
+
     def default_head(self) -> dict[str, Any]:
         """Head settings recorded in every new spec (so later default changes cannot alter old adapters)."""
         return {}

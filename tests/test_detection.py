@@ -36,7 +36,7 @@ def test_synthetic_scenes_are_deterministic(task):
     b = task.load_data("synthetic:train=6,val=3,test=2", transform=identity, image_size=64)
     assert a.head_config["labels"] == list(SCENE_SHAPES) == ["circle", "square", "triangle"]
     assert (len(a.train), len(a.val), len(a.test)) == (6, 3, 2)
-    for (x, t), (y, u) in zip(a.train.dataset, b.train.dataset):  # the scenes before the training flips
+    for (x, t), (y, u) in zip(a.train, b.train):
         assert torch.equal(x, y) and torch.equal(t["boxes"], u["boxes"]) and torch.equal(t["labels"], u["labels"])
     counts = [len(t["labels"]) for _, t in a.train]
     assert all(1 <= c <= 4 for c in counts)
@@ -47,24 +47,65 @@ def test_synthetic_scenes_are_deterministic(task):
     assert not torch.equal(a.val[0][0], c.val[0][0]) and c.test is None
 
 
-def test_training_images_are_flipped_with_their_boxes(task):
-    from loradex.plugins.detection.targets import FlipDataset
+class _OneBox:
+    """A 2-item split: a 48x48 black image with one white 12x6 bar at x 4..16, y 30..36 (no symmetry to hide behind)."""
+
+    paths = ["a.png", "b.png"]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index):
+        pixels = torch.zeros(3, 48, 48)
+        pixels[:, 30:36, 4:16] = 1.0
+        return pixels, {"boxes": torch.tensor([[4, 30, 16, 36]]) / 48.0, "labels": torch.tensor([1])}
+
+
+def _bright_box(pixels):
+    ys, xs = torch.nonzero(pixels[0] > 0.5, as_tuple=True)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32) / pixels.shape[-1]
+
+
+def test_training_flips_and_turns_move_the_boxes_with_the_pixels(task):
+    from loradex.core.spec import TrainSettings
+    from loradex.plugins.detection.targets import Augmented
 
     data = task.load_data("synthetic:train=4,val=2", transform=identity, image_size=64)
-    assert isinstance(data.train, FlipDataset) and not isinstance(data.val, FlipDataset)
-    pixels, target = data.train.dataset[0]
-    flipped, moved = FlipDataset(data.train.dataset, p=1.0)[0]
-    assert torch.equal(flipped, pixels.flip(-1)) and torch.equal(moved["labels"], target["labels"])
-    x0, y0, x1, y1 = target["boxes"].unbind(1)
-    assert torch.allclose(moved["boxes"], torch.stack([1 - x1, y0, 1 - x0, y1], dim=1))
-    # the box still frames the shape: the mirrored pixels inside it are the original pixels inside the original box
-    size = pixels.shape[-1]
-    box = (target["boxes"][0] * size).round().int().tolist()
-    mirrored = (moved["boxes"][0] * size).round().int().tolist()
-    assert torch.equal(pixels[:, box[1]:box[3], box[0]:box[2]].flip(-1),
-                       flipped[:, mirrored[1]:mirrored[3], mirrored[0]:mirrored[2]])
-    assert FlipDataset(data.train.dataset, p=0.0)[0][1] is not None and torch.equal(
-        FlipDataset(data.train.dataset, p=0.0)[0][0], pixels)
+    flipped = task.augment(data.train, TrainSettings(), head_config=data.head_config)  # fliplr 0.5 by default, as Ultralytics
+    assert isinstance(flipped, Augmented) and (flipped.fliplr, flipped.flipud, flipped.rot90) == (0.5, 0.0, 0.0)
+    assert flipped.targets is data.train.targets and len(flipped) == len(data.train)
+    assert task.augment(data.train, TrainSettings(fliplr=0), head_config=data.head_config) is data.train
+    torch.manual_seed(0)
+    seen = set()
+    for fliplr, flipud, rot90, draws in [(1, 0, 0, 4), (0, 1, 0, 4), (0, 0, 1, 8), (1, 1, 1, 8), (0.5, 0.5, 0.5, 64)]:
+        for _ in range(draws):
+            pixels, target = Augmented(_OneBox(), fliplr=fliplr, flipud=flipud, rot90=rot90)[0]
+            assert torch.allclose(target["boxes"][0], _bright_box(pixels)), (fliplr, flipud, rot90)
+            assert target["labels"].tolist() == [1]
+            seen.add(tuple(target["boxes"][0].mul(48).round().int().tolist()))
+    assert len(seen) == 8  # every orientation of the bar came up, each with its box
+
+
+def test_flips_keep_an_image_without_boxes_and_a_non_square_image(task):
+    from loradex.plugins.detection.targets import Augmented
+
+    class Empty(_OneBox):
+        def __getitem__(self, index):
+            return torch.zeros(3, 32, 48), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+
+    for _ in range(8):
+        pixels, target = Augmented(Empty(), fliplr=1, flipud=1, rot90=1)[0]
+        assert pixels.shape == (3, 32, 48) and target["boxes"].shape == (0, 4)  # no quarter turn off the square
+
+
+def test_flip_probabilities_are_checked():
+    from loradex.core.errors import SpecError
+    from loradex.core.spec import TrainSettings
+
+    with pytest.raises(SpecError, match="flipud must be a probability in \\[0, 1\\], got 2"):
+        TrainSettings(flipud=2)
+    with pytest.raises(SpecError, match="rot90"):
+        TrainSettings(rot90="often")
 
 
 def test_scene_boxes_frame_the_drawn_shapes():

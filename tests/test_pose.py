@@ -69,8 +69,8 @@ def test_coco_keypoints_file_is_read(task, tmp_path):
     assert head["keypoints"] == NAMES and head["skeleton"] == [[0, 1], [0, 2], [0, 3], [0, 4]]
     assert head["flip_pairs"] == [[1, 2], [3, 4]]
     assert len(data.train) + len(data.val) == 3  # one sample per person
-    samples = list(data.train.dataset.images.crops) + list(data.val.images.crops)
-    targets = list(data.train.dataset.targets) + list(data.val.targets)
+    samples = list(data.train.images.crops) + list(data.val.images.crops)
+    targets = list(data.train.targets) + list(data.val.targets)
     # annotation 10: box (10,10,30,50) → square crop of side 1.25*50 = 62 centred on the box
     index = samples.index((-6, 4, 56, 66))
     target = targets[index]
@@ -112,16 +112,20 @@ def test_synthetic_figures_are_deterministic(task):
     b = task.load_data("synthetic:train=6,val=3,test=2", transform=identity, image_size=64)
     assert a.head_config["keypoints"] == ["head", "left_hand", "right_hand", "left_foot", "right_foot"]
     assert a.head_config["flip_pairs"] == [[1, 2], [3, 4]]
-    base_a, base_b = a.train.dataset, b.train.dataset
+    base_a, base_b = a.train, b.train
     assert all(torch.equal(x, y) for x, y in zip(base_a.tensors, base_b.tensors))
     assert all(torch.equal(x["keypoints"], y["keypoints"]) for x, y in zip(base_a.targets, base_b.targets))
     c = task.load_data("synthetic:train=6,val=3,test=0,seed=1", transform=identity, image_size=64)
-    assert not torch.equal(base_a.tensors[0], c.train.dataset.tensors[0]) and c.test is None
+    assert not torch.equal(base_a.tensors[0], c.train.tensors[0]) and c.test is None
     target = base_a.targets[0]
     assert ((target["keypoints"] >= 0) & (target["keypoints"] <= 1)).all()
     # left limbs hang off the image-right side: flipping swaps the pairs and mirrors x
+    from loradex.core.spec import TrainSettings
+
+    assert task.augment(a.train, TrainSettings(fliplr=0), head_config=a.head_config) is a.train
+    augmented = task.augment(a.train, TrainSettings(), head_config=a.head_config)
     torch.manual_seed(0)
-    flipped = [a.train[0] for _ in range(20)]
+    flipped = [augmented[0] for _ in range(20)]
     mirrored = [t for p, t in flipped if torch.equal(p, base_a.tensors[0].flip(-1))]
     assert mirrored and torch.allclose(mirrored[0]["keypoints"][1, 0], 1 - target["keypoints"][2, 0])
 

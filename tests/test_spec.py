@@ -31,6 +31,16 @@ def test_json_round_trip_is_exact():
     assert isinstance(again.lora.targets, tuple)
 
 
+def test_augmentations_are_left_out_of_the_json_at_their_defaults():
+    plain = make_spec().to_dict()["train"]
+    assert not {"fliplr", "flipud", "rot90"} & set(plain)  # specs from before the flips read the same
+    aerial = make_spec(train=TrainSettings(flipud=0.5, rot90=0.5))
+    assert {k: aerial.to_dict()["train"].get(k) for k in ("fliplr", "flipud", "rot90")} == {
+        "fliplr": None, "flipud": 0.5, "rot90": 0.5}
+    assert AdapterSpec.from_json(aerial.to_json()) == aerial
+    assert AdapterSpec.from_json(make_spec(train=TrainSettings(fliplr=0)).to_json()).train.fliplr == 0
+
+
 def test_head_is_normalised_to_json_values():
     spec = make_spec(head={"labels": ("a", "b")})
     assert spec.head == {"labels": ["a", "b"]}

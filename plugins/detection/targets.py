@@ -58,26 +58,36 @@ def split_data(splits: dict[str, list[tuple[Path, dict]]], labels: list[str], wh
     )
 
 
-class FlipDataset:
-    """Training-time horizontal flip with probability ``p`` (Ultralytics' ``fliplr=0.5``): mirrors the
-    pixels and the boxes. Small sets (38 aerial tiles) see twice the pictures."""
+class Augmented:
+    """Training-time flips and quarter turns that move the boxes with the pixels.
 
-    def __init__(self, dataset: object, p: float = 0.5) -> None:
-        self.dataset, self.p = dataset, p
+    Each item is flipped left-right with probability ``fliplr`` (Ultralytics' default 0.5), up-down
+    with ``flipud``, and turned a quarter either way with ``rot90`` (square images only: the batch
+    keeps one shape). Small sets (38 aerial tiles) see up to eight pictures of each tile.
+    """
+
+    def __init__(self, dataset: object, *, fliplr: float = 0.5, flipud: float = 0.0, rot90: float = 0.0) -> None:
+        self.dataset, self.fliplr, self.flipud, self.rot90 = dataset, fliplr, flipud, rot90
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> object:
-        """The wrapped split's ``paths``, ``targets``, ... (what readers and drawings look at)."""
+        """The wrapped split's ``paths``, ``targets``, ... (what readers, caches and drawings look at)."""
         if name == "dataset":  # not set yet (copy, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pixels, target = self.dataset[index]  # type: ignore[index]
-        if float(torch.rand(())) >= self.p:
-            return pixels, target
-        boxes = target["boxes"]
-        flipped = torch.stack([1.0 - boxes[:, 2], boxes[:, 1], 1.0 - boxes[:, 0], boxes[:, 3]], dim=1)
-        return pixels.flip(-1), {**target, "boxes": flipped}
+        x0, y0, x1, y1 = target["boxes"].unbind(-1)
+        if self.fliplr and float(torch.rand(())) < self.fliplr:
+            pixels, (x0, x1) = pixels.flip(-1), (1.0 - x1, 1.0 - x0)
+        if self.flipud and float(torch.rand(())) < self.flipud:
+            pixels, (y0, y1) = pixels.flip(-2), (1.0 - y1, 1.0 - y0)
+        if self.rot90 and pixels.shape[-1] == pixels.shape[-2] and float(torch.rand(())) < self.rot90:
+            if float(torch.rand(())) < 0.5:  # counter-clockwise on screen: x' = y, y' = 1 - x
+                pixels, (x0, y0, x1, y1) = torch.rot90(pixels, 1, (-2, -1)), (y0, 1.0 - x1, y1, 1.0 - x0)
+            else:  # clockwise: x' = 1 - y, y' = x
+                pixels, (x0, y0, x1, y1) = torch.rot90(pixels, -1, (-2, -1)), (1.0 - y1, x0, 1.0 - y0, x1)
+        return pixels, {**target, "boxes": torch.stack([x0, y0, x1, y1], dim=-1)}

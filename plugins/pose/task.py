@@ -49,18 +49,18 @@ class PoseTask(Task):
         return TrainSettings(epochs=6, batch_size=32, lr=2e-3, head_lr=3e-3, warmup_ratio=0.05)
 
     def load_data(self, source: str | None, *, transform: ImageTransform, image_size: int, seed: int = 0) -> TaskData:
-        """None/``synthetic[:train=N,val=N,test=N,seed=N]``, a COCO keypoints JSON, or a folder of them.
-
-        The training split is flipped horizontally at random (left/right keypoints swapped).
-        """
+        """None/``synthetic[:train=N,val=N,test=N,seed=N]``, a COCO keypoints JSON, or a folder of them."""
         from .data import load_pose_data
+
+        return load_pose_data(source, transform=transform, seed=seed)
+
+    def augment(self, dataset: Any, settings: TrainSettings, *, head_config: Mapping[str, Any]) -> Any:
+        """Left-right flips with probability ``fliplr`` (left/right keypoints swapped, by the data's
+        ``flip_pairs``); up-down flips and quarter turns have no keypoint rule here and are not applied."""
         from .targets import FlipDataset
 
-        data = load_pose_data(source, transform=transform, seed=seed)
-        pairs = data.head_config.get("flip_pairs")
-        if pairs and data.train is not None:
-            data.train = FlipDataset(data.train, pairs)
-        return data
+        pairs = head_config.get("flip_pairs")
+        return FlipDataset(dataset, pairs, p=settings.fliplr) if pairs and settings.fliplr else dataset
 
     def head_defaults(self, context: HeadContext) -> dict[str, Any]:
         """On a base with finer maps (a CNN): fuse the stride-16 and stride-8 maps, heatmaps at stride 4."""
