@@ -145,6 +145,9 @@ class Task(abc.ABC):
     """The kind of base the task runs on: ``encoder`` (its head reads the base's tokens: ViT and kin)
     or ``encoder-decoder`` (pixels and a prompt → text: Florence-2). A task of the second kind owns
     its forward pass (:meth:`step`, :meth:`validate`) and its generation (:meth:`generate`)."""
+    augmentations: ClassVar[tuple[str, ...]] = ()
+    """The :class:`TrainSettings` augmentations :meth:`augment` applies (``fliplr``, ``flipud``, ``rot90``);
+    training says so when the user sets one the task does not apply."""
     pipeline_tag: ClassVar[str | None] = None
     """The Hub's ``pipeline_tag`` for an adapter of this task alone (``image-classification``); None: none."""
     predict_options: ClassVar[type] = NoOptions

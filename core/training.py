@@ -21,7 +21,7 @@ from .engine import EpochLog, TrainResult, resolve_mixed_precision, train
 from .inference import draw_samples
 from .runs import check_run_location, new_run_dir, plot_training_curves, write_json, write_results_csv, write_yaml
 from .errors import ConfigError
-from .spec import RUNTIME_FIELDS, AdapterSpec, LoraSettings, RuntimeSettings, TrainSettings, settings_from_mapping
+from .spec import AUGMENTATIONS, RUNTIME_FIELDS, AdapterSpec, LoraSettings, RuntimeSettings, TrainSettings, settings_from_mapping
 from .task import HeadContext, Task, TaskData
 
 
@@ -251,6 +251,10 @@ def _read_data(task: Task, request: TrainRequest, backbone: LoadedBackbone, sett
     image_size = settings.image_size or backbone.image_size
     data = task.read_data(request.data, backbone=backbone, image_size=image_size, seed=settings.seed)
     say(f"data: none given, using built-in {data.description}" if request.data is None else f"data: {data.description}")
+    for name, default in AUGMENTATIONS.items():
+        if getattr(settings, name) != default and name not in task.augmentations:
+            say(f"warning: task {task.name!r} does not apply {name} (it trains on the images as they are); "
+                f"{'it applies ' + ', '.join(task.augmentations) if task.augmentations else 'it applies none'}")
     limit = settings.max_train_samples
     if limit is not None and data.train is not None and len(data.train) > limit:
         say(f"data: training on {limit} of the {len(data.train)} training images (max_train_samples, drawn with "

@@ -313,3 +313,37 @@ def test_a_disk_cache_that_cannot_be_written_is_one_line_before_training(tiny_ba
                                       "--epochs", "1", "--no-progress", "--project", str(tmp_path / "runs")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines()[-1].startswith("Error: --cache disk cannot write in "), result.stderr
+
+
+def test_home_option_moves_the_image_cache_with_the_registry(tmp_path, isolated_home):
+    """`adapters --home DIR train --cache disk` kept its registry in DIR but its image cache under
+    $LORADEX_HOME; the whole home moves now, and the environment is as it was afterwards."""
+    import os
+
+    from click.testing import CliRunner
+
+    from loradex.registry.cli import cli
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        write_folder(tmp_path / "data" / label, count=4)
+    home = tmp_path / "elsewhere"
+    result = CliRunner().invoke(cli, ["--home", str(home), "train", "classification", "--data", str(tmp_path / "data"),
+                                      "--cache", "disk", "--epochs", "1", "--workers", "0", "--no-progress",
+                                      "--project", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert any((home / "cache" / "images").iterdir()) and (home / "index.db").is_file()
+    assert not (isolated_home / "cache").exists()
+    assert os.environ["LORADEX_HOME"] == str(isolated_home)
+
+
+def test_an_augmentation_the_task_does_not_apply_is_named(tmp_path):
+    from loradex.core.training import TrainRequest, train_adapter
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        write_folder(tmp_path / "data" / label, count=4)
+    said = []
+    train_adapter(TrainRequest(task="classification", data=str(tmp_path / "data"), project=tmp_path / "runs",
+                               train={"epochs": 1, "flipud": 0.5, "workers": 0}), progress=False, say=said.append)
+    assert "warning: task 'classification' does not apply flipud (it trains on the images as they are); it applies none" in said

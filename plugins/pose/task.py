@@ -27,6 +27,7 @@ class PoseTask(Task):
     formats = ("coco-keypoints", "synthetic")
     primary_metric = "pck@0.1"
     pipeline_tag = "keypoint-detection"
+    augmentations = ("fliplr",)
 
     def synthetic_head_config(self) -> dict[str, Any]:
         """The keypoints and skeleton of the built-in stick figures."""

@@ -62,7 +62,8 @@ class LoradexGroup(click.Group):
 @click.group(cls=LoradexGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="loradex", prog_name="adapters")
 @click.option("--home", type=click.Path(file_okay=False), envvar="LORADEX_HOME", default=None,
-              help="Registry folder (default: $LORADEX_HOME or ~/.cache/loradex).")
+              help="Registry folder, with loradex's other files (image cache, converted bases) "
+                   "(default: $LORADEX_HOME or ~/.cache/loradex).")
 @click.option("--traceback", "show_traceback", is_flag=True,
               help="Show tracebacks of errors and of plugins that fail to load (as LORADEX_DEBUG=1 does).")
 @click.option("--threads", type=click.IntRange(min=1), envvar="LORADEX_THREADS", default=None,
@@ -72,6 +73,11 @@ def cli(ctx: click.Context, home: str | None, show_traceback: bool, threads: int
     """loradex: train, version, merge and share LoRA adapters on one shared vision backbone."""
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
+    if home is not None and os.environ.get("LORADEX_HOME") != home:  # the image cache and bases follow it too
+        before = os.environ.get("LORADEX_HOME")
+        os.environ["LORADEX_HOME"] = home
+        ctx.call_on_close(lambda: os.environ.pop("LORADEX_HOME") if before is None
+                          else os.environ.__setitem__("LORADEX_HOME", before))
     if show_traceback:
         os.environ["LORADEX_DEBUG"] = "1"
     if threads is not None:
