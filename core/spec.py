@@ -167,7 +167,8 @@ class TrainSettings:
     mixed_precision: str = _help("auto (bf16/fp16 on a GPU, none on CPU), no, fp16 or bf16.", "auto")
     patience: int | None = _help("Stop after this many epochs without improvement; None: never.", None)
     monitor: str | None = _help("Validation metric for early stopping and the best epoch.", None)
-    seed: int = _help("Seed for data order, head init and LoRA init.", 0)
+    seed: int = _help("Seed for data order, head init and LoRA init, and for the 80/20 split of a dataset that "
+                      "comes without a val split (so another seed validates on other images).", 0)
     image_size: int | None = _help("Input resolution; None uses the backbone's.", None)
     max_train_samples: int | None = _help("Use at most this many training images.", None)
     mix: str = _help("Order of data of several kinds (grounding: OD, region captions, phrases): interleave "
