@@ -28,7 +28,6 @@ the multi-task merge table (retained % of each task's score, on its own validati
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -39,7 +38,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import real_datasets  # noqa: E402
-from work_folder import open_work  # noqa: E402
+from work_folder import WorkFolder, open_work  # noqa: E402
 
 BASES = ("efficientnet-lite0", "tiny-vit")
 SIZES = {"fashion": {"efficientnet-lite0": 64, "tiny-vit": 32}, "digits": {"efficientnet-lite0": 64, "tiny-vit": 32},
@@ -170,27 +169,22 @@ def loradex_run(task: str, base: str, root: Path, size: int, registry, name: str
     return result
 
 
-def classification_part(dataset: str, root: Path, registry, work: Path, report: dict) -> None:
+def classification_part(dataset: str, root: Path, folder: WorkFolder) -> None:
     """The four ways to train, on both bases."""
+    registry, work = folder.registry, folder.path
     print(f"\n{dataset}: {root}", flush=True)
     print(f"{'base':<20}{'method':<10}{'trainable':>11}{'seconds':>10}{'test acc':>10}", flush=True)
     for base in BASES:
         size = SIZES[dataset][base]
         name = f"{dataset}-{base}"
-        if name not in report:
-            report[name] = loradex_run("classification", base, root, size, registry, name, work)
-            save(work, report)
-        ours = report[name]
+        ours = folder.measured(name, lambda: loradex_run("classification", base, root, size, registry, name, work))
         lora = ours["spec"]["lora"]
         trainable = f"{ours['trainable']:,}" if "trainable" in ours else "-"
         print(f"{base:<20}{'loradex':<10}{trainable:>11}{ours['seconds']:10.1f}{ours['score']:10.4f}", flush=True)
         for mode in ("probe", "full", "peft"):
-            key = f"{name}-{mode}"
-            if key not in report:
-                report[key] = trainer_run(mode, base, root, size, {"lora": lora, "train": ours["spec"]["train"]}, work)
-            row = report[key]
+            row = folder.measured(f"{name}-{mode}", lambda: trainer_run(
+                mode, base, root, size, {"lora": lora, "train": ours["spec"]["train"]}, work))
             print(f"{base:<20}{mode:<10}{row['trainable']:>11,}{row['seconds']:10.1f}{row['accuracy']:10.4f}", flush=True)
-        save(work, report)
 
 
 def dense_trainer_run(task_name: str, mode: str, base: str, root: Path, spec: dict, work: Path) -> dict:
@@ -202,7 +196,7 @@ def dense_trainer_run(task_name: str, mode: str, base: str, root: Path, spec: di
     from transformers import Trainer, TrainingArguments
 
     from loradex.core import plugins
-    from loradex.core.spec import AUGMENTATIONS, TrainSettings
+    from loradex.core.spec import AdapterSpec
 
     start = time.perf_counter()
     task = plugins.get_task(task_name)
@@ -238,8 +232,7 @@ def dense_trainer_run(task_name: str, mode: str, base: str, root: Path, spec: di
                              warmup_steps=int(train["warmup_ratio"] * steps), lr_scheduler_type=train["scheduler"],
                              save_strategy="no", report_to=[], logging_strategy="no", disable_tqdm=True,
                              dataloader_num_workers=0, use_cpu=True, seed=0, remove_unused_columns=False)
-    flips = task.augment(data.train, TrainSettings(**{k: train[k] for k in AUGMENTATIONS if k in train}),
-                         head_config=data.head_config)
+    flips = task.augment(data.train, AdapterSpec.from_dict(spec).train, head_config=data.head_config)
     Trainer(model=model, args=args, train_dataset=flips, data_collator=task.collate).train()
     model.eval()
     metrics = task.metrics(spec["head"])
@@ -251,22 +244,23 @@ def dense_trainer_run(task_name: str, mode: str, base: str, root: Path, spec: di
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def segmentation_part(root: Path, registry, work: Path, report: dict) -> None:
+def segmentation_part(root: Path, folder: WorkFolder) -> None:
     """Fashion scenes on efficientnet-lite0: loradex's LoRA with the pyramid head and with the last map
     only, against a probe (frozen base, same head) and full fine-tuning (same head), same epochs."""
+    registry, work, report = folder.registry, folder.path, folder.report
     base, size = "efficientnet-lite0", SIZES["scenes"]["efficientnet-lite0"]
     print(f"\nfashion scenes (segmentation, val mIoU): {root}", flush=True)
     print(f"{'base':<20}{'method':<16}{'trainable':>11}{'seconds':>10}{'mIoU':>8}{'pixel acc':>11}", flush=True)
     runs = {"loradex": {}, "loradex-grid": {"levels": []}}
     for method, head in runs.items():
         name = f"scenes-{base}" + ("" if method == "loradex" else "-grid")
-        row = measured(report, work, name,
+        row = folder.measured(name,
                        lambda: loradex_run("segmentation", base, root, size, registry, name, work, head=head))
         print(f"{base:<20}{method:<16}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:8.4f}"
               f"{row['metrics']['pixel_accuracy']:11.4f}", flush=True)
     spec = report[f"scenes-{base}"]["spec"]
     for mode in ("probe", "full"):
-        row = measured(report, work, f"scenes-{base}-{mode}",
+        row = folder.measured(f"scenes-{base}-{mode}",
                        lambda: dense_trainer_run("segmentation", mode, base, root, spec, work))
         print(f"{base:<20}{mode:<16}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:8.4f}"
               f"{row['metrics']['pixel_accuracy']:11.4f}", flush=True)
@@ -332,8 +326,8 @@ def fcos_run(base: str, root: Path, size: int, epochs: int, work: Path) -> dict:
                  image_std=[1.0] * 3, anchor_generator=anchors, score_thresh=0.05, detections_per_img=100)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=1e-4)
-    batches = torch.utils.data.DataLoader(task.augment(data.train, TrainSettings(), head_config=data.head_config), batch_size=16, shuffle=True,
-                                          collate_fn=task.collate,
+    flips = task.augment(data.train, TrainSettings(), head_config=data.head_config)
+    batches = torch.utils.data.DataLoader(flips, batch_size=16, shuffle=True, collate_fn=task.collate,
                                           generator=torch.Generator().manual_seed(0))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=epochs * len(batches))
 
@@ -364,9 +358,10 @@ def fcos_run(base: str, root: Path, size: int, epochs: int, work: Path) -> dict:
             "trainable": sum(p.numel() for p in trainable)}
 
 
-def scenes_detection_part(root: Path, registry, work: Path, report: dict) -> None:
+def scenes_detection_part(root: Path, folder: WorkFolder) -> None:
     """Fashion scenes as detection (a few thousand exact boxes): pretrained vs random efficientnet-lite0,
     LoRA vs full fine-tuning, the random tiny-vit, and torchvision's FCOS as the anchor; val mAP."""
+    registry, work, report = folder.registry, folder.path, folder.report
     size = SIZES["scenes"]["efficientnet-lite0"]
     random = random_lite0(work)
     print(f"\nfashion scenes (detection, val): {root}", flush=True)
@@ -377,38 +372,40 @@ def scenes_detection_part(root: Path, registry, work: Path, report: dict) -> Non
             ("tiny-vit (random)", "loradex"): ("tiny-vit", None)}
     for (label, method), (base, head) in rows.items():
         name = "boxes-" + "-".join((label + " " + method).replace("(", "").replace(")", "").split())
-        row = measured(report, work, name,
+        row = folder.measured(name,
                        lambda: loradex_run("detection", base, root, size, registry, name, work, head=head))
         print(f"{label:<24}{method:<20}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:9.4f}"
               f"{row['metrics'].get('map', 0):8.4f}", flush=True)
     spec = report["boxes-efficientnet-lite0-loradex"]["spec"]
     for label, base, mode in (("efficientnet-lite0", "efficientnet-lite0", "full"),
                               ("lite0 random init", random, "full")):
-        row = measured(report, work, "boxes-" + "-".join(label.split()) + f"-{mode}",
+        row = folder.measured("boxes-" + "-".join(label.split()) + f"-{mode}",
                        lambda: dense_trainer_run("detection", mode, base, root, spec, work))
         print(f"{label:<24}{mode:<20}{row['trainable']:>11,}{row['seconds']:10.1f}{row['score']:9.4f}"
               f"{row['metrics'].get('map', 0):8.4f}", flush=True)
-    row = measured(report, work, "boxes-fcos",
+    row = folder.measured("boxes-fcos",
                    lambda: fcos_run("efficientnet-lite0", root, size, spec["train"]["epochs"], work))
     print(f"{'efficientnet-lite0':<24}{'torchvision FCOS':<20}{row['trainable']:>11,}{row['seconds']:10.1f}"
           f"{row['score']:9.4f}{row['metrics'].get('map', 0):8.4f}", flush=True)
 
 
-def trees_part(root: Path, registry, work: Path, report: dict) -> None:
+def trees_part(root: Path, folder: WorkFolder) -> None:
     """Detection from VOC XML on both bases, with and without the pyramid: mAP@.5 on the val tiles."""
+    registry, work = folder.registry, folder.path
     print(f"\ntrees: {root}", flush=True)
     print(f"{'base / head':<32}{'seconds':>10}{'mAP@.5':>9}{'mAP':>8}", flush=True)
     for row_name, (base, head) in TREE_RUNS.items():
         name = "trees-" + row_name.replace(" ", "-")
-        row = measured(report, work, name, lambda: loradex_run("detection", base, root, SIZES["trees"][base], registry,
+        row = folder.measured(name, lambda: loradex_run("detection", base, root, SIZES["trees"][base], registry,
                                                                name, work, TREES, head=head))
         print(f"{row_name:<32}{row['seconds']:10.1f}{row['metrics'].get('map50', 0):9.4f}"
               f"{row['metrics'].get('map', 0):8.4f}", flush=True)
-    save(work, report)
+    folder.save()
 
 
-def multitask_part(roots: dict[str, Path], registry, report: dict, work: Path) -> None:
+def multitask_part(roots: dict[str, Path], folder: WorkFolder) -> None:
     """Fashion + digits + trees on one efficientnet-lite0: each task's score, and time against separate models."""
+    registry, report = folder.registry, folder.report
     from loradex.core import plugins
     from loradex.core.inference import evaluate_dataset
     from loradex.registry.loading import load
@@ -436,11 +433,12 @@ def multitask_part(roots: dict[str, Path], registry, report: dict, work: Path) -
     print(f"one base ({base_mb:.1f} MB) loaded once with three adapters ({adapters_mb:.2f} MB): "
           f"{shared_seconds:.1f} s to load and score every set", flush=True)
     report["multitask"] = {"alone": alone, "shared": shared, "seconds": shared_seconds}
-    save(work, report)
+    folder.save()
 
 
-def merge_part(registry, report: dict, work: Path) -> None:
+def merge_part(folder: WorkFolder) -> None:
     """Merge the three efficientnet-lite0 adapters with each method: retained % per task."""
+    registry, report = folder.registry, folder.report
     from loradex.registry.derive.sessions import merge_versions
 
     refs = [f"{d}-efficientnet-lite0" for d in ("fashion", "digits", "trees")]
@@ -462,43 +460,30 @@ def merge_part(registry, report: dict, work: Path) -> None:
         mean = sum(v for v in kept if v is not None) / max(1, sum(v is not None for v in kept))
         print(f"{method:<12}{weights:<9g}{'' if density is None else density:<9}{cells}{mean:8.1f}", flush=True)
     report["merge"] = rows
-    save(work, report)
-
-
-def measured(report: dict, work: Path, key: str, run) -> dict:
-    """``report[key]``, measured by ``run()`` and saved first if this work folder lacks it."""
-    if key not in report:
-        report[key] = run()
-        save(work, report)
-    return report[key]
-
-
-def save(work: Path, report: dict) -> None:
-    """The figures so far, as JSON (a re-run continues from them)."""
-    (work / "real_data.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    folder.save()
 
 
 def main() -> None:
     parts, folder = open_work(__doc__.splitlines()[0], default="bench-results/real_data",
                               parts="fashion,digits,scenes,boxes,trees,multitask,merge", report="real_data.json")
-    work, registry, report = folder.path, folder.registry, folder.report
+    work = folder.path
     writers = {"fashion": real_datasets.write_fashion, "digits": real_datasets.write_digits,
                "trees": real_datasets.write_trees}
     needed = set(writers) if "multitask" in parts or "merge" in parts else set(parts) & set(writers)
     roots = {name: writers[name](work / "data" / name) for name in writers if name in needed}
     for dataset in ("fashion", "digits"):
         if dataset in parts:
-            classification_part(dataset, roots[dataset], registry, work, report)
+            classification_part(dataset, roots[dataset], folder)
     if "scenes" in parts:
-        segmentation_part(real_datasets.write_fashion_scenes(work / "data" / "scenes"), registry, work, report)
+        segmentation_part(real_datasets.write_fashion_scenes(work / "data" / "scenes"), folder)
     if "boxes" in parts:
-        scenes_detection_part(real_datasets.write_fashion_scenes(work / "data" / "scenes"), registry, work, report)
+        scenes_detection_part(real_datasets.write_fashion_scenes(work / "data" / "scenes"), folder)
     if "trees" in parts:
-        trees_part(roots["trees"], registry, work, report)
+        trees_part(roots["trees"], folder)
     if "multitask" in parts:
-        multitask_part(roots, registry, report, work)
+        multitask_part(roots, folder)
     if "merge" in parts:
-        merge_part(registry, report, work)
+        merge_part(folder)
 
 
 if __name__ == "__main__":

@@ -251,8 +251,8 @@ def _read_data(task: Task, request: TrainRequest, backbone: LoadedBackbone, sett
     image_size = settings.image_size or backbone.image_size
     data = task.read_data(request.data, backbone=backbone, image_size=image_size, seed=settings.seed)
     say(f"data: none given, using built-in {data.description}" if request.data is None else f"data: {data.description}")
-    for name, default in AUGMENTATIONS.items():
-        if getattr(settings, name) != default and name not in task.augmentations:
+    for name in AUGMENTATIONS:
+        if name in request.train and name not in task.augmentations:  # asked for, by flag, config or request
             say(f"warning: task {task.name!r} does not apply {name} (it trains on the images as they are); "
                 f"{'it applies ' + ', '.join(task.augmentations) if task.augmentations else 'it applies none'}")
     limit = settings.max_train_samples

@@ -345,6 +345,35 @@ def test_one_epoch_training_writes_a_run(tmp_path):
     assert head_bytes < 1_000_000
 
 
+def test_training_reads_the_split_through_the_flips_it_was_asked_for(tmp_path, monkeypatch):
+    """--flipud/--rot90 reach the engine's training split (not the val split) and the stored spec."""
+    from loradex.core.spec import AdapterSpec
+    from loradex.core.training import TrainRequest, train_adapter
+    from loradex.plugins.detection import targets
+
+    made, items = [], []
+
+    class Spy(targets.Augmented):
+        def __init__(self, dataset, **probabilities):
+            super().__init__(dataset, **probabilities)
+            made.append(probabilities)
+
+        def __getitem__(self, index):
+            items.append(index)
+            return super().__getitem__(index)
+
+    monkeypatch.setattr(targets, "Augmented", Spy)
+    said = []
+    outcome = train_adapter(TrainRequest(task="detection", data="synthetic:train=8,val=4", project=tmp_path / "runs",
+                                         train={"epochs": 1, "batch_size": 4, "image_size": 64, "flipud": 0.5,
+                                                "rot90": 0.25, "workers": 0}), progress=False, say=said.append)
+    assert made == [{"fliplr": 0.5, "flipud": 0.5, "rot90": 0.25}]
+    assert sorted(items) == list(range(8))  # every training item, once, through the flips
+    stored = AdapterSpec.from_json((outcome.artifact_dir / "loradex.json").read_text())
+    assert (stored.train.fliplr, stored.train.flipud, stored.train.rot90) == (0.5, 0.5, 0.25)
+    assert not [line for line in said if "does not apply" in line]
+
+
 def test_cli_train_and_predict_json(tmp_path):
     from click.testing import CliRunner
 

@@ -76,8 +76,14 @@ def cli(ctx: click.Context, home: str | None, show_traceback: bool, threads: int
     if home is not None and os.environ.get("LORADEX_HOME") != home:  # the image cache and bases follow it too
         before = os.environ.get("LORADEX_HOME")
         os.environ["LORADEX_HOME"] = home
-        ctx.call_on_close(lambda: os.environ.pop("LORADEX_HOME") if before is None
-                          else os.environ.__setitem__("LORADEX_HOME", before))
+
+        def restore() -> None:  # an in-process caller (a test, a notebook) gets its environment back
+            if before is None:
+                os.environ.pop("LORADEX_HOME", None)
+            else:
+                os.environ["LORADEX_HOME"] = before
+
+        ctx.call_on_close(restore)
     if show_traceback:
         os.environ["LORADEX_DEBUG"] = "1"
     if threads is not None:
