@@ -1,4 +1,4 @@
-"""Box operations on torch tensors (torchvision is not a dependency).
+"""Box operations on torch tensors (the dense head's; the per-level head uses torchvision.ops too).
 
 Boxes are ``(x0, y0, x1, y1)`` rows; conversions to and from centre format reuse
 ``transformers.image_transforms``.

@@ -13,6 +13,8 @@ from loradex.core.task import (
     EvalResult, HeadCode, HeadContext, ImageTransform, Task, TaskData, head_levels, option_help,
 )
 
+HEAD_KINDS = ("centernet", "fcos")
+"""``head.kind``: the dense single-output head (TTFNet/CenterNet) or the per-level FCOS-style head."""
 DEFAULT_MIN_SCORE = 0.3
 """Detections below this score are left out of ``postprocess`` (metrics use every detection)."""
 
@@ -96,29 +98,59 @@ class DetectionTask(Task):
 
     def export_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
                     context: HeadContext | None = None) -> HeadCode:
-        """:class:`DetectionHead` (head.py, torch only); ``head_config`` may set ``width``, ``depth``,
-        ``upsample`` and ``levels`` (strides of the base's finer maps to fuse)."""
-        from . import head
-
+        """The head as torch-only code: ``kind`` ``centernet`` (the default, and every adapter from before
+        ``kind`` existed) is :class:`DetectionHead` (head.py), which may set ``width``, ``depth``,
+        ``upsample`` and ``levels``; ``fcos`` is :class:`LevelDetectionHead` (level_head.py), which may
+        set ``width``, ``depth``, ``levels`` (the base's maps to read) and ``strides`` (its output levels)."""
         labels = head_config.get("labels")
         if not isinstance(labels, list) or not labels:
             raise SpecError("detection head needs 'labels': a non-empty list of class names")
-        options: dict[str, Any] = {k: int(head_config[k]) for k in ("width", "depth", "upsample") if k in head_config}
+        kind = head_config.get("kind", "centernet")
+        if kind not in HEAD_KINDS:
+            raise ConfigError(f"detection head kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
+        options: dict[str, Any] = {k: int(head_config[k]) for k in ("width", "depth") if k in head_config}
         if levels := head_levels(head_config, context):
             options["levels"] = levels
+        if kind == "fcos":
+            from . import level_head
+
+            if context is None:
+                raise SpecError("the fcos detection head needs the base's stride (build it through Task.head_for)")
+            strides = head_config.get("strides", list(level_head.DEFAULT_STRIDES))
+            if not isinstance(strides, list) or not strides or not all(isinstance(s, int) and s > 0 for s in strides):
+                raise ConfigError(f"detection head strides must be a list of positive integers, got {strides!r}")
+            for s in strides:
+                if s not in dict(context.levels) and s != context.stride and context.stride / s not in (4, 2, 0.5, 0.25):
+                    raise ConfigError(f"detection head strides: {s} cannot be made from this base's stride-"
+                                      f"{context.stride} map (2 or 4 times finer or coarser)")
+            return HeadCode(source=Path(level_head.__file__), class_name="LevelDetectionHead",
+                            kwargs={"hidden_size": hidden_size, "num_labels": len(labels), "stride": context.stride,
+                                    "strides": list(strides), **options})
+        from . import head
+
+        if "upsample" in head_config:
+            options["upsample"] = int(head_config["upsample"])
         return HeadCode(source=Path(head.__file__), class_name="DetectionHead",
                         kwargs={"hidden_size": hidden_size, "num_labels": len(labels), **options})
 
     def build_head(self, *, hidden_size: int, grid_size: tuple[int, int], head_config: Mapping[str, Any],
                    context: HeadContext | None = None):
-        """The dense head; ``head_config`` may set ``width``, ``depth``, ``upsample`` and ``levels``."""
+        """The head :meth:`export_head` describes, built."""
+        code = self.export_head(hidden_size=hidden_size, grid_size=grid_size, head_config=head_config, context=context)
+        if code.class_name == "LevelDetectionHead":
+            from .level_head import LevelDetectionHead
+
+            return LevelDetectionHead(**code.kwargs)
         from .head import DetectionHead
 
-        return DetectionHead(**self.export_head(hidden_size=hidden_size, grid_size=grid_size,
-                                                head_config=head_config, context=context).kwargs)
+        return DetectionHead(**code.kwargs)
 
     def loss(self, outputs: Any, targets: Any):
         """Focal loss on the class heat maps plus a Gaussian-weighted GIoU loss on the boxes."""
+        if "heatmap" not in outputs:  # the per-level head
+            from .level_loss import level_loss
+
+            return level_loss(outputs, targets)
         from .loss import detection_loss
 
         return detection_loss(outputs, targets)

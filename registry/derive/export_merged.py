@@ -120,7 +120,7 @@ def export_merged(record: Any, source: Path, dest: Path) -> Path:
         heads = []
         (staging / "heads").mkdir()
         for head, code in codes:
-            module = f"{head.task}_head"
+            module = f"{head.task}_{Path(code.source).stem}"  # detection_head, detection_level_head: two kinds, two files
             shutil.copyfile(code.source, staging / "heads" / f"{module}.py")
             weights = f"head.{head.name}.safetensors"
             shutil.copyfile(source / head_file(spec, head), staging / weights)
