@@ -45,12 +45,15 @@ SIZES = {"fashion": {"efficientnet-lite0": 64, "tiny-vit": 32}, "digits": {"effi
          "scenes": {"efficientnet-lite0": 128},
          "trees": {"efficientnet-lite0": 384, "efficientnet-lite0-os16": 384, "tiny-vit": 384}}
 TREE_RUNS = {"efficientnet-lite0": ("efficientnet-lite0", None),
+             "efficientnet-lite0 fcos": ("efficientnet-lite0", {"kind": "fcos"}),
              "efficientnet-lite0 grid": ("efficientnet-lite0", {"levels": [], "upsample": 2}),
              "efficientnet-lite0-os16 grid": ("efficientnet-lite0-os16", {"levels": [], "upsample": 2}),
-             "tiny-vit": ("tiny-vit", None)}
+             "tiny-vit": ("tiny-vit", None),
+             "tiny-vit fcos": ("tiny-vit", {"kind": "fcos"})}
 """Row → (base, head override). Trees are 20-40 px: the stride-32 grid (12x12 at 384 px) is too coarse.
 The default head on a CNN reads the stride-8/16 stages too (the pyramid); ``grid`` rows are the head
-before the pyramid (the last map only, upsampled twice); os16 is the same weights, dilated. os8 is left
+before the pyramid (the last map only, upsampled twice); ``fcos`` rows the per-level head (on tiny-vit
+over ViTDet's simple pyramid made from its one map); os16 is the same weights, dilated. os8 is left
 out: 80 s an epoch on 2 cores (mAP@.5 0.084 after 10 of 30 epochs when it was stopped)."""
 TREES = {"epochs": 30, "batch_size": 8, "patience": 8, "flipud": 0.5, "rot90": 0.5}
 """38 training tiles: detection's defaults (6 epochs over a thousand scenes) would see them 6 times. Seen
@@ -368,6 +371,7 @@ def scenes_detection_part(root: Path, folder: WorkFolder) -> None:
     print(f"{'base':<24}{'method':<20}{'trainable':>11}{'seconds':>10}{'mAP@.5':>9}{'mAP':>8}", flush=True)
     rows = {("efficientnet-lite0", "loradex"): ("efficientnet-lite0", None),
             ("efficientnet-lite0", "loradex grid"): ("efficientnet-lite0", {"levels": [], "upsample": 2}),
+            ("efficientnet-lite0", "loradex fcos"): ("efficientnet-lite0", {"kind": "fcos"}),
             ("lite0 random init", "loradex"): (random, None),
             ("tiny-vit (random)", "loradex"): ("tiny-vit", None)}
     for (label, method), (base, head) in rows.items():

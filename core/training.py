@@ -196,6 +196,7 @@ def train_adapter(
     lora, settings = resolve_settings(task, request, backbone)  # the defaults that fit this base
     data = _read_data(task, request, backbone, settings, say)
     spec = build_spec(task, backbone, data, request, lora, settings)
+    task.head_for(backbone, head_config=spec.head, image_size=spec.image_size)  # a bad head setting fails before the run folder
     if not is_main_process():  # under accelerate launch / torchrun only rank 0 writes anything
         result = train(task, backbone, spec, data, progress=False, init=request.init, runtime=runtime)
         return TrainOutcome(run_dir=None, artifact_dir=None, spec=spec, metrics=flat_metrics(result), result=result,

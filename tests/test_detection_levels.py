@@ -59,8 +59,16 @@ def test_a_cnn_head_reads_its_stage_maps(task, tmp_path):
     head = task.head_for(cnn, head_config=config, image_size=64)
     assert head.read == [8, 16] and isinstance(head.inlets["32"], torch.nn.Identity)
     assert head.inlets["8"][0].in_channels == cnn.feature_levels[8]
-    out = head(cnn.encode(cnn.model, torch.randn(2, 3, 64, 64)))
+    features = cnn.encode(cnn.model, torch.randn(2, 3, 64, 64))
+    out = head(features)
     assert out["logits"].shape == (2, 8 * 8 + 4 * 4 + 2 * 2, 3)
+    # every output level read from the base: the last map is not projected (no unused weights)
+    read_only = task.head_for(cnn, head_config={**config, "strides": [8, 16]}, image_size=64)
+    assert read_only.proj is None and read_only(features)["logits"].shape == (2, 8 * 8 + 4 * 4, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the cell layout stays float32 under autocast
+        mixed = head(features)
+    assert mixed["points"].dtype == torch.float32 and mixed["boxes"].dtype == torch.float32
+    torch.testing.assert_close(mixed["points"], out["points"])
 
 
 def layout(task, vit, size: int):
@@ -188,3 +196,44 @@ def test_trains_predicts_and_exports_merged(tmp_path, monkeypatch):
         model = MultiTaskModel(plugins.resolve_backbone("tiny-vit").load("tiny-vit"))
         model.attach("boxes@v1", registry.materialize("boxes"))
     check_merged_export(out, model, "boxes@v1", image)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--head", "kind"], "Error: --head 'kind' is not KEY=VALUE (e.g. --head kind=fcos)"),
+    (["--head", "kind=yolo"], "Error: detection head kind must be one of centernet, fcos, got 'yolo'"),
+    (["--head", "strides=[8, 16"], "Error: --head strides: '[8, 16' is not a YAML value"),
+    (["--head", "kind=fcos", "--head", "levels=[16]"], "Error: head levels: this base has no stride-16 map"),
+])
+def test_bad_head_flags_fail_in_one_line_before_the_run_folder(tmp_path, monkeypatch, flags, message):
+    from click.testing import CliRunner
+
+    from loradex.registry.cli import cli
+
+    monkeypatch.setenv("LORADEX_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(cli, ["train", "detection", "--data", "synthetic:train=4,val=2", "--epochs", "1",
+                                      "--image-size", "64", "--project", str(tmp_path / "runs"), *flags])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error")] == [
+        next(line for line in result.output.splitlines() if message in line)]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_head_flags_win_over_the_config_file(tmp_path, monkeypatch):
+    """``--head kind=fcos --head width=32`` over a config's ``head: {width: 16, depth: 1}``: the spec
+    records the flags' values and keeps the file's other settings."""
+    from click.testing import CliRunner
+
+    from loradex.registry.cli import cli
+    from loradex.registry.store.registry import Registry
+
+    monkeypatch.setenv("LORADEX_HOME", str(tmp_path / "home"))
+    config = tmp_path / "train.yaml"
+    config.write_text("head:\n  width: 16\n  depth: 1\n")
+    result = CliRunner().invoke(cli, ["train", "detection", "--data", "synthetic:train=4,val=2", "--epochs", "1",
+                                      "--image-size", "64", "--batch-size", "4", "--workers", "0", "--no-progress",
+                                      "--config", str(config), "--project", str(tmp_path / "runs"),
+                                      "--head", "kind=fcos", "--head", "width=32"])
+    assert result.exit_code == 0, result.output
+    with Registry.open() as registry:
+        head = registry.resolve("detection").spec.head
+    assert (head["kind"], head["width"], head["depth"]) == ("fcos", 32, 1)

@@ -74,9 +74,11 @@ class LevelDetectionHead(nn.Module):
                 raise ValueError(f"output stride {s} cannot be made from the base's stride-{stride} map "
                                  "(a factor of 2 or 4 up or down)")
         self.read = sorted(s for s in self.strides if s in read)
-        self.norm = nn.LayerNorm(hidden_size)
-        # the last map projected once; a made level resamples the projection (cheap at ``width`` channels)
-        self.proj = nn.Sequential(nn.Conv2d(hidden_size, width, 1), nn.GroupNorm(8, width))
+        # the last map normalised and projected once (when a level comes from it); a made level resamples
+        # the projection (cheap at ``width`` channels)
+        uses_last = any(s not in read for s in self.strides)
+        self.norm = nn.LayerNorm(hidden_size) if uses_last else None
+        self.proj = nn.Sequential(nn.Conv2d(hidden_size, width, 1), nn.GroupNorm(8, width)) if uses_last else None
         self.inlets = nn.ModuleDict()
         for s in self.strides:
             if s in read:
@@ -94,7 +96,7 @@ class LevelDetectionHead(nn.Module):
 
     def pyramid(self, features: EncoderOutput) -> list[torch.Tensor]:
         """(B, width, H, W) maps, one per output stride, finest first, fused coarse to fine."""
-        last = self.proj(self.norm(features.patches).permute(0, 3, 1, 2))
+        last = None if self.proj is None else self.proj(self.norm(features.patches).permute(0, 3, 1, 2))
         maps = {}
         for s in self.strides:
             inlet = self.inlets[str(s)]
@@ -112,12 +114,13 @@ class LevelDetectionHead(nn.Module):
         for index, x in enumerate(self.pyramid(features)):
             x = self.tower(x)
             batch, _, height, width = x.shape
-            size = x.new_tensor([1 / width, 1 / height])
-            ys = (torch.arange(height, device=x.device, dtype=x.dtype) + 0.5) / height
-            xs = (torch.arange(width, device=x.device, dtype=x.dtype) + 0.5) / width
+            # the cell layout in float32 whatever the autocast dtype: bf16 would move centres by part of a cell
+            size = torch.tensor([1 / width, 1 / height], device=x.device)
+            ys = (torch.arange(height, device=x.device, dtype=torch.float32) + 0.5) / height
+            xs = (torch.arange(width, device=x.device, dtype=torch.float32) + 0.5) / width
             grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
             centre = torch.stack([grid_x, grid_y], dim=-1).reshape(-1, 2)
-            d = F.softplus(self.distances(x) * self.scales[index]).flatten(2).transpose(1, 2)  # (B, HW, 4) in cells
+            d = F.softplus(self.distances(x).float() * self.scales[index]).flatten(2).transpose(1, 2)  # (B, HW, 4) cells
             d = d * size.repeat(2)
             boxes.append(torch.cat([centre - d[..., :2], centre + d[..., 2:]], dim=-1))
             logits.append(self.classes(x).flatten(2).transpose(1, 2))

@@ -12,6 +12,22 @@ from loradex.core.errors import ConfigError
 from .options import open_registry, print_json, read_config, settings_options, split_settings, stderr_console
 
 
+def head_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``("kind=fcos", "levels=[8,16]")`` → ``{"kind": "fcos", "levels": [8, 16]}``, each value read as YAML."""
+    import yaml
+
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--head {pair!r} is not KEY=VALUE (e.g. --head kind=fcos)")
+        try:
+            settings[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--head {key.strip()}: {value!r} is not a YAML value ({error.problem})") from None
+    return settings
+
+
 @click.command(name="train")
 @click.argument("task")
 @click.option("--data", help="Dataset folder/file, or synthetic[:train=N,val=N,test=N,seed=N] (default: synthetic).")
@@ -23,13 +39,17 @@ from .options import open_registry, print_json, read_config, settings_options, s
               help="Start from this adapter's LoRA (and its head, for the same task and labels): fine-tune it.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML file with any of these options; command-line flags win.")
+@click.option("--head", "head_pairs", multiple=True, metavar="KEY=VALUE",
+              help="A head setting, over the config file's head: (values read as YAML), e.g. --head kind=fcos "
+                   "or --head levels=[8,16].")
 @settings_options
 @click.option("--project", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of run folders (default: runs).")
 @click.option("--run-name", default=None, help="Run folder name inside PROJECT/TASK (default: train, train2, ...).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def train_command(task: str, config_file: Path | None, no_progress: bool, as_json: bool, **options: Any) -> None:
+def train_command(task: str, config_file: Path | None, no_progress: bool, as_json: bool, head_pairs: tuple[str, ...],
+                  **options: Any) -> None:
     """Train a LoRA adapter for TASK on the shared backbone and store it as NAME@vN."""
     from loradex.core import plugins
     from loradex.core.training import TrainRequest, train_adapter
@@ -52,7 +72,7 @@ def train_command(task: str, config_file: Path | None, no_progress: bool, as_jso
         revision=values.get("revision"),
         lora=lora,
         train=train,
-        head=values.get("head") or {},
+        head={**(values.get("head") or {}), **head_settings(head_pairs)},
         project=Path(values.get("project") or "runs"),
         run_name=values.get("run_name") or "train",
         init=registry.materialize(init_record) if init_record else None,
