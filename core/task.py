@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -377,6 +377,19 @@ class Task(abc.ABC):
 def option_names(options_type: type) -> tuple[str, ...]:
     """The option names a ``predict_options`` dataclass declares."""
     return tuple(f.name for f in dataclasses.fields(options_type))
+
+
+def key_value_pairs(pairs: Iterable[Any], *, what: str, example: str) -> dict[str, str]:
+    """``("top_k=3", "detection.min_score=0.5")`` → a dict of stripped strings (``-o``, ``--head``, a
+    server's ``option`` fields); a pair without ``=`` or a key is a ConfigError naming ``what`` and
+    showing ``example``."""
+    found: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {pair!r} is not KEY=VALUE (e.g. {example})")
+        found[key.strip()] = value.strip()
+    return found
 
 
 def parse_options(options_type: type, options: Mapping[str, Any], *, owner: str) -> dict[str, Any]:

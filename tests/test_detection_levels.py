@@ -65,6 +65,11 @@ def test_a_cnn_head_reads_its_stage_maps(task, tmp_path):
     # every output level read from the base: the last map is not projected (no unused weights)
     read_only = task.head_for(cnn, head_config={**config, "strides": [8, 16]}, image_size=64)
     assert read_only.proj is None and read_only(features)["logits"].shape == (2, 8 * 8 + 4 * 4, 3)
+    # without the stage maps, stride 8 is made from the stride-32 map (4x up); stride 4 (8x) cannot be
+    made = task.head_for(cnn, head_config={**config, "levels": [], "strides": [8]}, image_size=64)
+    assert made.read == [] and made(features)["logits"].shape == (2, 8 * 8, 3)
+    with pytest.raises(ConfigError, match="strides: 4 cannot be made from this base's stride-32 map"):
+        task.head_for(cnn, head_config={**config, "strides": [4]}, image_size=64)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # the cell layout stays float32 under autocast
         mixed = head(features)
     assert mixed["points"].dtype == torch.float32 and mixed["boxes"].dtype == torch.float32
@@ -128,7 +133,7 @@ def test_fitting_one_image_lowers_the_loss_and_finds_its_boxes(task, vit):
     assert float(loss.detach()) < first / 3
     with torch.no_grad():
         (found, scores, labels), = detections(head(features))
-    from loradex.plugins.detection.boxes import box_iou
+    from torchvision.ops import box_iou
 
     best = found[:2]
     assert sorted(labels[:2].tolist()) == [0, 2] and scores[1] > 0.5
@@ -237,3 +242,6 @@ def test_head_flags_win_over_the_config_file(tmp_path, monkeypatch):
     with Registry.open() as registry:
         head = registry.resolve("detection").spec.head
     assert (head["kind"], head["width"], head["depth"]) == ("fcos", 32, 1)
+    built = plugins.get_task("detection").head_for(plugins.resolve_backbone("tiny-vit").load("tiny-vit"),
+                                                  head_config=head, image_size=64)
+    assert built.classes.in_channels == 32 and len(built.tower) == 1  # the settings reach the head

@@ -147,6 +147,10 @@ def test_one_raw_image_with_adapters_in_the_query(server, shelf):
     missing = httpx.post(f"{server.url}/v1/predict", content=path.read_bytes(),
                          headers={"content-type": "application/octet-stream"})
     assert missing.status_code == 400 and "name at least one adapter" in missing.json()["error"]
+    no_pair = httpx.post(f"{server.url}/v1/predict", content=path.read_bytes(), timeout=60,
+                         headers={"content-type": "image/png"}, params=[("adapters", "cls"), ("option", "top_k")])
+    assert no_pair.status_code == 400
+    assert no_pair.json()["error"] == ("option 'top_k' is not KEY=VALUE (e.g. top_k=3 or detection.min_score=0.5)")
 
 
 def test_concurrent_requests_for_different_adapters_share_one_pass(server, shelf):

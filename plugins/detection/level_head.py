@@ -14,7 +14,7 @@ The outputs are flat over every cell of every level, so the loss (level_loss.py)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,6 +33,12 @@ DEFAULT_STRIDES = (8, 16, 32)
 
 def _conv_block(width: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.GroupNorm(8, width), nn.GELU())
+
+
+def unreachable_stride(strides: Sequence[int], *, stride: int, read: Collection[int]) -> int | None:
+    """The first of ``strides`` neither read (``read``: the strides of the base's maps) nor made from
+    the stride-``stride`` last map by the simple pyramid (2 or 4 times up or down); None if none."""
+    return next((s for s in strides if s not in read and stride / s not in (1, 4, 2, 0.5, 0.25)), None)
 
 
 def _resample(width: int, factor: float) -> nn.Module:
@@ -68,11 +74,9 @@ class LevelDetectionHead(nn.Module):
         self.strides = sorted(int(s) for s in strides)
         if not self.strides:
             raise ValueError("strides must name at least one output stride")
-        for s in self.strides:
-            factor = stride / s
-            if s not in read and s != stride and factor not in (4, 2, 0.5, 0.25):
-                raise ValueError(f"output stride {s} cannot be made from the base's stride-{stride} map "
-                                 "(a factor of 2 or 4 up or down)")
+        if (unmade := unreachable_stride(self.strides, stride=stride, read=read)) is not None:
+            raise ValueError(f"output stride {unmade} cannot be made from the base's stride-{stride} map "
+                             "(a factor of 2 or 4 up or down)")
         self.read = sorted(s for s in self.strides if s in read)
         # the last map normalised and projected once (when a level comes from it); a made level resamples
         # the projection (cheap at ``width`` channels)

@@ -119,10 +119,10 @@ class DetectionTask(Task):
             strides = head_config.get("strides", list(level_head.DEFAULT_STRIDES))
             if not isinstance(strides, list) or not strides or not all(isinstance(s, int) and s > 0 for s in strides):
                 raise ConfigError(f"detection head strides must be a list of positive integers, got {strides!r}")
-            for s in strides:
-                if s not in dict(context.levels) and s != context.stride and context.stride / s not in (4, 2, 0.5, 0.25):
-                    raise ConfigError(f"detection head strides: {s} cannot be made from this base's stride-"
-                                      f"{context.stride} map (2 or 4 times finer or coarser)")
+            read = [s for s, _ in levels]
+            if (unmade := level_head.unreachable_stride(strides, stride=context.stride, read=read)) is not None:
+                raise ConfigError(f"detection head strides: {unmade} cannot be made from this base's stride-"
+                                  f"{context.stride} map (2 or 4 times finer or coarser)")
             return HeadCode(source=Path(level_head.__file__), class_name="LevelDetectionHead",
                             kwargs={"hidden_size": hidden_size, "num_labels": len(labels), "stride": context.stride,
                                     "strides": list(strides), **options})

@@ -12,19 +12,6 @@ import click
 from .options import open_registry, stderr_console
 
 
-def parse_option_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("top_k=3", "detection.min_score=0.5")`` → a dict; a pair without ``=`` is an error."""
-    from loradex.core.errors import ConfigError
-
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"option {pair!r} is not KEY=VALUE (e.g. -o top_k=3 or -o detection.min_score=0.5)")
-        options[key.strip()] = value.strip()
-    return options
-
-
 def unique_drawing_path(folder: Path, source: str, taken: set[str]) -> Path:
     """``folder/STEM.png``, with ``_2``, ``_3`` … added when two inputs share a stem."""
     stem = Path(source).stem if not source.startswith("<") else "image"
@@ -64,7 +51,9 @@ def predict_command(refs: str, inputs: tuple[str, ...], as_json: bool, save_dir:
     from loradex.core.inputs import image_inputs
     from loradex.registry.loading import load, parse_refs
 
-    options = parse_option_pairs(option_pairs)
+    from loradex.core.task import key_value_pairs
+
+    options = key_value_pairs(option_pairs, what="option", example="-o top_k=3 or -o detection.min_score=0.5")
     ref_list = parse_refs(refs)
     images = image_inputs(list(inputs))  # missing files, empty folders, globs matching nothing: fail now
     from loradex.registry.loading import resolve

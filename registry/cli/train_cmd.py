@@ -16,15 +16,14 @@ def head_settings(pairs: tuple[str, ...]) -> dict[str, Any]:
     """``("kind=fcos", "levels=[8,16]")`` → ``{"kind": "fcos", "levels": [8, 16]}``, each value read as YAML."""
     import yaml
 
+    from loradex.core.task import key_value_pairs
+
     settings: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--head {pair!r} is not KEY=VALUE (e.g. --head kind=fcos)")
+    for key, value in key_value_pairs(pairs, what="--head", example="--head kind=fcos").items():
         try:
-            settings[key.strip()] = yaml.safe_load(value) if value.strip() else None
+            settings[key] = yaml.safe_load(value) if value else None
         except yaml.YAMLError as error:
-            raise ConfigError(f"--head {key.strip()}: {value!r} is not a YAML value ({error.problem})") from None
+            raise ConfigError(f"--head {key}: {value!r} is not a YAML value ({error.problem})") from None
     return settings
 
 

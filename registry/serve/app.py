@@ -35,6 +35,7 @@ from loradex.core.errors import (
     UnknownNameError,
     first_line,
 )
+from loradex.core.task import key_value_pairs
 
 from .batcher import MicroBatcher
 from .decoding import decode, decode_base64, open_checked
@@ -45,6 +46,8 @@ from .shelf import AdapterShelf
 RETRY_AFTER_S = 1
 OPEN_ROUTES = frozenset({"/healthz"})
 """Routes that answer without the token (a liveness probe carries no secret)."""
+OPTION_EXAMPLE = "top_k=3 or detection.min_score=0.5"
+"""How an ``option`` field or query parameter is written, shown when one is not KEY=VALUE."""
 
 
 def status_of(exc: BaseException) -> int:
@@ -291,18 +294,8 @@ async def _read_multipart(request: Any, *, max_images: int) -> tuple[list[tuple[
             raise DataError(f"field 'images' item {index} is text, not a file")
         images.append((item.filename or f"<image {index}>", await item.read()))
     options = _options_object(form.get("options")) if form.get("options") else {}
-    options.update(_option_pairs(form.getlist("option")))
+    options.update(key_value_pairs(form.getlist("option"), what="option", example=OPTION_EXAMPLE))
     return images, _split_refs(form.getlist("adapters")), options
-
-
-def _option_pairs(pairs: list[Any]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = str(pair).partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"option {pair!r} is not KEY=VALUE (e.g. top_k=3 or detection.min_score=0.5)")
-        options[key.strip()] = value.strip()
-    return options
 
 
 async def _read_raw(request: Any) -> tuple[list[tuple[str, bytes]], list[str], dict]:
@@ -312,7 +305,7 @@ async def _read_raw(request: Any) -> tuple[list[tuple[str, bytes]], list[str], d
     """
     query = request.query_params
     options = _options_object(query["options"]) if query.get("options") else {}
-    options.update(_option_pairs(query.getlist("option")))
+    options.update(key_value_pairs(query.getlist("option"), what="option", example=OPTION_EXAMPLE))
     name = query.get("name") or "<image 0>"
     return [(name, await request.body())], _split_refs(query.getlist("adapters")), options
 
